@@ -1,0 +1,25 @@
+# The two set-up commands: `make demo` (the main job on the embedded data) and `make test`.
+# Each creates .venv with pip if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CDIFF := $(VENV)/bin/cdiff
+
+.PHONY: demo test install clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf demo

@@ -1,0 +1,3 @@
+from cdiff_cli.cli.main import main
+
+main()

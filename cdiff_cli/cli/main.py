@@ -1,0 +1,172 @@
+"""The ``cdiff`` command line: thin commands that parse, call one function and print.
+
+Heavy imports (torch, nibabel, ...) happen inside the commands so that ``cdiff --help``
+answers instantly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cdiff_cli.errors import CdiffError
+
+app = typer.Typer(
+    name="cdiff",
+    help="Contrastive-guided conditional diffusion for unsupervised anomaly detection in brain MRI.\n\n"
+    "Typical session: cdiff synthesize data/synthetic; cdiff prepare recipes/quickstart.yaml; "
+    "cdiff pretrain-encoder recipes/quickstart.yaml; cdiff train-diffusion recipes/quickstart.yaml; "
+    "cdiff evaluate recipes/quickstart.yaml; cdiff localize data/synthetic/NOVA --top-k 5",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="A YAML recipe, e.g. recipes/quickstart.yaml.", show_default=False)]
+OverridesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Recipe overrides as key.path=value, e.g. train.steps=200 unet.base_channels=32.",
+                   show_default=False),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="A run directory (runs/NAME) or a Hugging Face Hub repo id "
+                 "(USER/NAME[@revision]). Default: the recipe's run directory, else the bundled model."),
+]
+
+
+def _example(text: str) -> str:
+    return f"\n\n**Example:** `{text}`"
+
+
+@app.command(help="Write the embedded synthetic brain-MRI benchmark (IXI-, BraTS-, MSLUB- and NOVA-like "
+             "folders in their real layouts) from the MNI152 template shipped with nilearn."
+             + _example("cdiff synthesize data/synthetic --preset default --seed 0"))
+def synthesize(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder (created; must be empty or a previous output).")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives byte-identical files.")] = 0,
+    preset: Annotated[str, typer.Option(help="tiny | small | default (80 healthy, 30 tumour, 15 MS, 60 NOVA).")]
+    = "default",
+) -> None:
+    from cdiff_cli.cli.commands import run_synthesize
+
+    run_synthesize(out_dir, seed, preset)
+
+
+@app.command(help="Read the recipe's datasets in their real layouts (ixi, brats, mslub, behrendt, nova, "
+             "manifest, folder), preprocess them (RAS, 1 mm, crop, percentile rescale, resample) and "
+             "write the prepared slice store with subject-level splits."
+             + _example("cdiff prepare recipes/quickstart.yaml data.on_error=skip"))
+def prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    from cdiff_cli.cli.commands import run_prepare
+
+    run_prepare(recipe, overrides or [])
+
+
+@app.command("pretrain-encoder", help="Stage 1: train the target-invariant ResNet encoder on healthy slices "
+             "with the epsilon-InfoNCE loss (or SparK). Writes runs/NAME/encoder/."
+             + _example("cdiff pretrain-encoder recipes/quickstart.yaml encoder_train.steps=300"))
+def pretrain_encoder(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+) -> None:
+    from cdiff_cli.cli.commands import run_train
+
+    run_train("encoder", recipe, overrides or [], device, resume)
+
+
+@app.command("train-diffusion", help="Stage 2: train the U-Net diffusion model conditioned on the encoder's z "
+             "(needs the stage-1 encoder in runs/NAME/encoder/). Writes runs/NAME/diffusion/."
+             + _example("cdiff train-diffusion recipes/quickstart.yaml train.steps=500 --device cuda"))
+def train_diffusion(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
+) -> None:
+    from cdiff_cli.cli.commands import run_train
+
+    run_train("diffusion", recipe, overrides or [], device, resume)
+
+
+@app.command(help="Reconstruct a healthy version of each input (NIfTI volumes, PNG/JPG slices, or folders) "
+             "and write reconstructions, anomaly maps (on the input's own grid) and PNG previews."
+             + _example("cdiff reconstruct scan.nii.gz slices/ --model runs/quickstart --out recon/"))
+def reconstruct(
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes, 2-D images, or folders of either.")],
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reconstructions"),
+    timesteps: Annotated[Optional[str], typer.Option(help="Comma-separated noise levels, e.g. 250,500,750.")]
+    = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Slices per U-Net pass.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Noise seed (same seed, same output).")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    from cdiff_cli.cli.commands import run_reconstruct
+
+    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device)
+
+
+@app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
+             "AUROC, healthy l1, detection AUROC and false-positive rate; writes metrics.json, metrics.md "
+             "and plots." + _example("cdiff evaluate recipes/quickstart.yaml --model runs/quickstart"))
+def evaluate(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    model: ModelOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default runs/NAME/eval).")]
+    = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    from cdiff_cli.cli.commands import run_evaluate
+
+    run_evaluate(recipe, overrides or [], model, out, device)
+
+
+@app.command(help="Find anomalies as bounding boxes in a folder of 2-D images (NOVA layout with annotations "
+             "found automatically), or NIfTI volumes; writes COCO-style boxes, pictures and, with "
+             "annotations, the NOVA metrics." + _example("cdiff localize data/synthetic/NOVA --top-k 5"))
+def localize(
+    input_dir: Annotated[Path, typer.Argument(help="A NOVA folder, a folder of images, or NIfTI volumes.")],
+    model: ModelOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Boxes kept per image (largest first).")] = 5,
+    threshold: Annotated[str, typer.Option(help="A number (the reference uses 0.5) or 'calibrated' "
+                                           "(stored with the model, set on healthy validation data).")]
+    = "calibrated",
+    annotations: Annotated[Optional[Path], typer.Option(help="Annotation file (parquet/CSV); found "
+                                                        "automatically in a NOVA folder.")] = None,
+    t2_filter: Annotated[bool, typer.Option("--t2-filter/--no-t2-filter",
+                                            help="Score only images whose caption mentions T2 (NOVA protocol).")]
+    = True,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("localize"),
+    device: DeviceOpt = "auto",
+) -> None:
+    from cdiff_cli.cli.commands import run_localize
+
+    run_localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(prog_name="cdiff")
+    except CdiffError as e:
+        if os.environ.get("CDIFF_DEBUG"):
+            raise
+        print(f"cdiff: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("cdiff: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad path, a corrupt file, a wrong recipe value) is raised as a
+:class:`CdiffError` with a one-line message; the CLI prints it and exits with code 2.
+Set ``CDIFF_DEBUG=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+
+class CdiffError(Exception):
+    """An error the user can fix; its message is one clear line."""
+
+    exit_code = 2
+
+
+class RecipeError(CdiffError):
+    """A recipe file or override is invalid."""
+
+
+class DataError(CdiffError):
+    """An input image, volume, mask or annotation file is unusable."""
+
+
+class CheckpointError(CdiffError):
+    """A model folder or checkpoint is missing, corrupt or does not match the recipe."""
