@@ -241,9 +241,20 @@ class Recipe(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """A short stable hash of the resolved recipe (stored in checkpoints)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """A short stable hash of the whole resolved recipe."""
+        return _digest(self.to_dict())
+
+    def model_hash(self) -> str:
+        """Hash of what a checkpoint depends on (data grid, networks, diffusion, seed), so that a
+        run can be resumed with other schedule settings (more steps, another log interval)."""
+        d = self.to_dict()
+        grid = {k: d["data"][k] for k in ("crop", "size", "spacing", "percentiles", "channels", "fold")}
+        return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
+                        **{k: d[k] for k in ("encoder", "unet", "diffusion")}})
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""One model-agnostic training loop for both stages.
+
+A stage supplies a ``net`` whose ``forward(**inputs)`` returns ``(loss, logs)`` and an
+``inputs(batch, rnd)`` method that turns a data batch into tensors (augmentations, noise,
+timesteps) from a :class:`StepRandom`. The loop owns everything else: optimizer, warm-up,
+clipping, accumulation, bf16 autocast, EMA, DDP, validation, logs, checkpoints, resume and
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from cdiff_cli.config import TrainConfig
+from cdiff_cli.console import info, make_progress
+from cdiff_cli.errors import CdiffError
+from cdiff_cli.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from cdiff_cli.train.distributed import DistInfo, StepRandom, derive_seed
+
+
+class Stage(Protocol):
+    name: str
+    net: torch.nn.Module
+    ema_prefixes: tuple[str, ...]  # parameter-name prefixes of ``net`` that get an EMA
+
+    def inputs(self, batch: dict[str, Any], rnd: StepRandom) -> dict[str, torch.Tensor]: ...
+
+    def export(self, weights: dict[str, torch.Tensor], result: dict[str, Any]) -> Path: ...
+
+
+class TrainingInterrupted(CdiffError):
+    exit_code = 130
+
+
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); full precision on the CPU."""
+    if device.type == "cuda" and amp in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+class EMA:
+    """Exponential moving average of selected float parameters (kept in float32)."""
+
+    def __init__(self, net: torch.nn.Module, prefixes: tuple[str, ...], decay: float) -> None:
+        self.decay = decay
+        self.params = {n: p for n, p in net.named_parameters() if n.startswith(prefixes) and p.requires_grad}
+        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, p in self.params.items():
+            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        for name in self.shadow:
+            if name not in state:
+                raise CdiffError(f"checkpoint EMA lacks {name}")
+            self.shadow[name].copy_(state[name])
+
+    def apply_to(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = dict(state)
+        for name, value in self.shadow.items():
+            out[name] = value.to(state[name].dtype)
+        return out
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C aborts)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _batches(ds: Dataset, cfg: TrainConfig, seed: int, dist_info: DistInfo, epoch: int, skip: int) -> Iterator[dict]:
+    """One epoch of this rank's micro-batches, skipping the first ``skip`` (exact resume)."""
+    sampler = DistributedSampler(ds, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                 shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    loader = DataLoader(ds, batch_sampler=chunks[skip:], num_workers=cfg.num_workers,
+                        persistent_workers=False)
+    yield from loader
+
+
+def _all_true(flag: bool, dist_info: DistInfo, device: torch.device) -> bool:
+    if not dist_info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+class _Logger:
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.jsonl = folder / "log.jsonl"
+        self.csv = folder / "log.csv"
+        self.tb = None
+        if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not self.csv.exists():
+                self.csv.write_text("step,split,loss,lr,images_per_s,seconds\n")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(folder / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        with self.csv.open("a") as f:
+            f.write(f"{row['step']},{row['split']},{row['loss']:.6g},{row.get('lr', '')},"
+                    f"{row.get('images_per_s', '')},{row.get('seconds', '')}\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(f"{row['split']}/{key}", value, row["step"])
+
+
+@torch.no_grad()
+def _validate(stage: Stage, val_ds: Dataset, cfg: TrainConfig, seed: int, device: torch.device) -> float:
+    stage.net.eval()
+    one = DistInfo()
+    loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, drop_last=False)
+    losses = []
+    for i, batch in enumerate(loader):
+        if i >= cfg.val_batches:
+            break
+        rnd = StepRandom(derive_seed(seed, "val"), i, 0, one, len(batch["image"]), device)
+        with autocast_for(device, cfg.amp):
+            loss, _ = stage.net(**stage.inputs(batch, rnd))
+        losses.append(float(loss))
+    stage.net.train()
+    return sum(losses) / max(len(losses), 1)
+
+
+def fit(
+    stage: Stage,
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    out_dir: Path,
+    seed: int,
+    recipe_hash: str,
+    device: torch.device,
+    dist_info: DistInfo = DistInfo(),
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train ``stage.net`` for ``cfg.steps`` optimizer steps; return a summary.
+
+    ``stop_after`` ends the run early (as if interrupted) after that many steps: tests use it
+    to check that an interrupted-and-resumed run equals an uninterrupted one.
+    """
+    net = stage.net.to(device)
+    net.train()
+    ckpt_root = out_dir / "checkpoints"
+    per_step = cfg.batch_size * dist_info.world_size * cfg.grad_accum
+    n_batches = len(train_ds) // (cfg.batch_size * dist_info.world_size)
+    if n_batches == 0:
+        raise CdiffError(
+            f"{stage.name}: {len(train_ds)} training slices are fewer than one global batch "
+            f"({cfg.batch_size} x {dist_info.world_size} processes); lower the batch size or add data"
+        )
+    optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+    ema = EMA(net, stage.ema_prefixes, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    state = TrainState(recipe_hash=recipe_hash, stage=stage.name, world_size=dist_info.world_size)
+    existing = list_checkpoints(ckpt_root)
+    if resume and existing:
+        state, ema_state = load_checkpoint(existing[-1], {"net": net}, optimizer, recipe_hash)
+        if ema is not None and ema_state is not None:
+            ema.load({k.removeprefix("net."): v for k, v in ema_state.items()})
+        if dist_info.is_main:
+            info(f"{stage.name}: resuming from {existing[-1]} (step {state.step})")
+    elif resume:
+        if dist_info.is_main:
+            info(f"{stage.name}: no checkpoint in {ckpt_root}; starting from scratch")
+    elif existing:
+        raise CdiffError(f"{out_dir} already holds checkpoints (latest {existing[-1].name}): pass --resume to "
+                         "continue, or choose another run name (name=...)")
+    model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else net
+    logger = _Logger(out_dir, dist_info.is_main)
+
+    def checkpoint() -> Path | None:
+        if not dist_info.is_main:
+            return None
+        shadow = {f"net.{k}": v for k, v in ema.shadow.items()} if ema else None
+        return save_checkpoint(ckpt_root, state, {"net": net}, optimizer, shadow, cfg.keep_last)
+
+    loss_value = math.nan
+    seen_images, t_start = 0, time.perf_counter()
+    epoch_iter = _batches(train_ds, cfg, seed, dist_info, state.epoch, state.batch_in_epoch)
+    with _StopFlag() as stop, make_progress() as bar:
+        task = bar.add_task(stage.name, total=cfg.steps, completed=state.step)
+        while state.step < cfg.steps:
+            lr = cfg.lr * min(1.0, (state.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(derive_seed(seed, "step", state.step, dist_info.rank))  # dropout etc.
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = next(epoch_iter, None)
+                if batch is None:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    epoch_iter = _batches(train_ds, cfg, seed, dist_info, state.epoch, 0)
+                    batch = next(epoch_iter)
+                state.batch_in_epoch += 1
+                rnd = StepRandom(seed, state.step, micro, dist_info, cfg.batch_size, device)
+                sync = micro == cfg.grad_accum - 1 or not dist_info.enabled
+                ctx = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[union-attr]
+                with ctx:
+                    with autocast_for(device, cfg.amp):
+                        loss, logs = model(**stage.inputs(batch, rnd))
+                    if not torch.isfinite(loss):
+                        raise CdiffError(f"{stage.name}: loss became {float(loss)} at step {state.step}; "
+                                         "lower the learning rate or check the data")
+                    (loss / cfg.grad_accum).backward()
+                total += float(loss.detach()) / cfg.grad_accum
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
+            state.step += 1
+            seen_images += per_step
+            loss_value = total
+            elapsed = time.perf_counter() - t_start
+            bar.update(task, completed=state.step,
+                       description=f"{stage.name} loss {loss_value:.4f} {seen_images / max(elapsed, 1e-9):.1f} img/s")
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                logger.write({"step": state.step, "split": "train", "loss": loss_value, "lr": lr,
+                              "images_per_s": round(seen_images / max(elapsed, 1e-9), 2),
+                              "seconds": round(elapsed, 2), **{k: float(v) for k, v in logs.items()}})
+            if val_ds is not None and cfg.val_every and state.step % cfg.val_every == 0 and dist_info.is_main:
+                logger.write({"step": state.step, "split": "val",
+                              "loss": _validate(stage, val_ds, cfg, seed, device)})
+            interrupted = _all_true(stop.requested, dist_info, device)
+            if state.step % cfg.ckpt_every == 0 or interrupted or state.step == stop_after:
+                path = checkpoint()
+                if interrupted or state.step == stop_after:
+                    raise TrainingInterrupted(f"{stage.name} stopped at step {state.step}; checkpoint "
+                                              f"{path}; continue with --resume")
+    last = checkpoint()
+    weights = net.state_dict()
+    if ema is not None:
+        weights = ema.apply_to(weights)
+    result = {"stage": stage.name, "steps": state.step, "final_loss": loss_value,
+              "images_per_s": round(seen_images / max(time.perf_counter() - t_start, 1e-9), 2),
+              "checkpoint": str(last) if last else None, "world_size": dist_info.world_size}
+    if dist_info.is_main:
+        result["model"] = str(stage.export(weights, result))
+    return result
