@@ -1,0 +1,124 @@
+"""The bodies of the CLI commands: load, call one function, print where the results are.
+
+Imported lazily by ``cdiff_cli.cli.main`` so that ``cdiff --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cdiff_cli.config import load_recipe
+from cdiff_cli.console import console, info
+from cdiff_cli.errors import CdiffError
+
+
+def _summary(title: str, rows: dict[str, Any]) -> None:
+    info(f"[bold green]{title}[/]")
+    for key, value in rows.items():
+        info(f"  {key}: {value}")
+
+
+def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
+    if preset not in {"tiny", "small", "default"}:
+        raise CdiffError(f"--preset {preset!r}: expected tiny, small or default")
+    from cdiff_cli.data.synthetic import synthesize
+
+    with console.status(f"synthesizing the {preset} benchmark into {out_dir} ..."):
+        summary = synthesize(out_dir, seed=seed, preset=preset)  # type: ignore[arg-type]
+    counts = summary.get("counts", {})
+    _summary(f"wrote the synthetic benchmark to {out_dir}", {
+        **{k: v for k, v in counts.items()}, "seconds": summary.get("seconds"),
+        "preview": out_dir / "preview.png"})
+
+
+def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
+    recipe = load_recipe(recipe_path, overrides)
+    from cdiff_cli.data.prepare import prepare
+
+    summary = prepare(recipe)
+    _summary(f"prepared store written to {recipe.data.prepared}", {
+        "sources": ", ".join(f"{k} ({v['volumes']} volumes, {v['slices']} slices)"
+                             for k, v in summary["sources"].items()),
+        "skipped files": len(summary.get("skipped", [])),
+        "leakage": "; ".join(f"{k}: {v}" for k, v in summary.get("leakage", {}).items()) or "none",
+        "seconds": summary.get("seconds")})
+
+
+def run_train(kind: str, recipe_path: Path, overrides: list[str], device: str, resume: bool) -> None:
+    recipe = load_recipe(recipe_path, overrides)
+    from cdiff_cli.train.run import train_stage
+
+    result = train_stage(kind, recipe, device, resume)  # type: ignore[arg-type]
+    if result.get("model"):
+        _summary(f"{kind} trained: {result['model']}", {
+            "steps": result["steps"], "final loss": f"{result['final_loss']:.4f}",
+            "images/s": result["images_per_s"], "log": Path(result["model"]).parent / "log.csv"})
+
+
+def _parse_timesteps(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CdiffError(f"--timesteps {text!r}: expected comma-separated integers, e.g. 250,500,750") from None
+    if not values:
+        raise CdiffError("--timesteps: give at least one value")
+    return values
+
+
+def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
+                    batch_size: int | None, seed: int | None, device: str) -> None:
+    from cdiff_cli.infer.files import reconstruct_inputs
+
+    written = reconstruct_inputs(inputs, model, out, _parse_timesteps(timesteps), batch_size, seed, device)
+    _summary(f"reconstructed {len(written)} input(s) into {out}", {"previews": out / "*_preview.png"})
+
+
+def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out: Path | None, device: str) -> None:
+    recipe = load_recipe(recipe_path, overrides)
+    from cdiff_cli.eval.protocol import evaluate
+
+    result = evaluate(recipe, model, out, device)
+    info(Path(result["markdown"]).read_text())
+    _summary("evaluation written", {"metrics": result["json"], "table": result["markdown"],
+                                    "plots": result["plots"]})
+
+
+def run_localize(input_dir: Path, model: str | None, top_k: int, threshold: str, annotations: Path | None,
+                 t2_filter: bool, out: Path, device: str) -> None:
+    if top_k < 1:
+        raise CdiffError(f"--top-k {top_k}: must be at least 1")
+    if threshold != "calibrated":
+        try:
+            float(threshold)
+        except ValueError:
+            raise CdiffError(f"--threshold {threshold!r}: expected a number or 'calibrated'") from None
+    from cdiff_cli.eval.localize import localize
+
+    result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device)
+    if result.get("metrics"):
+        info(Path(result["markdown"]).read_text())
+    _summary(f"localized {result['n_images']} image(s)", {
+        "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"],
+        "metrics": result.get("metrics_json", "no annotations: none computed")})
+
+
+def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, dry_run: Path | None,
+             message: str | None) -> None:
+    from cdiff_cli.hub import push as hub
+
+    if dry_run is not None:
+        files = hub.dry_run(run_dir, repo_id, dry_run)
+        title = f"dry run: wrote the upload folder for {repo_id} to {dry_run} (nothing uploaded)"
+    else:
+        result = hub.push(run_dir, repo_id, private, revision, message)
+        files = result["files"]
+        title = f"pushed {run_dir} to {result['url']} ({result['revision']}, {'private' if private else 'public'})"
+    _summary(title, {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files})
+
+
+def print_json(obj: Any) -> None:
+    console.print_json(json.dumps(obj))

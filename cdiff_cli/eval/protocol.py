@@ -1,0 +1,212 @@
+"""``cdiff evaluate``: the segmentation protocol of the paper's Table 2 (METHOD.md section 5).
+
+Per lesion set: the Dice threshold is chosen on the VALIDATION volumes (pooled voxels,
+exact search or the reference's interval search), then applied to each test volume after
+removing small 3-D components; AUPRC/AUROC per test volume on the masked, median-filtered
+map; l1 on healthy test volumes from the raw reconstruction; detection AUROC from the mean
+map in the brain; the healthy false-positive rate at the threshold. Several models (one per
+fold) give mean and std of the fold means.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdiff_cli.config import Recipe
+from cdiff_cli.console import info, make_progress
+from cdiff_cli.data.dataset import load_splits, training_source
+from cdiff_cli.data.splits import fold_subjects
+from cdiff_cli.data.store import PreparedStore, grid_config
+from cdiff_cli.errors import CheckpointError, DataError
+from cdiff_cli.eval import metrics as M
+from cdiff_cli.fileio import write_json, write_text
+from cdiff_cli.infer.model import LoadedModel, load_model
+from cdiff_cli.infer.postprocess import calibrate_threshold, median_filter_2d, remove_small_components
+from cdiff_cli.infer.reconstruct import VolumeResult, anomaly_volume
+
+
+def _maps(model: LoadedModel, store: PreparedStore, subjects: list[str], label: str,
+          bar: Any) -> list[tuple[int, VolumeResult]]:
+    task = bar.add_task(label, total=len(subjects))
+    out = []
+    for sid in subjects:
+        v = store.subject_index(sid)
+        out.append((v, anomaly_volume(model, np.asarray(store.volume(v)), np.asarray(store.mask(v)),
+                                      eval_cfg=model.recipe.eval)))
+        bar.advance(task)
+    return out
+
+
+def _check_grid(model: LoadedModel, recipe: Recipe) -> None:
+    if grid_config(model.recipe.data) != grid_config(recipe.data):
+        raise CheckpointError(
+            f"model {model.folder.parent} was trained on grid {grid_config(model.recipe.data)} but the recipe prepares "
+            f"{grid_config(recipe.data)}: evaluate with the model's own recipe"
+        )
+
+
+def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, Any]:
+    """All metrics of one model (one fold)."""
+    splits = load_splits(recipe)
+    prepared = Path(recipe.data.prepared)
+    ecfg = recipe.eval
+    healthy_name = training_source(recipe)
+    fold = model.recipe.data.fold
+    hstore = PreparedStore.open(prepared / healthy_name)
+    h_test = _maps(model, hstore, fold_subjects(splits[healthy_name], "test", fold), f"{healthy_name} test", bar)
+    if not h_test:
+        raise DataError(f"the test split of {healthy_name} is empty")
+    l1 = [float(np.abs(r.recon - np.asarray(hstore.volume(v))).mean()) for v, r in h_test]
+    h_scores = [float(r.anomaly[np.asarray(hstore.mask(v)) > 0].mean()) for v, r in h_test]
+    result: dict[str, Any] = {"fold": fold, "healthy": {"name": healthy_name, "l1": float(np.mean(l1)),
+                                                       "n": len(h_test)}, "sets": {}}
+    curves: dict[str, Any] = {}
+    for src in recipe.data.sources:
+        if src.role != "lesion" or src.layout in ("nova", "folder") or src.name not in splits:
+            continue
+        store = PreparedStore.open(prepared / src.name)
+        if not store.has_seg:
+            continue
+        val = _maps(model, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar)
+        test = _maps(model, store, fold_subjects(splits[src.name], "test", fold), f"{src.name} test", bar)
+        if not val or not test:
+            raise DataError(f"{src.name}: the val and test splits must both hold volumes (val {len(val)}, "
+                            f"test {len(test)}); change data.lesion_val_fraction")
+        vs = np.concatenate([r.anomaly.ravel() for _, r in val])
+        vl = np.concatenate([np.asarray(store.seg(v)).ravel() > 0 for v, _ in val])
+        search = M.best_threshold_exact if ecfg.threshold_search == "exact" else M.best_threshold_interval
+        thr, val_dice = search(vs, vl)
+        dices, auprcs, aurocs, per_case = [], [], [], []
+        for v, r in test:
+            seg = np.asarray(store.seg(v)) > 0
+            binary = remove_small_components(r.anomaly >= thr, max_size=ecfg.min_component - 1)
+            d = M.dice(binary, seg)
+            dices.append(d)
+            auprcs.append(M.auprc(r.anomaly.ravel(), seg.ravel()))
+            aurocs.append(M.auroc(r.anomaly.ravel(), seg.ravel()))
+            per_case.append({"subject": store.subjects[v]["id"], "dice": d, "auprc": auprcs[-1]})
+        l_scores = [float(r.anomaly[np.asarray(store.mask(v)) > 0].mean()) for v, r in test]
+        fp = [float((remove_small_components(r.anomaly >= thr, max_size=ecfg.min_component - 1)
+                     [np.asarray(hstore.mask(v)) > 0]).mean()) for v, r in h_test]
+        result["sets"][src.name] = {
+            "dice": float(np.mean(dices)), "auprc": float(np.nanmean(auprcs)), "auroc": float(np.nanmean(aurocs)),
+            "detection_auroc": M.detection_auroc(np.array(h_scores + l_scores),
+                                                 np.array([False] * len(h_scores) + [True] * len(l_scores))),
+            "fpr": float(np.mean(fp)), "threshold": float(thr), "val_dice": float(val_dice), "n": len(test),
+            "prevalence": float(np.mean([np.asarray(store.seg(v)).mean() for v, _ in test])),
+            "cases": per_case,
+        }
+        curves[src.name] = (test, store)
+    result["calibration"] = _calibrate(model, hstore, fold_subjects(splits[healthy_name], "val", fold), bar)
+    result["_curves"], result["_healthy"] = curves, (h_test, hstore)
+    return result
+
+
+def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], bar: Any) -> dict[str, Any]:
+    """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps)."""
+    cfg = model.recipe
+    maps = []
+    for v, r in _maps(model, store, subjects, "calibration", bar):
+        brain = np.asarray(store.mask(v)) > 0
+        filtered = median_filter_2d(r.residual, cfg.localize.median_size)  # (D, H, W), slice-wise
+        maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
+    if not maps:
+        raise DataError("no healthy validation slices to calibrate the localisation threshold on")
+    thr = calibrate_threshold([np.concatenate(maps)[None]], cfg.eval.calibration_fpr, median_size=1)  # (1, N)
+    return {"threshold": float(thr), "fpr": cfg.eval.calibration_fpr, "n_slices": len(maps),
+            "timesteps": list(cfg.infer.timesteps), "median_size": cfg.localize.median_size}
+
+
+def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over folds of the per-fold means (std is None for a single fold)."""
+    def ms(values: list[float]) -> tuple[float, float | None]:
+        mean, std = M.mean_std(values)
+        return float(mean), (float(std) if len(values) > 1 else None)
+
+    first = per_fold[0]
+    sets = {}
+    for name in first["sets"]:
+        rows = [f["sets"][name] for f in per_fold if name in f["sets"]]
+        sets[name] = {k: ms([r[k] for r in rows]) for k in ("dice", "auprc", "auroc", "detection_auroc", "fpr",
+                                                           "threshold", "prevalence")}
+        sets[name]["n"] = rows[0]["n"]
+    healthy = {"name": first["healthy"]["name"], "l1": ms([f["healthy"]["l1"] for f in per_fold]),
+               "n": first["healthy"]["n"]}
+    return {"sets": sets, "healthy": healthy}
+
+
+def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
+    from cdiff_cli.eval.plots import plot_case_grid, plot_pr_curves, plot_residual_histograms
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(0)
+    h_test, hstore = fold0["_healthy"]
+    healthy_vox = np.concatenate([r.anomaly[np.asarray(hstore.mask(v)) > 0] for v, r in h_test])
+    curves, prevalence, lesion_vox, cases = {}, {}, {}, []
+    for name, (test, store) in fold0["_curves"].items():
+        scores = np.concatenate([r.anomaly.ravel() for _, r in test])
+        labels = np.concatenate([np.asarray(store.seg(v)).ravel() > 0 for v, _ in test])
+        pick = rng.choice(len(scores), size=min(len(scores), 2_000_000), replace=False)
+        p, rcl, _ = precision_recall_curve(labels[pick], scores[pick])
+        curves[name] = (rcl, p, fold0["sets"][name]["auprc"])
+        prevalence[name] = float(labels.mean())
+        lesion_vox[name] = scores[labels]
+        thr = fold0["sets"][name]["threshold"]
+        ranked = sorted(zip(fold0["sets"][name]["cases"], test), key=lambda c: c[0]["dice"])
+        for tag, (case, (v, r)) in [("worst", ranked[0]), ("best", ranked[-1])]:
+            seg = np.asarray(store.seg(v)) > 0
+            z = int(seg.sum(axis=(1, 2)).argmax())
+            cases.append({"image": np.asarray(store.volume(v))[z], "anomaly": r.anomaly[z], "seg": seg[z],
+                          "title": f"{tag} {name}: {case['subject']} Dice {case['dice']:.2f} (thr {thr:.3f})"})
+    paths = {"pr_curves": out / "pr_curves.png", "histograms": out / "residual_histograms.png",
+             "cases": out / "cases.png"}
+    if curves:
+        plot_pr_curves(paths["pr_curves"], curves, prevalence=prevalence)
+        plot_case_grid(paths["cases"], cases, ncols=min(4, len(cases)))
+    first_thr = next((s["threshold"] for s in fold0["sets"].values()), None)
+    plot_residual_histograms(paths["histograms"], healthy_vox, lesion_vox, first_thr)
+    return {k: str(v) for k, v in paths.items() if v.exists()}
+
+
+def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str) -> dict[str, Any]:
+    """Evaluate one model, or several comma-separated ones (folds), and write the reports."""
+    from cdiff_cli.eval.report import segmentation_table
+    from cdiff_cli.train.distributed import resolve_device
+
+    device = resolve_device(device_spec)
+    specs = [s.strip() for s in (model_spec or str(recipe.run_dir)).split(",") if s.strip()]
+    out = out or recipe.run_dir / "eval"
+    t0 = time.perf_counter()
+    per_fold = []
+    with make_progress() as bar:
+        for spec in specs:
+            model = load_model(spec, device)
+            _check_grid(model, recipe)
+            per_fold.append(evaluate_model(model, recipe, bar))
+            if model.folder.is_dir() and spec == specs[0]:
+                _store_calibration(model, per_fold[-1]["calibration"])
+    agg = _aggregate(per_fold)
+    plots = _plots(out, per_fold[0])
+    doc = {"method": model.recipe.method, "threshold_search": recipe.eval.threshold_search,
+           "timesteps": list(model.recipe.infer.timesteps), "models": specs, "seconds": round(time.perf_counter() - t0, 1),
+           **agg, "folds": len(per_fold),
+           "per_fold": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold]}
+    label = "cdiff (ours)" if model.recipe.method == "cdiff" else model.recipe.method
+    table = segmentation_table({**{k: v for k, v in doc.items() if k != "per_fold"}, "method": label})
+    write_json(out / "metrics.json", doc)
+    write_text(out / "metrics.md", table)
+    info(f"evaluated {len(specs)} model(s) in {doc['seconds']} s")
+    return {"json": str(out / "metrics.json"), "markdown": str(out / "metrics.md"), "plots": plots, "metrics": doc}
+
+
+def _store_calibration(model: LoadedModel, calibration: dict[str, Any]) -> None:
+    """Keep the calibrated localisation threshold with the model (``calibration.json``)."""
+    try:
+        write_json(model.folder / "calibration.json", calibration)
+        model.calibration = calibration
+    except Exception as e:  # a read-only Hub cache: the threshold stays in metrics.json
+        info(f"could not store the calibration with the model ({e}); it is in metrics.json")

@@ -1,0 +1,147 @@
+"""Load a trained model for inference from a run directory or a Hugging Face Hub repo.
+
+A model folder holds ``diffusion/model.safetensors`` (the U-Net as ``unet.*`` and, for
+cdiff, the encoder as ``encoder.*``), ``diffusion/config.json`` (the resolved recipe) and,
+once calibrated, ``diffusion/calibration.json``. Weights are read only from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdiff_cli.config import Recipe, recipe_from_dict
+from cdiff_cli.errors import CheckpointError, RecipeError
+from cdiff_cli.train.checkpoint import load_into, load_weights, split_prefixed
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+@dataclass
+class LoadedModel:
+    recipe: Recipe
+    unet: torch.nn.Module
+    encoder: torch.nn.Module | None
+    diffusion: Any  # GaussianDiffusion
+    device: torch.device
+    folder: Path
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.recipe.data.image_hw
+
+    @property
+    def channels(self) -> int:
+        return self.recipe.data.channels
+
+    def calibrated_threshold(self) -> float:
+        if "threshold" not in self.calibration:
+            raise CheckpointError(
+                f"{self.folder} has no calibrated threshold (calibration.json): run `cdiff evaluate` on its "
+                "recipe to calibrate it, or pass --threshold 0.5"
+            )
+        return float(self.calibration["threshold"])
+
+
+def resolve_model_dir(spec: str | os.PathLike[str] | None) -> Path:
+    """The folder that holds ``diffusion/`` for a local path or a Hub id (``user/name[@rev]``)."""
+    if spec is None:
+        raise CheckpointError(
+            "no --model given: pass a run directory such as runs/quickstart (made by `cdiff train-diffusion`) "
+            "or a Hugging Face Hub repo id"
+        )
+    path = Path(spec)
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"--model {spec}: expected a run directory, got a file")
+        if (path / "model.safetensors").is_file() and path.name == "diffusion":
+            return path.parent
+        if not (path / "diffusion").is_dir():
+            raise CheckpointError(
+                f"--model {spec}: no diffusion/ folder inside; train one with `cdiff train-diffusion RECIPE`"
+            )
+        return path
+    if HUB_ID.match(str(spec)) and not str(spec).startswith((".", "/")):
+        return _from_hub(str(spec))
+    raise CheckpointError(f"--model {spec}: no such run directory (and not a Hub repo id like user/name)")
+
+
+def _from_hub(spec: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = spec.partition("@")
+    patterns = ["diffusion/*", "encoder/config.json", "recipe.yaml", "*.json", "README.md"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns,
+                                      local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        raise CheckpointError(
+            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: on a connected machine run "
+            f"`huggingface-cli download {repo_id}` (or unset HF_HUB_OFFLINE), or pass a local run directory"
+        )
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"could not fetch {repo_id} from the Hugging Face Hub ({type(e).__name__}); check the id and your "
+            f"connection, or download it with `huggingface-cli download {repo_id}` and retry"
+        ) from e
+
+
+def read_config(folder: Path) -> Recipe:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} lacks config.json; the model folder is incomplete")
+    try:
+        cfg = json.loads(path.read_text())
+        return recipe_from_dict(cfg["recipe"], source=str(path))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a cdiff model config ({e})") from e
+    except RecipeError as e:
+        raise CheckpointError(f"{path} holds an invalid recipe: {e}") from e
+
+
+def build_networks(recipe: Recipe) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The U-Net and (for cdiff) the encoder the recipe describes, randomly initialised."""
+    from cdiff_cli.models.encoder import Encoder
+    from cdiff_cli.models.unet import ConditionalUNet
+
+    channels = recipe.data.channels
+    encoder = Encoder(recipe.encoder, in_channels=channels) if recipe.unet.cond_mode != "none" else None
+    unet = ConditionalUNet(recipe.unet, in_channels=channels, out_channels=channels, z_dim=recipe.encoder.z_dim)
+    return unet, encoder
+
+
+def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> LoadedModel:
+    """Build the networks from the stored recipe and load the weights strictly."""
+    from cdiff_cli.diffusion.schedule import GaussianDiffusion
+
+    root = resolve_model_dir(spec)
+    folder = root / "diffusion"
+    recipe = read_config(folder)
+    unet, encoder = build_networks(recipe)
+    weights = load_weights(folder / "model.safetensors")
+    load_into(unet, split_prefixed(weights, "unet"), f"{folder} (unet)")
+    if encoder is not None:
+        load_into(encoder, split_prefixed(weights, "encoder"), f"{folder} (encoder)")
+        encoder.to(device).eval()
+    unet.to(device).eval()
+    calibration: dict[str, Any] = {}
+    cal = folder / "calibration.json"
+    if cal.is_file():
+        try:
+            calibration = json.loads(cal.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{cal} is not valid JSON ({e})") from e
+    return LoadedModel(recipe=recipe, unet=unet, encoder=encoder, diffusion=GaussianDiffusion(recipe.diffusion).to(device),
+                       device=device, folder=folder, calibration=calibration)
