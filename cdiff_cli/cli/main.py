@@ -154,6 +154,24 @@ def localize(
     run_localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device)
 
 
+@app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "
+             "card) to a Hugging Face Hub model repo. The token comes from HF_TOKEN or `hf auth login` and is "
+             "never printed. --dry-run OUT writes the folder locally instead (no network)."
+             + _example("cdiff push runs/ixi --repo-id alice/cdiff-ixi --private"))
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory (runs/NAME) with diffusion/ and encoder/.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Target model repo, USER/NAME.", show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created if needed).")] = None,
+    dry_run: Annotated[Optional[Path], typer.Option("--dry-run", help="Write the upload folder here; no upload.")]
+    = None,
+    message: Annotated[Optional[str], typer.Option("--message", help="Commit message.")] = None,
+) -> None:
+    from cdiff_cli.cli.commands import run_push
+
+    run_push(run_dir, repo_id, private, revision, dry_run, message)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,190 @@
+"""Gradio demo of cdiff: upload a brain MRI slice or volume, see its healthy reconstruction and
+where it differs (the anomaly map), with the top-k anomaly boxes.
+
+Runs as a Hugging Face Space (``python app.py`` serves on 0.0.0.0:7860, or
+``GRADIO_SERVER_PORT``). The model is ``CDIFF_MODEL`` (a run directory or a Hub repo id,
+``USER/NAME[@rev]``), else the bundled ``cdiff_cli/assets/reference``. All inference lives in
+:mod:`cdiff_cli.infer.session`; this file only lays out the page and maps errors to messages.
+NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from cdiff_cli.errors import CdiffError
+from cdiff_cli.infer.session import MAX_UPLOAD_BYTES, Analysis, Rendered, Session, default_model_spec, example_files
+
+log = logging.getLogger("cdiff.app")
+HERE = Path(__file__).resolve().parent
+FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz"]
+SESSION = Session(default_model_spec(), os.environ.get("CDIFF_DEVICE", "auto"))
+
+INTRO = """# cdiff: unsupervised anomaly detection in brain MRI
+Contrastive-guided conditional diffusion (Patrício et al., Pattern Recognition Letters 2025): the model
+reconstructs a *healthy* version of the input in one diffusion pass per noise level; what it cannot
+reconstruct lights up in the anomaly map. Upload an axial T2-weighted slice (PNG/JPG) or a skull-stripped
+NIfTI volume, or click an example.
+
+> **NOT FOR CLINICAL USE.** Research demo; not a medical device. Do not upload identifiable patient data.
+"""
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors -> a message in the page (gr.Error); anything else is logged, the server stays up."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except CdiffError as e:
+            raise gr.Error(str(e), title="Cannot analyse this input", print_exception=False) from None
+        except MemoryError:
+            raise gr.Error("the input is too large to process here", title="Out of memory") from None
+        except Exception as e:  # noqa: BLE001 - never let one request take the app down
+            log.exception("request failed")
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise gr.Error(f"unexpected error ({type(e).__name__}: {first})", title="Error") from None
+
+    return wrapper
+
+
+def _score_text(a: Analysis, r: Rendered, index: int, threshold: float, kind: str) -> str:
+    where = "brain" if a.kind == "volume" else "foreground"
+    lines = [f"**{a.name}** · noise levels {','.join(map(str, a.timesteps))} · {a.seconds:.1f} s"]
+    if a.kind == "volume":
+        lines.append(f"**Volume anomaly score**: mean {r.total_scores['mean']:.4f} · max {r.total_scores['max']:.4f} "
+                     f"(map inside the {where})")
+        lines.append(f"**Slice {index} / {a.depth - 1}**: mean {r.slice_scores['mean']:.4f} · "
+                     f"max {r.slice_scores['max']:.4f}")
+    else:
+        lines.append(f"**Anomaly score**: mean {r.slice_scores['mean']:.4f} · max {r.slice_scores['max']:.4f} "
+                     f"(map inside the {where})")
+    if r.boxes:
+        listed = "; ".join(f"#{i} at ({b.x}, {b.y}) {b.width}x{b.height} px, score {b.score:.3f}"
+                           for i, b in enumerate(r.boxes, start=1))
+        lines.append(f"**{len(r.boxes)} box(es)** at threshold {threshold:.4f} ({kind}): {listed}")
+    else:
+        lines.append(f"No region reaches the threshold {threshold:.4f} ({kind}) on this slice.")
+    return "\n\n".join(lines)
+
+
+def _panels(a: Analysis, index: int | None, threshold: float | None, calibrated: bool, top_k: float) -> tuple:
+    thr, kind = SESSION.threshold(threshold, bool(calibrated))
+    i = a.default_slice if index is None else int(index)
+    r = SESSION.render(a, i, thr, int(top_k))
+    return r.image, r.recon, r.overlay, (r.image, r.recon), _score_text(a, r, i, thr, kind)
+
+
+@_guard
+def analyze(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
+            progress: gr.Progress = gr.Progress()) -> tuple:
+    """Reconstruct the upload and show its most anomalous slice."""
+    a = SESSION.analyze(file, timesteps, progress=lambda frac, desc: progress(frac, desc=desc))
+    panels = _panels(a, None, threshold, calibrated, top_k)
+    slider = gr.update(minimum=0, maximum=max(a.depth - 1, 1), value=a.default_slice, visible=a.kind == "volume")
+    state = {"file": file, "timesteps": timesteps}
+    return (*panels[:4], slider, panels[4], state)
+
+
+def on_upload(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
+              progress: gr.Progress = gr.Progress()) -> tuple:
+    if not file:  # the upload was cleared
+        return None, None, None, None, gr.update(visible=False), "", None
+    return analyze(file, timesteps, threshold, calibrated, top_k, progress)
+
+
+@_guard
+def show_slice(state: dict | None, index: float, threshold: float | None, calibrated: bool, top_k: float) -> tuple:
+    """Re-render from the cached maps: moving the slider never reruns the model."""
+    if not state:
+        raise gr.Error("analyse a file first", title="Nothing to show")
+    a = SESSION.analyze(state["file"], state["timesteps"])  # a cache hit unless evicted
+    return _panels(a, index, threshold, calibrated, top_k)
+
+
+def restyle(state: dict | None, index: float, threshold: float | None, calibrated: bool, top_k: float) -> tuple:
+    """Settings changed: re-render if something is shown, else leave the page alone."""
+    if not state:
+        return tuple(gr.update() for _ in range(5))
+    return show_slice(state, index, threshold, calibrated, top_k)
+
+
+def build_demo() -> gr.Blocks:
+    try:
+        model_text = SESSION.describe()
+        model = SESSION.model
+        examples = [str(p) for p in example_files(model, extra_dir=HERE / "examples")]
+        has_cal = "threshold" in model.calibration
+        default_thr = float(model.calibration.get("threshold", model.recipe.localize.threshold
+                                                  if isinstance(model.recipe.localize.threshold, float) else 0.5))
+        default_steps = ",".join(map(str, model.recipe.infer.timesteps))
+        ready = True
+    except CdiffError as e:
+        model_text, examples, has_cal, default_thr, default_steps, ready = f"**{e}**", [], False, 0.5, "", False
+
+    # uploads and results older than 2 h are deleted every hour (a public Space must not keep them)
+    with gr.Blocks(title="cdiff: anomaly detection in brain MRI", delete_cache=(3600, 7200)) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"**Model**: {model_text}" if ready else f"⚠️ {model_text}", elem_id="model-info")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                upload = gr.File(label="2-D slice (PNG/JPG) or NIfTI volume (.nii, .nii.gz), up to "
+                                 f"{MAX_UPLOAD_BYTES // 2**20} MB", file_types=FILE_TYPES, elem_id="upload")
+                if examples:
+                    gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Examples (synthetic phantoms)",
+                                example_labels=[Path(p).name for p in examples])
+                with gr.Accordion("Settings", open=True):
+                    timesteps = gr.Textbox(value=default_steps, label="Noise levels t (comma-separated)",
+                                           placeholder="250,500,750", info="One U-Net pass each; averaged.")
+                    calibrated = gr.Checkbox(value=has_cal, label="Use the calibrated threshold",
+                                             info="stored with the model" if has_cal else "none stored: fixed value used")
+                    threshold = gr.Number(value=default_thr, label="Threshold for boxes", precision=4)
+                    top_k = gr.Slider(1, 20, value=5, step=1, label="Top-k boxes (largest first)")
+                run = gr.Button("Analyze", variant="primary", interactive=ready, elem_id="analyze")
+                slice_slider = gr.Slider(0, 1, value=0, step=1, label="Axial slice", visible=False,
+                                         elem_id="slice")
+                score = gr.Markdown(elem_id="score")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    image_in = gr.Image(label="Input", format="png", interactive=False, elem_id="input-image")
+                    image_rec = gr.Image(label="Reconstruction (healthy)", format="png", interactive=False,
+                                         elem_id="recon-image")
+                    image_ov = gr.Image(label="Anomaly map + boxes", format="png", interactive=False,
+                                        elem_id="overlay-image")
+                compare = gr.ImageSlider(label="Before / after: input vs reconstruction", format="png",
+                                         interactive=False, max_height=520)
+        state = gr.State(None)
+
+        settings = [timesteps, threshold, calibrated, top_k]
+        outputs = [image_in, image_rec, image_ov, compare, slice_slider, score, state]
+        view = [state, slice_slider, threshold, calibrated, top_k]
+        view_out = [image_in, image_rec, image_ov, compare, score]
+        run.click(analyze, [upload, *settings], outputs, api_name="analyze")
+        upload.change(on_upload, [upload, *settings], outputs, api_visibility="private")
+        slice_slider.release(show_slice, view, view_out, api_name="show_slice", show_progress="hidden")
+        for trigger in (threshold.submit, calibrated.change, top_k.release):
+            trigger(restyle, view, view_out, api_visibility="private", show_progress="hidden")
+    demo.queue(default_concurrency_limit=int(os.environ.get("CDIFF_CONCURRENCY", "1")), max_size=32)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        max_file_size=MAX_UPLOAD_BYTES,
+        show_error=True,
+        footer_links=["api", "gradio"],
+    )

@@ -1,0 +1,205 @@
+"""``cdiff push``: a run directory -> a Hugging Face Hub model repo (or a local folder, dry run).
+
+The upload folder mirrors the run directory, so ``load_model`` reads it (or its Hub cache
+snapshot) exactly like ``runs/NAME``::
+
+    README.md                    model card (model_card.md + measured facts, Hub front matter)
+    recipe.yaml                  the resolved recipe
+    metrics.json                 {"eval": ..., "localize": ...} when the run was evaluated
+    encoder/model.safetensors    stage-1 encoder (cdiff only) + config.json
+    diffusion/model.safetensors  U-Net (unet.*) and encoder (encoder.*) + config.json
+    diffusion/calibration.json   calibrated threshold, when present
+
+The token comes from ``HF_TOKEN`` or the stored Hub login and never reaches the output:
+every message that leaves this module passes through :func:`scrub`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors import SafetensorError, safe_open
+
+from cdiff_cli.errors import CdiffError, CheckpointError
+from cdiff_cli.fileio import atomic_dir
+from cdiff_cli.hub.card import render_card
+from cdiff_cli.infer.model import read_config
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+_DROP_EVAL_KEYS = ("models", "plots")  # local paths of the machine that evaluated
+_OURS = {"README.md", "recipe.yaml", "metrics.json", "encoder", "diffusion"}  # top level of an upload folder
+
+
+@dataclass
+class UploadFolder:
+    """What will be uploaded: (path in repo, source file) pairs plus generated files."""
+
+    repo_id: str
+    copies: list[tuple[str, Path]] = field(default_factory=list)
+    generated: dict[str, str] = field(default_factory=dict)  # path in repo -> text
+
+    def write(self, dest: Path) -> None:
+        for rel, src in self.copies:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        for rel, text in self.generated.items():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``USER/NAME`` with the Hub's characters; one clear line otherwise."""
+    rid = (repo_id or "").strip()
+    bad = (not REPO_ID.match(rid) or len(rid) > 96 or "--" in rid or ".." in rid
+           or rid.endswith((".git", ".")) or rid.split("/")[1].startswith((".", "-")))
+    if bad:
+        raise CdiffError(f"--repo-id {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.'; no '--' or "
+                         "'..'; at most 96 characters), e.g. alice/cdiff-ixi")
+    return rid
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{what} {path} is not readable JSON ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _check_weights(path: Path, prefixes: tuple[str, ...]) -> None:
+    """Header-only check: a readable safetensors file whose tensors carry the expected prefixes."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
+    for prefix in prefixes:
+        if not any(k.startswith(prefix + ".") for k in keys):
+            raise CheckpointError(f"{path} holds no '{prefix}.*' tensors; is it a cdiff model file?")
+
+
+def collect(run_dir: Path, repo_id: str) -> UploadFolder:
+    """Validate ``run_dir`` and list the files of the upload (nothing is written)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    diffusion = run_dir / "diffusion"
+    if not diffusion.is_dir():
+        raise CheckpointError(f"{run_dir} has no diffusion/ folder: train one with `cdiff train-diffusion RECIPE` "
+                              "before pushing")
+    recipe = read_config(diffusion)  # CheckpointError when config.json is missing or invalid
+    required = [("diffusion/model.safetensors", diffusion / "model.safetensors"),
+                ("diffusion/config.json", diffusion / "config.json"),
+                ("recipe.yaml", run_dir / "recipe.yaml")]
+    if recipe.method == "cdiff":
+        required += [("encoder/model.safetensors", run_dir / "encoder" / "model.safetensors"),
+                     ("encoder/config.json", run_dir / "encoder" / "config.json")]
+    missing = [rel for rel, src in required if not src.is_file()]
+    if missing:
+        raise CheckpointError(f"{run_dir} is incomplete: missing {', '.join(missing)}")
+    _check_weights(diffusion / "model.safetensors", ("unet", "encoder") if recipe.method == "cdiff" else ("unet",))
+    try:
+        yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{run_dir / 'recipe.yaml'} is not valid YAML ({str(e).splitlines()[0]})") from None
+
+    folder = UploadFolder(repo_id=repo_id, copies=list(required))
+    calibration = None
+    cal = diffusion / "calibration.json"
+    if cal.is_file():
+        calibration = _read_json(cal, "calibration")
+        folder.copies.append(("diffusion/calibration.json", cal))
+    metrics: dict[str, Any] = {}
+    for key in ("eval", "localize"):
+        path = run_dir / key / "metrics.json"
+        if path.is_file():
+            doc = _read_json(path, f"{key} metrics")
+            metrics[key] = {k: v for k, v in doc.items() if k not in _DROP_EVAL_KEYS}
+    if metrics:
+        folder.generated["metrics.json"] = json.dumps(metrics, indent=2) + "\n"
+    folder.generated["README.md"] = render_card(repo_id, recipe, metrics.get("eval"), metrics.get("localize"),
+                                                calibration)
+    return folder
+
+
+def listing(folder: Path) -> list[tuple[str, int]]:
+    """(relative path, bytes) of every file under ``folder``, sorted."""
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def dry_run(run_dir: Path, repo_id: str, out: Path) -> list[tuple[str, int]]:
+    """Write the upload folder to ``out`` (atomically: complete or absent) without any network."""
+    repo_id = check_repo_id(repo_id)
+    upload = collect(run_dir, repo_id)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CdiffError(f"--dry-run {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not {p.name for p in out.iterdir()} <= _OURS:
+        raise CdiffError(f"--dry-run {out} is a non-empty folder that is not a previous dry run; "
+                         "choose a new or empty folder (it is replaced as a whole)")
+    if out.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in out.resolve().parents:
+        raise CdiffError(f"--dry-run {out}: choose a folder outside the run directory")
+    with atomic_dir(out) as tmp:
+        upload.write(tmp)
+    return listing(out)
+
+
+def scrub(text: str, token: str | None = None) -> str:
+    """``text`` without the token (and without anything shaped like a Hub token)."""
+    if token:
+        text = text.replace(token, "***")
+    return _TOKEN_LIKE.sub("hf_***", text)
+
+
+def _token() -> str | None:
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def push(run_dir: Path, repo_id: str, private: bool = False, revision: str | None = None,
+         message: str | None = None) -> dict[str, Any]:
+    """Create (or reuse) the model repo and upload the folder in one commit."""
+    from huggingface_hub import HfApi
+
+    repo_id = check_repo_id(repo_id)
+    upload = collect(run_dir, repo_id)
+    token = _token()
+    if not token:
+        raise CdiffError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run OUT)")
+    message = message or f"Upload cdiff model from run {Path(run_dir).name}"
+    with tempfile.TemporaryDirectory(prefix="cdiff-push-") as tmp:
+        folder = Path(tmp) / "upload"
+        folder.mkdir()
+        upload.write(folder)
+        files = listing(folder)
+        try:
+            api = HfApi(token=token)
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                                       commit_message=message, repo_type="model")
+        except Exception as e:  # any Hub/network failure: one line, token removed
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"upload to {repo_id} failed: {type(e).__name__}: {scrub(first, token)[:300]}") \
+                from None
+    return {"repo_id": repo_id, "url": scrub(str(repo_url), token),
+            "commit": scrub(str(getattr(commit, "commit_url", commit)), token), "files": files,
+            "revision": revision or "main", "private": private}
+
+
+__all__ = ["UploadFolder", "check_repo_id", "collect", "dry_run", "listing", "push", "scrub"]
