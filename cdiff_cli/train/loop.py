@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cdiff_cli.config import TrainConfig
-from cdiff_cli.console import info, make_progress
+from cdiff_cli.console import info, make_progress, progress_enabled
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from cdiff_cli.train.distributed import DistInfo, StepRandom, derive_seed
@@ -147,6 +147,9 @@ class _Logger:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if not progress_enabled():  # no live bar (a log file, CI): one line per logged step instead
+            rate = f", {row['images_per_s']} img/s" if "images_per_s" in row else ""
+            info(f"step {row['step']} {row['split']} loss {row['loss']:.4f}{rate}")
         with self.jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         with self.csv.open("a") as f:

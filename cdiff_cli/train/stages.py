@@ -106,7 +106,10 @@ class DiffusionNet(nn.Module):
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
         d = self.diffusion
-        z = self.encoder(x0) if self.encoder is not None else None  # (B, z_dim) from the clean slice
+        z = None
+        if self.encoder is not None:  # (B, z_dim) from the clean slice; no graph for a frozen encoder
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.encoder.trainable_in_diffusion):
+                z = self.encoder(x0)
         x0m = to_model_range(x0)
         x_t = d.q_sample(x0m, t, noise)
         pred = self.unet(x_t, t, z)
