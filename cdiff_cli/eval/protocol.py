@@ -178,7 +178,10 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
     from cdiff_cli.train.distributed import resolve_device
 
     device = resolve_device(device_spec)
-    specs = [s.strip() for s in (model_spec or str(recipe.run_dir)).split(",") if s.strip()]
+    if model_spec is None:  # the recipe's own run, else the bundled reference model
+        specs: list[str | None] = [str(recipe.run_dir) if (recipe.run_dir / "diffusion").is_dir() else None]
+    else:
+        specs = [s.strip() for s in model_spec.split(",") if s.strip()]
     out = out or recipe.run_dir / "eval"
     t0 = time.perf_counter()
     per_fold = []
@@ -187,12 +190,13 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
             model = load_model(spec, device)
             _check_grid(model, recipe)
             per_fold.append(evaluate_model(model, recipe, bar))
-            if model.folder.is_dir() and spec == specs[0]:
+            if spec is not None and spec == specs[0] and _own_run_dir(spec):
                 _store_calibration(model, per_fold[-1]["calibration"])
     agg = _aggregate(per_fold)
     plots = _plots(out, per_fold[0])
     doc = {"method": model.recipe.method, "threshold_search": recipe.eval.threshold_search,
-           "timesteps": list(model.recipe.infer.timesteps), "models": specs, "seconds": round(time.perf_counter() - t0, 1),
+           "timesteps": list(model.recipe.infer.timesteps),
+           "models": [s if s is not None else "bundled reference" for s in specs], "seconds": round(time.perf_counter() - t0, 1),
            **agg, "folds": len(per_fold),
            "per_fold": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold]}
     label = "cdiff (ours)" if model.recipe.method == "cdiff" else model.recipe.method
@@ -201,6 +205,14 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
     write_text(out / "metrics.md", table)
     info(f"evaluated {len(specs)} model(s) in {doc['seconds']} s")
     return {"json": str(out / "metrics.json"), "markdown": str(out / "metrics.md"), "plots": plots, "metrics": doc}
+
+
+def _own_run_dir(spec: str) -> bool:
+    """A local run directory of the user's (not the bundled model or a Hub cache snapshot)."""
+    from cdiff_cli.infer.model import REFERENCE
+
+    path = Path(spec)
+    return path.is_dir() and path.resolve() != REFERENCE.resolve()
 
 
 def _store_calibration(model: LoadedModel, calibration: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from cdiff_cli.config import Recipe, recipe_from_dict
 from cdiff_cli.errors import CheckpointError, RecipeError
 from cdiff_cli.train.checkpoint import load_into, load_weights, split_prefixed
 
+REFERENCE = Path(__file__).resolve().parents[1] / "assets" / "reference"  # the bundled default model
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -52,6 +53,8 @@ class LoadedModel:
 
 def resolve_model_dir(spec: str | os.PathLike[str] | None) -> Path:
     """The folder that holds ``diffusion/`` for a local path or a Hub id (``user/name[@rev]``)."""
+    if spec is None and (REFERENCE / "diffusion" / "model.safetensors").is_file():
+        return REFERENCE
     if spec is None:
         raise CheckpointError(
             "no --model given: pass a run directory such as runs/quickstart (made by `cdiff train-diffusion`) "
