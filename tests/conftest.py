@@ -12,6 +12,18 @@ os.environ.setdefault("CDIFF_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models are dominated by per-op overhead: one thread avoids OpenMP oversubscription
+    slowdowns (10x and more) on small shared CI machines."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_recipe_dict(data_root: Path | str = "data/synthetic", prepared: Path | str = "data/prepared/tiny",
                      runs_dir: Path | str = "runs", **extra: Any) -> dict[str, Any]:
     """A recipe small enough for tests: 32x32x8 volumes, a 16-channel U-Net, a ResNet-18 encoder."""

@@ -11,14 +11,6 @@ from cdiff_cli.config import DiffusionConfig
 from cdiff_cli.diffusion.schedule import GaussianDiffusion, from_model_range, to_model_range
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP oversubscription slowdowns on shared CI machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_cosine_schedule_properties() -> None:
     d = GaussianDiffusion(DiffusionConfig())

@@ -12,15 +12,6 @@ from cdiff_cli.models.spark import SparK, patch_size_for, resize_mask
 CFG = EncoderConfig(arch="resnet18", z_dim=16, spark_mask_ratio=0.65, spark_patch=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dominated by per-op overhead; one thread avoids OpenMP oversubscription
-    slowdowns (10x and more) on small shared CI machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make(seed: int = 0, in_channels: int = 1) -> Encoder:
     torch.manual_seed(seed)

@@ -16,14 +16,6 @@ opensimplex = pytest.importorskip("opensimplex")
 CFG = SimplexConfig()  # 6 octaves, persistence 0.8, frequency 64 px
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP oversubscription slowdowns on shared CI machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _reference_octaves(points: np.ndarray, gen, cfg: SimplexConfig) -> np.ndarray:
     """opensimplex octave sum at pixel-space points (N, 3), AnoDDPM's rand_3d_fixed_T_octaves recipe."""

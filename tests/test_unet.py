@@ -12,15 +12,6 @@ from cdiff_cli.models.unet import ConditionalUNet
 Z = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dominated by per-op overhead; one thread avoids OpenMP oversubscription
-    slowdowns (10x and more) on small shared CI machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(cond_mode: str = "adagn", **kw) -> ConditionalUNet:
     cfg = UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, groups=8, num_heads=2, head_channels=-1,

@@ -27,6 +27,7 @@ import numpy as np
 
 from cdiff_cli.data.preprocess import Prepared
 from cdiff_cli.errors import DataError
+from cdiff_cli.fileio import json_default
 
 FORMAT = "cdiff-prepared-store"
 VERSION = 1
@@ -122,16 +123,8 @@ class StoreWriter:
             "layout": "(V,D,H,W); D=axial z (inferior->superior), row 0 anterior, column 0 patient right",
             "subjects": self.subjects,
         }
-        (self.folder / "subjects.json").write_text(json.dumps(doc, indent=1, default=_json) + "\n", encoding="utf-8")
+        (self.folder / "subjects.json").write_text(json.dumps(doc, indent=1, default=json_default) + "\n", encoding="utf-8")
         return doc
-
-
-def _json(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 # --------------------------------------------------------------------------------------
