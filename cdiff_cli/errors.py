@@ -12,6 +12,7 @@ class CdiffError(Exception):
     """An error the user can fix; its message is one clear line."""
 
     exit_code = 2
+    label = "error: "  # how the CLI prefixes the message
 
 
 class RecipeError(CdiffError):

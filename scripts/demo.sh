@@ -1,38 +1,30 @@
 #!/usr/bin/env bash
-# The main job on the embedded synthetic benchmark:
-#   synthesize -> prepare -> pretrain the encoder -> train the diffusion model -> evaluate -> localize
-# Outputs: data/synthetic (the benchmark), data/prepared/quickstart (the slice store),
-# runs/quickstart (models, logs, evaluation report and pictures), runs/quickstart/localize (boxes).
-# Set DEMO_FAST=1 for a shorter training (a smoke run; its numbers mean little).
+# The main job on the embedded synthetic benchmark with the bundled reference model
+# (trained by scripts/quickstart.sh; see cdiff_cli/assets/reference):
+#   synthesize unseen subjects -> prepare -> evaluate -> localize -> report
+# A few minutes on 2 CPU cores. Outputs under demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=recipes/quickstart.yaml
-EXTRA=()
-if [ "${DEMO_FAST:-0}" = "1" ]; then
-    EXTRA=(encoder_train.steps=40 train.steps=80 train.val_every=40 encoder_train.val_every=20)
-fi
+SET=(data.sources.0.path=demo/synthetic/IXI data.sources.1.path=demo/synthetic/BraTS2021
+     data.sources.2.path=demo/synthetic/MSLUB data.prepared=demo/prepared runs_dir=demo/runs)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-if [ -f data/synthetic/synthesize.json ]; then
-    step "synthetic benchmark already in data/synthetic (delete it to regenerate)"
+if [ -f demo/synthetic/synthesize.json ]; then
+    step "1/4 synthetic benchmark already in demo/synthetic"
 else
-    step "1/6 synthesize the embedded benchmark (about 2-3 min)"
-    cdiff synthesize data/synthetic --preset default --seed 0
+    step "1/4 synthesize unseen subjects (seed 1, small preset; the reference model was trained on seed 0)"
+    cdiff synthesize demo/synthetic --preset small --seed 1
 fi
-step "2/6 prepare the slice store"
-cdiff prepare "$RECIPE"
-rm -rf runs/quickstart
-step "3/6 stage 1: the target-invariant encoder"
-cdiff pretrain-encoder "$RECIPE" "${EXTRA[@]}"
-step "4/6 stage 2: the conditional diffusion model"
-cdiff train-diffusion "$RECIPE" "${EXTRA[@]}"
-step "5/6 evaluate (Dice, AUPRC, l1, ...; calibrates the localisation threshold)"
-cdiff evaluate "$RECIPE" "${EXTRA[@]}"
-step "6/6 localize on the NOVA-like images"
-cdiff localize data/synthetic/NOVA --model runs/quickstart --top-k 5 --out runs/quickstart/localize
+step "2/4 prepare the slice store"
+cdiff prepare "$RECIPE" "${SET[@]}"
+step "3/4 evaluate the bundled reference model (Dice, AUPRC, l1, detection AUROC)"
+cdiff evaluate "$RECIPE" "${SET[@]}" --out demo/eval
+step "4/4 localize anomalies on the NOVA-like images"
+cdiff localize demo/synthetic/NOVA --top-k 5 --out demo/localize
 
 step "done"
-echo "report:   runs/quickstart/eval/metrics.md (+ metrics.json)"
-echo "pictures: runs/quickstart/eval/{pr_curves,residual_histograms,cases}.png"
-echo "boxes:    runs/quickstart/localize/metrics.md, runs/quickstart/localize/images/*.png"
-echo "preview:  data/synthetic/preview.png"
+echo "report:   demo/eval/metrics.md (+ metrics.json), demo/localize/metrics.md"
+echo "pictures: demo/eval/pr_curves.png demo/eval/residual_histograms.png demo/eval/cases.png"
+echo "boxes:    demo/localize/images/*.png (predicted red, gold green), demo/localize/boxes.json"
+echo "preview:  demo/synthetic/preview.png"

@@ -179,7 +179,7 @@ def main() -> None:
     except CdiffError as e:
         if os.environ.get("CDIFF_DEBUG"):
             raise
-        print(f"cdiff: error: {e}", file=sys.stderr)
+        print(f"cdiff: {e.label}{e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("cdiff: interrupted", file=sys.stderr)

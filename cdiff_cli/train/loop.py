@@ -14,7 +14,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +41,10 @@ class Stage(Protocol):
 
 
 class TrainingInterrupted(CdiffError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; not an error of the user's."""
+
     exit_code = 130
+    label = ""
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
@@ -190,11 +193,14 @@ def fit(
     dist_info: DistInfo = DistInfo(),
     resume: bool = False,
     stop_after: int | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``stage.net`` for ``cfg.steps`` optimizer steps; return a summary.
 
     ``stop_after`` ends the run early (as if interrupted) after that many steps: tests use it
-    to check that an interrupted-and-resumed run equals an uninterrupted one.
+    to check that an interrupted-and-resumed run equals an uninterrupted one. ``on_start`` runs
+    once the checkpoints are checked and loaded, before anything is written: a run that fails
+    on them leaves its folder as it was.
     """
     net = stage.net.to(device)
     net.train()
@@ -222,6 +228,8 @@ def fit(
     elif existing:
         raise CdiffError(f"{out_dir} already holds checkpoints (latest {existing[-1].name}): pass --resume to "
                          "continue, or choose another run name (name=...)")
+    if on_start is not None:
+        on_start()
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else net
     logger = _Logger(out_dir, dist_info.is_main)
 
