@@ -71,7 +71,7 @@ def make_model_folder(run_dir: Path, recipe_dict: dict[str, Any] | None = None, 
     torch.manual_seed(seed)
     unet, encoder = build_networks(recipe)
     for p in unet.parameters():  # undo zero-init so the output depends on the input
-        if p.dim() > 1 and float(p.abs().sum()) == 0.0:
+        if p.dim() > 1 and float(p.detach().abs().sum()) == 0.0:
             torch.nn.init.normal_(p, std=0.02)
     weights = {f"unet.{k}": v for k, v in unet.state_dict().items()}
     config = {"kind": "diffusion", "recipe": recipe.to_dict(), "recipe_hash": recipe.hash()}

@@ -22,7 +22,7 @@ from cdiff_cli.fileio import safe_child, write_json, write_text
 from cdiff_cli.infer.files import collect_inputs, is_nifti
 from cdiff_cli.infer.model import LoadedModel, load_model
 from cdiff_cli.infer.postprocess import Box, boxes_from_map
-from cdiff_cli.infer.reconstruct import anomaly_images, anomaly_volume
+from cdiff_cli.infer.reconstruct import anomaly_images, anomaly_volume, output_stem
 
 
 def _threshold(model: LoadedModel, text: str) -> tuple[float, str]:
@@ -82,10 +82,12 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
             chunk = images[start : start + bs]
             loaded = [load_image_2d(p) for p in chunk]
             prepped = [to_model_input(im, model.image_hw, percentiles=model.recipe.data.percentiles) for im in loaded]
-            res = anomaly_images(model, np.stack([x for x, _ in prepped]), median_size=1)
-            for path, image, (x, meta), residual in zip(chunk, loaded, prepped, res.residual):
-                amap = from_model_grid(residual, meta)  # (H, W) at the image's own size
-                boxes = boxes_from_map(amap, thr, top_k, lcfg.median_size, 4, lcfg.score)
+            # the median filter runs on the model grid (as the calibration does), then the map is
+            # resized to the image's own pixels, where the components and boxes are found
+            res = anomaly_images(model, np.stack([x for x, _ in prepped]), median_size=lcfg.median_size)
+            for path, image, (x, meta), amap_model in zip(chunk, loaded, prepped, res.anomaly):
+                amap = from_model_grid(amap_model, meta)  # (H, W) at the image's own size
+                boxes = boxes_from_map(amap, thr, top_k, 1, 4, lcfg.score)
                 rec = gold.get(path.name)
                 records.append({"file": path, "hw": image.shape[-2:], "boxes": boxes, "record": rec})
                 _picture(pictures, records[-1], image, thr)
@@ -114,7 +116,7 @@ def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> 
     from cdiff_cli.infer.preview import save_boxes_image
 
     gold_boxes = list(r["record"].gold_boxes) if r["record"] is not None else None
-    name = r["file"].name if "slice" not in r else f"{r['file'].name}_z{r['slice']:03d}"
+    name = output_stem(r["file"]) if "slice" not in r else f"{output_stem(r['file'])}_z{r['slice']:03d}"
     save_boxes_image(safe_child(folder, f"{name}.png"), image, r["boxes"], gold_boxes=gold_boxes,
                      title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})")
 

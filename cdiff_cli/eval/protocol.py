@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cdiff_cli.config import Recipe
+from cdiff_cli.config import EvalConfig, Recipe
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.data.dataset import load_splits, training_source
 from cdiff_cli.data.splits import fold_subjects
@@ -24,27 +24,27 @@ from cdiff_cli.data.store import PreparedStore, grid_config
 from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
 from cdiff_cli.fileio import write_json, write_text
-from cdiff_cli.infer.model import LoadedModel, load_model
+from cdiff_cli.infer.model import LoadedModel, load_model, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_threshold, median_filter_2d, remove_small_components
 from cdiff_cli.infer.reconstruct import VolumeResult, anomaly_volume
 
 
 def _maps(model: LoadedModel, store: PreparedStore, subjects: list[str], label: str,
-          bar: Any) -> list[tuple[int, VolumeResult]]:
+          bar: Any, eval_cfg: EvalConfig) -> list[tuple[int, VolumeResult]]:
     task = bar.add_task(label, total=len(subjects))
     out = []
     for sid in subjects:
         v = store.subject_index(sid)
         out.append((v, anomaly_volume(model, np.asarray(store.volume(v)), np.asarray(store.mask(v)),
-                                      eval_cfg=model.recipe.eval)))
+                                      eval_cfg=eval_cfg)))
         bar.advance(task)
     return out
 
 
-def _check_grid(model: LoadedModel, recipe: Recipe) -> None:
-    if grid_config(model.recipe.data) != grid_config(recipe.data):
+def _check_grid(model_recipe: Recipe, where: Path, recipe: Recipe) -> None:
+    if grid_config(model_recipe.data) != grid_config(recipe.data):
         raise CheckpointError(
-            f"model {model.folder.parent} was trained on grid {grid_config(model.recipe.data)} but the recipe prepares "
+            f"model {where} was trained on grid {grid_config(model_recipe.data)} but the recipe prepares "
             f"{grid_config(recipe.data)}: evaluate with the model's own recipe"
         )
 
@@ -57,7 +57,8 @@ def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, An
     healthy_name = training_source(recipe)
     fold = model.recipe.data.fold
     hstore = PreparedStore.open(prepared / healthy_name)
-    h_test = _maps(model, hstore, fold_subjects(splits[healthy_name], "test", fold), f"{healthy_name} test", bar)
+    h_test = _maps(model, hstore, fold_subjects(splits[healthy_name], "test", fold), f"{healthy_name} test", bar,
+                   ecfg)
     if not h_test:
         raise DataError(f"the test split of {healthy_name} is empty")
     l1 = [float(np.abs(r.recon - np.asarray(hstore.volume(v))).mean()) for v, r in h_test]
@@ -71,8 +72,8 @@ def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, An
         store = PreparedStore.open(prepared / src.name)
         if not store.has_seg:
             continue
-        val = _maps(model, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar)
-        test = _maps(model, store, fold_subjects(splits[src.name], "test", fold), f"{src.name} test", bar)
+        val = _maps(model, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar, ecfg)
+        test = _maps(model, store, fold_subjects(splits[src.name], "test", fold), f"{src.name} test", bar, ecfg)
         if not val or not test:
             raise DataError(f"{src.name}: the val and test splits must both hold volumes (val {len(val)}, "
                             f"test {len(test)}); change data.lesion_val_fraction")
@@ -101,23 +102,25 @@ def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, An
             "cases": per_case,
         }
         curves[src.name] = (test, store)
-    result["calibration"] = _calibrate(model, hstore, fold_subjects(splits[healthy_name], "val", fold), bar)
+    result["calibration"] = _calibrate(model, hstore, fold_subjects(splits[healthy_name], "val", fold), bar, ecfg)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
 
 
-def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], bar: Any) -> dict[str, Any]:
-    """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps)."""
+def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], bar: Any,
+               ecfg: EvalConfig) -> dict[str, Any]:
+    """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps);
+    the median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
     cfg = model.recipe
     maps = []
-    for v, r in _maps(model, store, subjects, "calibration", bar):
+    for v, r in _maps(model, store, subjects, "calibration", bar, ecfg):
         brain = np.asarray(store.mask(v)) > 0
         filtered = median_filter_2d(r.residual, cfg.localize.median_size)  # (D, H, W), slice-wise
         maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
     if not maps:
         raise DataError("no healthy validation slices to calibrate the localisation threshold on")
-    thr = calibrate_threshold([np.concatenate(maps)[None]], cfg.eval.calibration_fpr, median_size=1)  # (1, N)
-    return {"threshold": float(thr), "fpr": cfg.eval.calibration_fpr, "n_slices": len(maps),
+    thr = calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
+    return {"threshold": float(thr), "fpr": ecfg.calibration_fpr, "n_slices": len(maps),
             "timesteps": list(cfg.infer.timesteps), "median_size": cfg.localize.median_size}
 
 
@@ -184,11 +187,13 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
         specs = [s.strip() for s in model_spec.split(",") if s.strip()]
     out = out or recipe.run_dir / "eval"
     t0 = time.perf_counter()
+    for spec in specs:  # every fold must fit before any work is done (or calibration.json is written)
+        root = resolve_model_dir(spec)
+        _check_grid(read_config(root / "diffusion"), root, recipe)
     per_fold = []
     with make_progress() as bar:
         for spec in specs:
             model = load_model(spec, device)
-            _check_grid(model, recipe)
             per_fold.append(evaluate_model(model, recipe, bar))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
                 _store_calibration(model, per_fold[-1]["calibration"])

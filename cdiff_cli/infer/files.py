@@ -55,7 +55,7 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     img.header.set_xyzt_units("mm")
     raw = img.to_bytes()
-    write_bytes(path, gzip.compress(raw, compresslevel=6, mtime=0) if path.name.endswith(".gz") else raw)
+    write_bytes(path, gzip.compress(raw, compresslevel=1, mtime=0) if path.name.endswith(".gz") else raw)
 
 
 def reconstruct_volume_file(model: LoadedModel, path: Path, out: Path, **kw: Any) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
             fn = reconstruct_volume_file if is_nifti(path) else reconstruct_image_file
             written.append(fn(model, path, out, **kw))
             bar.advance(task)
-    info(f"anomaly scores (mean map in the brain): " +
+    info("anomaly scores (mean of the map): " +
          ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +
          (" ..." if len(written) > 8 else ""))
     return written

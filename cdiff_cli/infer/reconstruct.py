@@ -16,6 +16,7 @@ import torch
 
 from cdiff_cli.config import EvalConfig
 from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
+from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.postprocess import median_filter_2d, postprocess_volume
 from cdiff_cli.train.distributed import derive_seed
@@ -45,6 +46,12 @@ def reconstruct_slices(
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.batch_size
     diffusion, device = model.diffusion, model.device
+    bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps]
+    if bad or not timesteps:  # a negative t would silently index from the end of the schedule
+        raise CdiffError(f"timesteps {list(bad or timesteps)}: each must be within 0..{diffusion.num_timesteps - 1} "
+                         f"(the model's noise schedule)")
+    if batch_size < 1:  # range() with a step < 1 would skip every slice and return uninitialised memory
+        raise CdiffError(f"batch size {batch_size}: must be at least 1")
     xs = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x, dtype=torch.float32)
     if xs.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) slices, got shape {tuple(xs.shape)}")

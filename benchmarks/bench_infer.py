@@ -1,0 +1,370 @@
+"""Inference throughput end to end vs. the U-Net passes alone, and peak memory of one volume.
+
+Side by side in one run, with a random-weight model built from a recipe (speed does not
+depend on the weights):
+
+- ``localize``: the real ``cdiff_cli.eval.localize.localize`` on a folder of N PNG slices
+  (~480 px, NOVA-like): load PNG, preprocess, encode, noise, U-Net passes, map back to the
+  image grid, median filter, boxes, pictures, COCO JSON. Its own timer (model load excluded).
+- ``reconstruct``: ``cdiff_cli.infer.files.reconstruct_volume_file`` on a BraTS-sized
+  240x240x155 NIfTI: load, preprocess, U-Net passes, post-processing (erosion, 5^3 median),
+  mapping both maps back onto the input grid, writing two NIfTI files and the preview.
+- the bound: only the U-Net forward passes, on the same number of slices and timesteps with
+  the same batching as ``reconstruct_slices``.
+
+The ratio bound / end-to-end is printed (target >= 80%), with a per-stage breakdown of where
+the rest goes (and ``--profile`` for a cProfile listing). Then a fresh subprocess reconstructs
+the 240x240x155 volume through ``reconstruct_inputs`` (what ``cdiff reconstruct`` calls) and
+reports its peak resident memory (``VmHWM``; ``ru_maxrss`` would include this parent's; target < 3 GB).
+
+    python benchmarks/bench_infer.py [--recipe recipes/quickstart.yaml] [--images 32] [--repeats 3]
+                                     [--threads N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import platform
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BRATS_SHAPE = (240, 240, 155)
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def build_model_folder(run_dir: Path, recipe_path: Path) -> Any:
+    """A run directory with random weights for the recipe's networks (as tests/conftest.py)."""
+    import torch
+
+    from cdiff_cli.config import load_recipe
+    from cdiff_cli.infer.model import build_networks
+    from cdiff_cli.train.checkpoint import write_model_folder
+
+    recipe = load_recipe(recipe_path, [])
+    torch.manual_seed(0)
+    unet, encoder = build_networks(recipe)
+    with torch.no_grad():
+        for p in unet.parameters():  # undo zero-init so the output depends on the input
+            if p.dim() > 1 and float(p.abs().sum()) == 0.0:
+                torch.nn.init.normal_(p, std=0.02)
+    weights = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    if encoder is not None:
+        weights.update({f"encoder.{k}": v for k, v in encoder.state_dict().items()})
+    write_model_folder(run_dir / "diffusion", weights,
+                       {"kind": "diffusion", "recipe": recipe.to_dict(), "recipe_hash": recipe.hash()})
+    return recipe
+
+
+def write_pngs(folder: Path, n: int, seed: int = 0) -> None:
+    """NOVA-like 8-bit slices: a textured head ellipse with a bright lesion, ~480 px, skull included."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(450, 512, 2))
+        y, x = np.ogrid[:h, :w]
+        r = ((y - h / 2) / (0.42 * h)) ** 2 + ((x - w / 2) / (0.36 * w)) ** 2
+        img = np.where(r < 1, 110 + 25 * rng.standard_normal((h, w)), 0) + np.where((r > 0.85) & (r < 1), 80, 0)
+        cy, cx = rng.integers(h // 3, 2 * h // 3), rng.integers(w // 3, 2 * w // 3)
+        img += 90 * (((y - cy) ** 2 + (x - cx) ** 2) < 20**2)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(folder / f"slice{i:04d}.png")
+
+
+def write_brats_volume(path: Path, seed: int = 0) -> None:
+    """A 240x240x155 int16 T2-like volume at 1 mm (BraTS grid): brain ellipsoid, texture, a lesion."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    x, y, z = np.ogrid[: BRATS_SHAPE[0], : BRATS_SHAPE[1], : BRATS_SHAPE[2]]
+    brain = ((x - 120) / 70) ** 2 + ((y - 120) / 88) ** 2 + ((z - 75) / 62) ** 2 < 1
+    lesion = ((x - 140) ** 2 + (y - 120) ** 2 + (z - 75) ** 2 < 15**2) & brain
+    img = (rng.normal(600, 120, BRATS_SHAPE) * brain + 900 * lesion).clip(0, None).astype(np.int16)
+    nib.save(nib.Nifti1Image(img, np.diag([-1.0, -1.0, 1.0, 1.0])), str(path))
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+class Stopwatch:
+    """Sums wall time spent in patched functions (``module.attr`` or ``Class.method``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+        watch = self
+
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kw)
+            finally:
+                watch.seconds[label] += time.perf_counter() - t0
+                watch.calls[label] += 1
+
+        self._undo.append((owner, attr, inner))
+        setattr(owner, attr, timed)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+    def restore(self) -> None:
+        for owner, attr, inner in reversed(self._undo):
+            setattr(owner, attr, inner)
+        self._undo.clear()
+
+
+def install_stopwatch() -> Stopwatch:
+    from cdiff_cli.data import images2d, nifti, preprocess
+    from cdiff_cli.diffusion.schedule import GaussianDiffusion
+    from cdiff_cli.eval import localize as loc
+    from cdiff_cli.infer import files, preview
+    from cdiff_cli.infer import reconstruct as rec
+    from cdiff_cli.models.encoder import Encoder
+    from cdiff_cli.models.unet import ConditionalUNet
+
+    sw = Stopwatch()
+    for owner, attr, label in [
+        (images2d, "load_image_2d", "load image"),
+        (images2d, "to_model_input", "preprocess 2-D"),
+        (nifti, "load_volume", "load NIfTI"),
+        (preprocess, "preprocess_volume", "preprocess volume"),
+        (rec, "reconstruct_slices", "reconstruct_slices (all passes)"),
+        (Encoder, "forward", "  encoder forward"),
+        (GaussianDiffusion, "sample_noise", "  noise"),
+        (ConditionalUNet, "forward", "  U-Net forward"),
+        (rec, "postprocess_volume", "post-process volume (erode, median)"),
+        (images2d, "from_model_grid", "map back to the image grid"),
+        (loc, "boxes_from_map", "boxes (median, label, top-k)"),
+        (loc, "_picture", "pictures (PNG with boxes)"),
+        (loc, "write_json", "JSON outputs"),
+        (preprocess, "to_original_grid", "map back to the input grid"),
+        (files, "write_nifti", "write NIfTI (gzip)"),
+        (preview, "save_volume_preview", "volume preview PNG"),
+    ]:
+        sw.wrap(owner, attr, label)
+    return sw
+
+
+def unet_bound(model: Any, n_slices: int, repeats: int = 1) -> float:
+    """Seconds for the U-Net forward passes alone over ``n_slices`` x the ensemble's timesteps,
+    batched as ``reconstruct_slices`` batches them (min over repeats)."""
+    import torch
+
+    cfg = model.recipe.infer
+    n_t, bs = len(cfg.timesteps), cfg.batch_size
+    c, (h, w) = model.channels, model.image_hw
+    gen = torch.Generator().manual_seed(0)
+    chunks = []
+    for start in range(0, n_slices, bs):
+        b = min(bs, n_slices - start)
+        x_t = torch.randn(n_t * b, c, h, w, generator=gen)  # (T*B, C, H, W)
+        t = torch.tensor(cfg.timesteps).repeat_interleave(b)  # (T*B,)
+        z = torch.randn(n_t * b, model.recipe.encoder.z_dim, generator=gen) if model.encoder is not None else None
+        chunks.append((x_t, t, z))
+    best = float("inf")
+    with torch.inference_mode():
+        model.unet(*chunks[0])  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for x_t, t, z in chunks:
+                model.unet(x_t, t, z)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@contextlib.contextmanager
+def maybe_profile(enabled: bool, title: str) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(18)
+        print(f"\n--- cProfile: {title} (top 18 by cumulative time) ---")
+        print("\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip()))
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+RSS_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from cdiff_cli.infer.files import reconstruct_inputs
+from cdiff_cli.infer.model import load_model
+
+def hwm_kb():
+    # VmHWM: peak RSS of THIS process image. ru_maxrss is not usable here: Linux carries the
+    # parent's high-water mark across fork+exec, so a child of a 1.4 GB parent reports >= 1.4 GB.
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+load_model(sys.argv[1], torch.device("cpu"))  # imports + one model: the floor
+floor = hwm_kb()
+t0 = time.perf_counter()
+reconstruct_inputs([Path(sys.argv[2])], sys.argv[1], Path(sys.argv[3]), None, None, None, "cpu")
+print(json.dumps({"floor_kb": floor, "peak_kb": hwm_kb(), "seconds": time.perf_counter() - t0,
+                  "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def peak_rss(model_dir: Path, volume: Path, out: Path, threads: int) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", RSS_CHILD, str(model_dir), str(volume), str(out), str(threads)],
+                          capture_output=True, text=True, timeout=1800, env=_quiet_env(), check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _quiet_env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "CDIFF_PROGRESS": "0"}
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    ap.add_argument("--images", type=int, default=32, help="PNG slices for localize")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest is kept)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--profile", action="store_true", help="also print a cProfile listing of each pipeline")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (inputs, model, outputs)")
+    args = ap.parse_args()
+
+    import os
+
+    os.environ.setdefault("CDIFF_PROGRESS", "0")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from cdiff_cli.eval.localize import localize
+    from cdiff_cli.infer.files import reconstruct_volume_file
+    from cdiff_cli.infer.model import load_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
+    recipe = build_model_folder(tmp / "run", args.recipe)
+    write_pngs(tmp / "pngs", args.images)
+    volume = tmp / "brats_like_t2.nii.gz"
+    write_brats_volume(volume)
+    device = torch.device("cpu")
+    t0 = time.perf_counter()
+    model = load_model(tmp / "run", device)
+    load_s = time.perf_counter() - t0
+    n_t = len(recipe.infer.timesteps)
+    d_slices = recipe.data.size[2]
+    print(f"recipe {args.recipe}: slices {recipe.data.image_hw[0]}x{recipe.data.image_hw[1]}, timesteps "
+          f"{list(recipe.infer.timesteps)}, batch {recipe.infer.batch_size}, encoder {recipe.encoder.arch}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}; "
+          f"model load {load_s:.2f} s (not counted below)")
+
+    sw = install_stopwatch()
+    rows = []
+    breakdowns = {}
+    # --- localize: N PNG slices
+    # e2e and bound alternate, so both see the same background load; the fastest of each is kept
+    best, best_parts, bound = float("inf"), {}, float("inf")
+    for i in range(args.repeats + 1):  # the first run warms caches and is discarded
+        sw.reset()
+        with maybe_profile(args.profile and i == args.repeats, "localize"):
+            res = localize(tmp / "pngs", str(tmp / "run"), 5, "0.5", None, True, tmp / f"loc{i}", "cpu")
+        if i and res["seconds"] < best:
+            best, best_parts = res["seconds"], {k: (v, sw.calls[k]) for k, v in sw.seconds.items()}
+        if i:
+            bound = min(bound, unet_bound(model, args.images))
+    rows.append(("localize", args.images, best, bound))
+    breakdowns["localize"] = (best, best_parts)
+
+    # --- reconstruct: one BraTS-sized volume
+    best, best_parts, bound = float("inf"), {}, float("inf")
+    for i in range(args.repeats + 1):
+        sw.reset()
+        with maybe_profile(args.profile and i == args.repeats, "reconstruct"):
+            t0 = time.perf_counter()
+            reconstruct_volume_file(model, volume, tmp / f"rec{i}")
+            dt = time.perf_counter() - t0
+        if i and dt < best:
+            best, best_parts = dt, {k: (v, sw.calls[k]) for k, v in sw.seconds.items()}
+        if i:
+            bound = min(bound, unet_bound(model, d_slices))
+    rows.append(("reconstruct (240x240x155 volume)", d_slices, best, bound))
+    breakdowns["reconstruct"] = (best, best_parts)
+    sw.restore()
+
+    print(f"\nfastest of {args.repeats} runs after one warm-up (e2e and bound alternating); bound = U-Net forward passes alone on the same "
+          f"slices x {n_t} timesteps\n")
+    head = (f"{'pipeline':<34} {'slices':>6} {'e2e s':>7} {'e2e sl/s':>8} {'bound s':>7} {'bound sl/s':>10} "
+            f"{'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+    for name, n, e2e, bnd in rows:
+        verdict = "" if bnd / e2e >= 0.8 else "  < 80% target"
+        print(f"{name:<34} {n:>6} {e2e:>7.2f} {n / e2e:>8.1f} {bnd:>7.2f} {n / bnd:>10.1f} {100 * bnd / e2e:>5.0f}%"
+              f"{verdict}")
+    for name, (total, parts) in breakdowns.items():
+        print(f"\nwhere the {name} time goes ({total:.2f} s end to end; indented = inside the line above):")
+        for label, (sec, calls) in sorted(parts.items(), key=lambda kv: _order(kv[0])):
+            print(f"  {label:<40} {sec:>7.3f} s {100 * sec / total:>5.1f}%  ({calls} call(s))")
+
+    if not args.skip_rss:
+        threads = torch.get_num_threads()
+        r = peak_rss(tmp / "run", volume, tmp / "rss_out", threads)
+        gb = r["peak_kb"] / 1024**2
+        print(f"\npeak RSS reconstructing a {BRATS_SHAPE[0]}x{BRATS_SHAPE[1]}x{BRATS_SHAPE[2]} volume in a fresh "
+              f"process: {gb:.2f} GB (after imports + model load: {r['floor_kb'] / 1024**2:.2f} GB; "
+              f"{r['seconds']:.1f} s) - target < 3 GB: {'OK' if gb < 3 else 'ABOVE TARGET'}  "
+              f"[VmHWM; ru_maxrss: {r['ru_maxrss_kb'] / 1024**2:.2f} GB, which Linux carries over from the parent]")
+    if args.keep:
+        print(f"\n(scratch files in {tmp})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_ORDER = ["load image", "load NIfTI", "preprocess 2-D", "preprocess volume", "reconstruct_slices (all passes)",
+          "  encoder forward", "  noise", "  U-Net forward", "post-process volume (erode, median)",
+          "map back to the image grid", "boxes (median, label, top-k)", "pictures (PNG with boxes)",
+          "map back to the input grid", "write NIfTI (gzip)", "volume preview PNG", "JSON outputs"]
+
+
+def _order(label: str) -> int:
+    return _ORDER.index(label) if label in _ORDER else len(_ORDER)
+
+
+if __name__ == "__main__":
+    main()
