@@ -56,7 +56,8 @@ def check_magic(path: Path, what: str = "image") -> None:
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{what} {path} is corrupt or truncated ({_reason(e)})") from None
     if len(head) < 348:
-        raise DataError(f"{what} {path} is truncated: {len(head)} header bytes, a NIfTI header has 348")
+        raise DataError(f"{what} {path} is truncated or not a NIfTI file: {len(head)} header bytes, "
+                        "a NIfTI header has 348")
     if head[344:348] in _MAGICS or head[4:8] in _MAGICS2:
         return
     raise DataError(f"{what} {path} is not a NIfTI file (no 'n+1'/'n+2' magic in its header)")

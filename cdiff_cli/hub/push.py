@@ -111,6 +111,8 @@ def collect(run_dir: Path, repo_id: str) -> UploadFolder:
     if missing:
         raise CheckpointError(f"{run_dir} is incomplete: missing {', '.join(missing)}")
     _check_weights(diffusion / "model.safetensors", ("unet", "encoder") if recipe.method == "cdiff" else ("unet",))
+    if recipe.method == "cdiff":
+        _check_weights(run_dir / "encoder" / "model.safetensors", ())  # readable safetensors, never a pickle
     try:
         yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

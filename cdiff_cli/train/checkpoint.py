@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,6 +125,9 @@ def save_checkpoint(
     """Write ``ckpt_root/step_N`` atomically, then prune all but the newest ``keep_last``."""
     state.torch_rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
     final = ckpt_root / f"{STEP_PREFIX}{state.step:07d}"
+    if ckpt_root.is_dir():  # temporary folders of a process killed mid-write (one writer per run)
+        for stale in ckpt_root.glob(f".{STEP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final) as tmp:
         save_file({k: v.detach().cpu().clone() for k, v in prefixed(modules).items()}, str(tmp / "model.safetensors"))
         if ema:
@@ -133,8 +137,18 @@ def save_checkpoint(
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(folder: Path) -> None:
+    """Rename to a dot name first: a crash mid-delete never leaves a half folder named ``step_N``."""
+    trash = folder.with_name(f".{folder.name}.del")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

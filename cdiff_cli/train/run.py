@@ -25,8 +25,6 @@ def train_stage(kind: Literal["encoder", "diffusion"], recipe: Recipe, device_sp
     try:
         run_dir = recipe.run_dir
         out_dir = run_dir / kind
-        if dist_info.is_main:
-            save_resolved(recipe, run_dir)
         train = open_training_data(recipe, "train")
         try:
             val = open_training_data(recipe, "val")
@@ -35,13 +33,18 @@ def train_stage(kind: Literal["encoder", "diffusion"], recipe: Recipe, device_sp
         torch.manual_seed(derive_seed(recipe.seed, "init", kind))  # same initial weights on every run and rank
         stage = EncoderStage(recipe, out_dir) if kind == "encoder" else DiffusionStage(recipe, out_dir, run_dir / "encoder")
         tcfg = recipe.encoder_train if kind == "encoder" else recipe.train
-        if dist_info.is_main:
+
+        def on_start() -> None:  # only once inputs and checkpoints are known good: a failed start writes nothing
+            if not dist_info.is_main:
+                return
+            save_resolved(recipe, run_dir)
             n_params = sum(p.numel() for p in stage.net.parameters() if p.requires_grad)
             info(f"{kind}: {len(train)} training slices, {n_params / 1e6:.2f} M trainable parameters, "
                  f"device {device}, {dist_info.world_size} process(es), global batch "
                  f"{tcfg.batch_size * dist_info.world_size * tcfg.grad_accum}")
+
         result = fit(stage, tcfg, train, val, out_dir, recipe.seed, recipe.model_hash(), device, dist_info,
-                     resume=resume, stop_after=stop_after)
+                     resume=resume, stop_after=stop_after, on_start=on_start)
         barrier(dist_info)
         return result
     finally:
