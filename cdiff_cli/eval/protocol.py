@@ -158,13 +158,12 @@ def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
         curves[name] = (rcl, p, fold0["sets"][name]["auprc"])
         prevalence[name] = float(labels.mean())
         lesion_vox[name] = scores[labels]
-        thr = fold0["sets"][name]["threshold"]
         ranked = sorted(zip(fold0["sets"][name]["cases"], test), key=lambda c: c[0]["dice"])
         for tag, (case, (v, r)) in [("worst", ranked[0]), ("best", ranked[-1])]:
             seg = np.asarray(store.seg(v)) > 0
             z = int(seg.sum(axis=(1, 2)).argmax())
             cases.append({"image": np.asarray(store.volume(v))[z], "anomaly": r.anomaly[z], "seg": seg[z],
-                          "title": f"{tag} {name}: {case['subject']} Dice {case['dice']:.2f} (thr {thr:.3f})"})
+                          "title": f"{tag} {name}: {case['subject']}\nDice {case['dice']:.2f}"})
     paths = {"pr_curves": out / "pr_curves.png", "histograms": out / "residual_histograms.png",
              "cases": out / "cases.png"}
     if curves:
