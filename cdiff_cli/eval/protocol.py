@@ -207,6 +207,7 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
     table = segmentation_table({**{k: v for k, v in doc.items() if k != "per_fold"}, "method": label})
     write_json(out / "metrics.json", doc)
     write_text(out / "metrics.md", table)
+    save_resolved(recipe, out)
     info(f"evaluated {len(specs)} model(s) in {doc['seconds']} s")
     return {"json": str(out / "metrics.json"), "markdown": str(out / "metrics.md"), "plots": plots, "metrics": doc}
 
