@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -36,35 +35,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_model_folder, tiny_recipe_dict
+from test_prepare import SHAPE  # the same tiny synthetic head as the prepare tests
+from test_prepare import head as _head
+from test_prepare import save as _nii
 from test_train import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (40, 48, 36)
-LPS = np.array([[-1.5, 0, 0, 30], [0, -1.25, 0, 30], [0, 0, 1.6, -28], [0, 0, 0, 1]])
 IXI = [f"IXI{100 + i:03d}-HH-{i:04d}-T2" for i in range(4)]
 BRATS = [f"BraTS2021_{i:05d}" for i in range(2)]
 
 
 # --------------------------------------------------------------------------------------
 # the world every case starts from: data, a prepared store, a run with a checkpoint
-
-
-def _head(seed: int, lesion: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x, y, z = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    brain = ((x - 20) / 14.0) ** 2 + ((y - 24) / 18.0) ** 2 + ((z - 18) / 11.0) ** 2 < 1
-    img = (100 + 20 * rng.random(SHAPE)) * brain
-    les = np.zeros(SHAPE, bool)
-    if lesion:
-        les = ((x - 24) ** 2 + (y - 20) ** 2 + (z - 18) ** 2 < 16) & brain
-        img[les] = 250
-    return img.astype(np.float32), brain.astype(np.uint8), les.astype(np.uint8)
-
-
-def _nii(path: Path, data: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, LPS), path)
-    return path
 
 
 def _png(path: Path, arr: np.ndarray) -> Path:
