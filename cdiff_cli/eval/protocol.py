@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cdiff_cli.config import EvalConfig, Recipe
+from cdiff_cli.config import EvalConfig, Recipe, save_resolved
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.data.dataset import load_splits, training_source
 from cdiff_cli.data.splits import fold_subjects
