@@ -5,7 +5,6 @@ Imported lazily by ``cdiff_cli.cli.main`` so that ``cdiff --help`` stays instant
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +117,3 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
         files = result["files"]
         title = f"pushed {run_dir} to {result['url']} ({result['revision']}, {'private' if private else 'public'})"
     _summary(title, {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files})
-
-
-def print_json(obj: Any) -> None:
-    console.print_json(json.dumps(obj))

@@ -21,7 +21,7 @@ from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import safe_child, write_json, write_text
 from cdiff_cli.infer.files import collect_inputs, is_nifti
 from cdiff_cli.infer.model import LoadedModel, load_model
-from cdiff_cli.infer.postprocess import Box, boxes_from_map
+from cdiff_cli.infer.postprocess import boxes_from_map
 from cdiff_cli.infer.reconstruct import anomaly_images, anomaly_volume, output_stem
 
 
@@ -172,5 +172,3 @@ def _metrics(out: Path, scored: list[dict[str, Any]], t2_filter: bool, thr: floa
     write_text(out / "metrics.md", localization_table(reference, coco))
     return {"metrics": doc, "metrics_json": str(out / "metrics.json"), "markdown": str(out / "metrics.md")}
 
-
-__all__ = ["localize", "Box"]
