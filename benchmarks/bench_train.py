@@ -28,7 +28,7 @@ import torch
 from cdiff_cli.config import Recipe, load_recipe
 from cdiff_cli.train.checkpoint import save_weights
 from cdiff_cli.train.distributed import DistInfo, StepRandom
-from cdiff_cli.train.loop import EMA, autocast_for, make_optimizer
+from cdiff_cli.train.loop import EMA, apply_update, autocast_for, make_optimizer
 from cdiff_cli.train.stages import DiffusionStage, EncoderStage
 
 
@@ -67,12 +67,7 @@ def run_stage(stage: Any, cfg: Any, recipe: Recipe, steps: int, warmup: int,
         with autocast_for(device, cfg.amp):
             loss, _ = net(**stage.inputs(batch, rnd))
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update()
+        apply_update(net, optimizer, ema, cfg.grad_clip)
         dt = time.perf_counter() - t0
         if step >= warmup:
             times.append(dt)

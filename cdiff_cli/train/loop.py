@@ -85,6 +85,16 @@ class EMA:
         return out
 
 
+def apply_update(net: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None, grad_clip: float) -> None:
+    """One optimizer update from the accumulated gradients: clip, step, clear, EMA."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update()
+
+
 class _StopFlag:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C aborts)."""
 
@@ -268,12 +278,7 @@ def fit(
                                          "lower the learning rate or check the data")
                     (loss / cfg.grad_accum).backward()
                 total += float(loss.detach()) / cfg.grad_accum
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update()
+            apply_update(net, optimizer, ema, cfg.grad_clip)
             state.step += 1
             seen_images += per_step
             loss_value = total
