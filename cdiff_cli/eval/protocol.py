@@ -25,8 +25,8 @@ from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, load_model, read_config, resolve_model_dir
-from cdiff_cli.infer.postprocess import calibrate_threshold, median_filter_2d, remove_small_components
-from cdiff_cli.infer.reconstruct import VolumeResult, anomaly_volume
+from cdiff_cli.infer.postprocess import calibrate_threshold, remove_small_components
+from cdiff_cli.infer.reconstruct import VolumeResult, anomaly_images, anomaly_volume
 
 
 def _maps(model: LoadedModel, store: PreparedStore, subjects: list[str], label: str,
@@ -113,10 +113,14 @@ def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], ba
     the median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
     cfg = model.recipe
     maps = []
-    for v, r in _maps(model, store, subjects, "calibration", bar, ecfg):
+    task = bar.add_task("calibration", total=len(subjects))
+    for sid in subjects:
+        v = store.subject_index(sid)
         brain = np.asarray(store.mask(v)) > 0
-        filtered = median_filter_2d(r.residual, cfg.localize.median_size)  # (D, H, W), slice-wise
+        # the 2-D maps exactly as `cdiff localize` makes them (slice-wise median, no 3-D post-processing)
+        filtered = anomaly_images(model, np.asarray(store.volume(v)), median_size=cfg.localize.median_size).anomaly
         maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
+        bar.advance(task)
     if not maps:
         raise DataError("no healthy validation slices to calibrate the localisation threshold on")
     thr = calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
