@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -210,7 +211,10 @@ def _decode(value: Any, where: str) -> Any:
     except (ValueError, RecursionError):
         pass
     try:
-        return ast.literal_eval(text)  # literals only: no names, calls or attribute access
+        with warnings.catch_warnings():  # a user's odd string is not our deprecation (e.g. "\)")
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ast.literal_eval(text)  # literals only: no names, calls or attribute access
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError):
         raise DataError(f"{where}: cannot parse boxes from {_short(text)}") from None
 
