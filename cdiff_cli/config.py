@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cdiff_cli.errors import RecipeError
 
-Layout = Literal["ixi", "brats", "mslub", "behrendt", "nova", "manifest", "folder"]
+Layout = Literal["ixi", "brats", "mslub", "behrendt", "nova", "manifest", "folder", "celeba", "attributes"]
+CA_LAYOUTS = ("celeba", "attributes")  # 2-D contrastive analysis: background and target images in one source
+_CA_FIELDS = ("table", "file_column", "target", "exclude", "identity_column", "split_column", "center_crop")
 
 
 class Section(BaseModel):
@@ -35,6 +37,29 @@ class DataSource(Section):
     modality: str = "t2"
     mask_dir: Path | None = None  # brain masks for raw IXI (<stem>_mask.nii.gz); else from non-zero voxels
     subset: str | None = None  # behrendt: which dataset (IXI, Brats21, MSLUB); manifest: unused
+    # celeba / attributes layouts (2-D contrastive analysis, recipes/README.md "Attribute datasets")
+    table: Path | None = None  # attributes: the CSV attribute table
+    file_column: str = "file"  # attributes: the column with image paths relative to `path`
+    target: str | None = None  # the attribute that defines the target class (celeba: Eyeglasses)
+    exclude: list[str] | None = None  # attributes whose positive images are dropped (celeba: accessories)
+    identity_column: str | None = None  # attributes: optional identity column (k-NN identity probe, splits)
+    split_column: str | None = None  # attributes: optional split column (train/val/test or 0/1/2)
+    center_crop: int | None = Field(None, ge=1)  # height (px) of the centred crop (grid's aspect) before resizing
+
+    @model_validator(mode="after")
+    def _check_layout_fields(self) -> DataSource:
+        if self.layout in CA_LAYOUTS:
+            if self.role != "healthy":
+                raise ValueError(f"a {self.layout} source holds background and target images: leave role 'healthy' "
+                                 "(its background images train the models, its target images are evaluated)")
+            if self.layout == "attributes" and (self.table is None or not self.target):
+                raise ValueError("layout 'attributes' needs `table` (the CSV) and `target` (its target attribute)")
+        else:
+            wrong = sorted(f for f in _CA_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for layouts {' and '.join(CA_LAYOUTS)}, "
+                                 f"not {self.layout!r}")
+        return self
 
 
 class DataConfig(Section):
@@ -84,6 +109,8 @@ class ViewConfig(Section):
     scale: float = Field(0.05, ge=0, lt=1)
     translate: float = Field(0.05, ge=0, lt=1)
     gamma: tuple[float, float] = (0.8, 1.25)
+    flip: bool = False  # random left-right flip (faces: yes; registered brain slices: no)
+    color_jitter: float = Field(0.0, ge=0, le=1)  # brightness/contrast (and saturation for RGB) spread
 
 
 class EncoderConfig(Section):
@@ -150,6 +177,41 @@ class DiffusionConfig(Section):
     simplex: SimplexConfig = SimplexConfig()
 
 
+# Methods (cdiff_cli/models/methods.py describes each): which need a stage-1 encoder, and their own sections
+Method = Literal["cdiff", "ddpm", "pddpm", "cddpm", "anoddpm", "ae"]
+ENCODER_METHODS = ("cdiff", "cddpm")  # U-Net conditioned on z = f(x0); the others train stage 2 alone
+
+
+class PatchConfig(Section):
+    """pDDPM: the slice is a grid of cells; training noises one cell, inference noises each in turn."""
+
+    cell: int | None = Field(None, ge=1)  # cell side in px; None: half the slice side (a 2x2 grid)
+
+    def cell_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        return (image_hw[0] // 2, image_hw[1] // 2) if self.cell is None else (self.cell, self.cell)
+
+
+class AnoDDPMConfig(Section):
+    t_start: int = Field(200, ge=1)  # partial reverse from x_{t_start}: t_start + 1 U-Net passes per slice
+
+
+class AEConfig(Section):
+    channels: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 level each (encoder; the decoder mirrors it)
+    latent_channels: int = Field(16, ge=1)  # channels of the (H / 2^levels) x (W / 2^levels) bottleneck
+    groups: int = Field(8, ge=1)
+    loss: Literal["l1", "l2"] = "l1"
+
+    @model_validator(mode="after")
+    def _check(self) -> AEConfig:
+        if not self.channels or any(c < 1 or c % self.groups for c in self.channels):
+            raise ValueError(f"ae.channels must be non-empty and divisible by ae.groups ({self.groups})")
+        return self
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** len(self.channels)
+
+
 class TrainConfig(Section):
     steps: int = Field(14000, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -187,6 +249,7 @@ class EvalConfig(Section):
     median_size: int = Field(5, ge=1)
     min_component: int = Field(8, ge=1)  # 3-D components smaller than this are removed for Dice
     calibration_fpr: float = Field(0.01, gt=0, lt=1)  # for the calibrated localisation threshold
+    max_images: int = Field(0, ge=0)  # contrastive-analysis protocol: seeded cap per class and split (0 = all)
 
 
 class LocalizeConfig(Section):
@@ -199,7 +262,7 @@ class LocalizeConfig(Section):
 
 class Recipe(Section):
     name: str = Field("cdiff", pattern=r"^[A-Za-z0-9_.-]+$")
-    method: Literal["cdiff", "ddpm"] = "cdiff"
+    method: Method = "cdiff"
     seed: int = 0
     runs_dir: Path = Path("runs")
     data: DataConfig
@@ -211,24 +274,45 @@ class Recipe(Section):
     infer: InferConfig = InferConfig()
     eval: EvalConfig = EvalConfig()
     localize: LocalizeConfig = LocalizeConfig()
+    pddpm: PatchConfig = PatchConfig()
+    anoddpm: AnoDDPMConfig = AnoDDPMConfig()
+    ae: AEConfig = AEConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         h, w = self.data.image_hw
         f = self.unet.downsample_factor
-        if h % f or w % f:
+        if self.method != "ae" and (h % f or w % f):  # the autoencoder has no U-Net
             raise ValueError(
                 f"data.size slice {h}x{w} must be divisible by the U-Net's downsampling factor {f} "
                 f"(2^(len(unet.channel_mult)-1))"
             )
         bad = [t for t in self.infer.timesteps if not 0 <= t < self.diffusion.timesteps]
-        if bad or not self.infer.timesteps:
+        if (bad or not self.infer.timesteps) and self.method not in ("anoddpm", "ae"):  # these two ignore them
             raise ValueError(f"infer.timesteps must be non-empty and within 0..{self.diffusion.timesteps - 1}")
-        if self.method == "ddpm" and self.unet.cond_mode != "none":
-            raise ValueError("method 'ddpm' has no encoder: set unet.cond_mode=none")
-        if self.method == "cdiff" and self.unet.cond_mode == "none":
-            raise ValueError("method 'cdiff' needs a conditioned U-Net: unet.cond_mode adagn or concat")
+        self._check_method(h, w)
         return self
+
+    def _check_method(self, h: int, w: int) -> None:
+        """Settings a method cannot run with, as one line each (METHOD.md section 7)."""
+        m = self.method
+        if m in ENCODER_METHODS and self.unet.cond_mode == "none":
+            raise ValueError(f"method {m!r} needs a conditioned U-Net: unet.cond_mode adagn or concat")
+        if m not in ENCODER_METHODS and m != "ae" and self.unet.cond_mode != "none":
+            raise ValueError(f"method {m!r} has no encoder: set unet.cond_mode=none")
+        if m == "cddpm" and self.encoder.objective != "spark":
+            raise ValueError(f"method 'cddpm' pretrains its encoder with SparK only: set encoder.objective=spark "
+                             f"(got {self.encoder.objective!r}; the contrastive variants are method cdiff)")
+        if m == "anoddpm" and self.anoddpm.t_start >= self.diffusion.timesteps:
+            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must be below diffusion.timesteps="
+                             f"{self.diffusion.timesteps}")
+        ch, cw = self.pddpm.cell_hw((h, w))
+        if m == "pddpm" and (ch < 1 or cw < 1 or h % ch or w % cw):
+            raise ValueError(f"pddpm.cell {ch}x{cw} must tile the {h}x{w} slice exactly (a whole grid of cells)")
+        f = self.ae.downsample_factor
+        if m == "ae" and (h % f or w % f):
+            raise ValueError(f"data.size slice {h}x{w} must be divisible by the autoencoder's downsampling "
+                             f"factor {f} (2^len(ae.channels))")
 
     @property
     def run_dir(self) -> Path:
@@ -249,8 +333,12 @@ class Recipe(Section):
         run can be resumed with other schedule settings (more steps, another log interval)."""
         d = self.to_dict()
         grid = {k: d["data"][k] for k in ("crop", "size", "spacing", "percentiles", "channels", "fold")}
+        crops = [s["center_crop"] for s in d["data"]["sources"] if s.get("center_crop")]
+        if crops:  # natural images: the crop changes what the pixels are (absent: brain hashes unchanged)
+            grid["center_crop"] = crops
+        own = {d["method"]: d[d["method"]]} if d["method"] in ("pddpm", "anoddpm", "ae") else {}  # its own section
         return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
-                        **{k: d[k] for k in ("encoder", "unet", "diffusion")}})
+                        **{k: d[k] for k in ("encoder", "unet", "diffusion")}, **own})
 
 
 def _digest(obj: Any) -> str:

@@ -19,6 +19,7 @@ import yaml
 
 from cdiff_cli.config import Recipe
 from cdiff_cli.errors import CdiffError
+from cdiff_cli.models.methods import method_spec
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
 TAGS = ["medical-imaging", "anomaly-detection", "diffusion", "mri", "brain"]
@@ -191,20 +192,27 @@ def _training_data(recipe: Recipe, eval_metrics: dict[str, Any] | None) -> str:
 def _training(recipe: Recipe) -> str:
     e, et, u, df, t = recipe.encoder, recipe.encoder_train, recipe.unet, recipe.diffusion, recipe.train
     rows = []
-    if recipe.method == "cdiff":
+    spec = method_spec(recipe.method)
+    if spec.needs_encoder:
         rows.append(f"- Stage 1, encoder: {e.arch} (1 input channel, no pretrained weights), z = {e.z_dim}-d, "
                     f"objective `{e.objective}` (eps = {e.eps:g}, tau = {e.temperature:g}); {et.steps} steps, "
                     f"batch {et.batch_size}, {et.optimizer} lr {et.lr:g}.")
+    if spec.network == "ae":  # the autoencoder baseline: no U-Net, no noise
+        a = recipe.ae
+        rows += [(f"- Autoencoder: channels {list(a.channels)}, bottleneck {a.latent_channels} channels, {a.loss} loss; "
+                  f"{t.steps} steps, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, EMA {t.ema_decay:g}, "
+                  f"seed {recipe.seed}."), "- Inference: one pass, the reconstruction is AE(x)."]
+        return "\n".join(rows)
     cond = {"adagn": "AdaGN (z scales every res block)", "concat": "concat (z joins the time embedding)",
             "none": "unconditioned (DDPM baseline)"}[u.cond_mode]
     rows += [
         f"- Stage 2, diffusion U-Net: base {u.base_channels} channels, channel_mult {list(u.channel_mult)}, "
         f"{u.num_res_blocks} res block(s) per level, conditioning {cond}; "
-        f"{'encoder fine-tuned jointly' if recipe.encoder.trainable_in_diffusion and recipe.method == 'cdiff' else 'encoder frozen' if recipe.method == 'cdiff' else 'no encoder'}.",
+        f"{'encoder fine-tuned jointly' if recipe.encoder.trainable_in_diffusion and spec.needs_encoder else 'encoder frozen' if spec.needs_encoder else 'no encoder'}.",
         f"- Diffusion: T = {df.timesteps}, {df.schedule} schedule, predicts `{df.objective}` with {df.loss} loss, "
         f"{df.noise} noise; {t.steps} steps, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, "
         f"EMA {t.ema_decay:g}, seed {recipe.seed}.",
-        f"- Inference: one U-Net pass per noise level t in {list(recipe.infer.timesteps)}, reconstructions averaged.",
+        f"- Inference: {_inference(recipe)}.",
     ]
     return "\n".join(rows)
 
@@ -256,13 +264,27 @@ def _calibration(calibration: dict[str, Any] | None) -> str:
             f"{'%.3g' % float(fpr) if fpr is not None else 'n/a'}); `--threshold calibrated` uses it.")
 
 
+def _inference(recipe: Recipe) -> str:
+    spec, ts = method_spec(recipe.method), list(recipe.infer.timesteps)
+    if spec.inference == "patched":
+        ch, cw = recipe.pddpm.cell_hw(recipe.data.image_hw)
+        return (f"per noise level t in {ts}, one U-Net pass per {ch}x{cw} grid cell with only that cell noised; "
+                f"the cells' predictions stitched, reconstructions averaged")
+    if spec.inference == "partial_reverse":
+        return (f"noised to t = {recipe.anoddpm.t_start}, then {recipe.anoddpm.t_start + 1} ancestral steps "
+                "back to t = 0 (one U-Net pass each)")
+    return f"one U-Net pass per noise level t in {ts}, reconstructions averaged"
+
+
 def card_context(repo_id: str, recipe: Recipe, eval_metrics: dict[str, Any] | None = None,
                  localize_metrics: dict[str, Any] | None = None,
                  calibration: dict[str, Any] | None = None) -> dict[str, str]:
     name = repo_id.split("/")[-1]
     meta = front_matter(name, recipe, eval_metrics, localize_metrics)
+    spec = method_spec(recipe.method)
     method = ("cdiff: contrastive-guided conditional diffusion" if recipe.method == "cdiff"
-              else "DDPM baseline (the same U-Net without the encoder's z)")
+              else "DDPM baseline (the same U-Net without the encoder's z)" if recipe.method == "ddpm"
+              else f"{spec.title} ({spec.reference})")
     return {
         "front_matter": "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
         "title": f"{name}: anomaly detection in brain MRI ({recipe.method})",
@@ -271,7 +293,8 @@ def card_context(repo_id: str, recipe: Recipe, eval_metrics: dict[str, Any] | No
         "method": method,
         "summary": f"`{repo_id}` is a `{recipe.method}` model trained with the `cdiff` toolkit (run `{recipe.name}`)."
         + ("" if recipe.method == "cdiff" else " It is the DDPM baseline: the description below applies without the "
-           "encoder and its embedding z (the U-Net is unconditioned)."),
+           "encoder and its embedding z (the U-Net is unconditioned)." if recipe.method == "ddpm"
+           else f" It is a baseline, {spec.title} ({spec.reference}), trained and evaluated the same way."),
         "grid": f"{recipe.data.image_hw[0]} x {recipe.data.image_hw[1]}",
         "training_data": _training_data(recipe, eval_metrics),
         "training": _training(recipe),

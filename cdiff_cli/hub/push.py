@@ -32,6 +32,7 @@ from cdiff_cli.errors import CdiffError, CheckpointError
 from cdiff_cli.fileio import atomic_dir
 from cdiff_cli.hub.card import render_card
 from cdiff_cli.infer.model import read_config
+from cdiff_cli.models.methods import method_spec
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
@@ -104,14 +105,15 @@ def collect(run_dir: Path, repo_id: str) -> UploadFolder:
     required = [("diffusion/model.safetensors", diffusion / "model.safetensors"),
                 ("diffusion/config.json", diffusion / "config.json"),
                 ("recipe.yaml", run_dir / "recipe.yaml")]
-    if recipe.method == "cdiff":
+    spec = method_spec(recipe.method)
+    if spec.needs_encoder:
         required += [("encoder/model.safetensors", run_dir / "encoder" / "model.safetensors"),
                      ("encoder/config.json", run_dir / "encoder" / "config.json")]
     missing = [rel for rel, src in required if not src.is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} is incomplete: missing {', '.join(missing)}")
-    _check_weights(diffusion / "model.safetensors", ("unet", "encoder") if recipe.method == "cdiff" else ("unet",))
-    if recipe.method == "cdiff":
+    _check_weights(diffusion / "model.safetensors", (spec.network, "encoder") if spec.needs_encoder else (spec.network,))
+    if spec.needs_encoder:
         _check_weights(run_dir / "encoder" / "model.safetensors", ())  # readable safetensors, never a pickle
     try:
         yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))

@@ -1,8 +1,9 @@
 """Load a trained model for inference from a run directory or a Hugging Face Hub repo.
 
-A model folder holds ``diffusion/model.safetensors`` (the U-Net as ``unet.*`` and, for
-cdiff, the encoder as ``encoder.*``), ``diffusion/config.json`` (the resolved recipe) and,
-once calibrated, ``diffusion/calibration.json``. Weights are read only from safetensors.
+A model folder holds ``diffusion/model.safetensors`` (the U-Net as ``unet.*`` or, for the
+``ae`` baseline, the autoencoder as ``ae.*``, and for methods with an encoder (cdiff, cddpm)
+the encoder as ``encoder.*``), ``diffusion/config.json`` (the resolved recipe) and, once
+calibrated, ``diffusion/calibration.json``. Weights are read only from safetensors.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 @dataclass
 class LoadedModel:
     recipe: Recipe
-    unet: torch.nn.Module
+    unet: torch.nn.Module  # the reconstruction network: the U-Net, or the autoencoder of method ae
     encoder: torch.nn.Module | None
-    diffusion: Any  # GaussianDiffusion
+    diffusion: Any  # GaussianDiffusion; None for the autoencoder (no noise schedule)
     device: torch.device
     folder: Path
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -115,26 +116,25 @@ def read_config(folder: Path) -> Recipe:
 
 
 def build_networks(recipe: Recipe) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """The U-Net and (for cdiff) the encoder the recipe describes, randomly initialised."""
-    from cdiff_cli.models.encoder import Encoder
-    from cdiff_cli.models.unet import ConditionalUNet
+    """The reconstruction network (U-Net or autoencoder) and, for methods with one, the encoder the
+    recipe describes, randomly initialised."""
+    from cdiff_cli.models.methods import build_networks as build
 
-    channels = recipe.data.channels
-    encoder = Encoder(recipe.encoder, in_channels=channels) if recipe.unet.cond_mode != "none" else None
-    unet = ConditionalUNet(recipe.unet, in_channels=channels, out_channels=channels, z_dim=recipe.encoder.z_dim)
-    return unet, encoder
+    return build(recipe)
 
 
 def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> LoadedModel:
     """Build the networks from the stored recipe and load the weights strictly."""
     from cdiff_cli.diffusion.schedule import GaussianDiffusion
+    from cdiff_cli.models.methods import method_spec
 
     root = resolve_model_dir(spec)
     folder = root / "diffusion"
     recipe = read_config(folder)
+    method = method_spec(recipe.method)
     unet, encoder = build_networks(recipe)
     weights = load_weights(folder / "model.safetensors")
-    load_into(unet, split_prefixed(weights, "unet"), f"{folder} (unet)")
+    load_into(unet, split_prefixed(weights, method.network), f"{folder} ({method.network})")
     if encoder is not None:
         load_into(encoder, split_prefixed(weights, "encoder"), f"{folder} (encoder)")
         encoder.to(device).eval()
@@ -146,5 +146,6 @@ def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> Loa
             calibration = json.loads(cal.read_text())
         except ValueError as e:
             raise CheckpointError(f"{cal} is not valid JSON ({e})") from e
-    return LoadedModel(recipe=recipe, unet=unet, encoder=encoder, diffusion=GaussianDiffusion(recipe.diffusion).to(device),
+    diffusion = GaussianDiffusion(recipe.diffusion).to(device) if method.uses_diffusion else None
+    return LoadedModel(recipe=recipe, unet=unet, encoder=encoder, diffusion=diffusion,
                        device=device, folder=folder, calibration=calibration)

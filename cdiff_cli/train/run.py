@@ -10,6 +10,7 @@ from cdiff_cli.config import Recipe, save_resolved
 from cdiff_cli.console import info
 from cdiff_cli.data.dataset import open_training_data
 from cdiff_cli.errors import CdiffError
+from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import barrier, cleanup_distributed, derive_seed, init_distributed
 from cdiff_cli.train.loop import fit
 
@@ -19,8 +20,8 @@ def train_stage(kind: Literal["encoder", "diffusion"], recipe: Recipe, device_sp
     """Train ``kind`` as the recipe says; works alone or under ``torchrun`` (DDP)."""
     from cdiff_cli.train.stages import DiffusionStage, EncoderStage
 
-    if kind == "encoder" and recipe.method == "ddpm":
-        raise CdiffError("method 'ddpm' has no encoder to pretrain: run `cdiff train-diffusion` directly")
+    if kind == "encoder" and not method_spec(recipe.method).needs_encoder:
+        raise CdiffError(f"method {recipe.method!r} has no encoder to pretrain: run `cdiff train-diffusion` directly")
     dist_info, device = init_distributed(device_spec)
     try:
         run_dir = recipe.run_dir

@@ -4,7 +4,8 @@ Stage 1 (``encoder``): epsilon-InfoNCE between a healthy slice and its lesion-im
 copy, SparK masked-patch reconstruction, or both. Stage 2 (``diffusion``): the U-Net
 predicts x0 (or eps) from x_t, conditioned on z = f(x0). Each stage's ``net.forward``
 returns ``(loss, logs)`` so the loop (and DDP) treat both alike; all randomness comes from
-the loop's :class:`StepRandom`.
+the loop's :class:`StepRandom`. The baselines' stage 2 (pDDPM's one noised cell, the
+autoencoder) are small nets picked by the method's ``MethodSpec.training``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import torch
 import torch.nn as nn
 
 from cdiff_cli.config import Recipe
+from cdiff_cli.diffusion.patches import cell_masks, noise_cells
 from cdiff_cli.diffusion.schedule import GaussianDiffusion, to_model_range
 from cdiff_cli.errors import CheckpointError
+from cdiff_cli.models.autoencoder import Autoencoder
 from cdiff_cli.models.encoder import Encoder
+from cdiff_cli.models.methods import method_spec
 from cdiff_cli.models.spark import SparK
 from cdiff_cli.models.unet import ConditionalUNet
 from cdiff_cli.train.checkpoint import load_into, load_weights, write_model_folder
@@ -117,14 +121,72 @@ class DiffusionNet(nn.Module):
                               self.recipe.diffusion.loss)
         return loss, {}
 
+    def training_inputs(self, x0: torch.Tensor, rnd: StepRandom) -> dict[str, torch.Tensor]:
+        """The random inputs of ``forward`` for a batch x0 (B, C, H, W) in [0, 1]."""
+        t = rnd.randint(self.recipe.diffusion.timesteps)
+        # drawn for the global batch and sliced: N processes see the noise one process would
+        noise = rnd.take(self.diffusion.sample_noise((rnd.global_batch, *x0.shape[1:]), rnd.generator,
+                                                     device=rnd.device))
+        return {"x0": x0, "t": t, "noise": noise}
+
+
+class PatchDiffusionNet(DiffusionNet):
+    """pDDPM: each sample gets one random grid cell noised, the rest of the slice stays clean as
+    context, and the loss covers that cell only (what inference asks: one cell at a time)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__(recipe)
+        hw = recipe.data.image_hw
+        self.register_buffer("masks", cell_masks(hw, recipe.pddpm.cell_hw(hw)), persistent=False)  # (K, 1, H, W)
+
+    def noised(self, x0m: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+               cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, mask): x0m (B, C, H, W) in [-1, 1] noised to t inside cell ``cell`` (B,) only."""
+        mask = self.masks[cell]  # (B, 1, H, W)
+        return noise_cells(x0m, self.diffusion.q_sample(x0m, t, noise), mask), mask
+
+    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,  # type: ignore[override]
+                cell: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x0m = to_model_range(x0)
+        x_t, mask = self.noised(x0m, t, noise, cell)
+        pred = self.unet(x_t, t, None)  # pDDPM has no encoder (config.py checks unet.cond_mode=none)
+        inside = mask.expand_as(pred)  # (B, C, H, W)
+        target = self.diffusion.training_target(x0m, noise)
+        return diffusion_loss(pred.float()[inside], target.float()[inside], self.recipe.diffusion.loss), {}
+
+    def training_inputs(self, x0: torch.Tensor, rnd: StepRandom) -> dict[str, torch.Tensor]:
+        return {**super().training_inputs(x0, rnd), "cell": rnd.randint(len(self.masks))}
+
+
+class AutoencoderNet(nn.Module):
+    """The ``ae`` baseline: reconstruct the clean slice in one pass; no noise, timesteps or encoder."""
+
+    encoder = None
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.ae = Autoencoder(recipe.ae, in_channels=recipe.data.channels)
+
+    def forward(self, x0: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x0m = to_model_range(x0)  # (B, C, H, W) in [-1, 1], the range the reconstruction is read in
+        return diffusion_loss(self.ae(x0m).float(), x0m.float(), self.recipe.ae.loss), {}
+
+    def training_inputs(self, x0: torch.Tensor, rnd: StepRandom) -> dict[str, torch.Tensor]:
+        return {"x0": x0}
+
+
+TRAINING_NETS: dict[str, type[nn.Module]] = {"denoise": DiffusionNet, "patch": PatchDiffusionNet,
+                                             "autoencode": AutoencoderNet}  # by MethodSpec.training
+
 
 class DiffusionStage:
     name = "diffusion"
-    ema_prefixes: tuple[str, ...] = ("unet.", "encoder.")  # EMA keeps only trainable parameters
+    ema_prefixes: tuple[str, ...] = ("unet.", "encoder.", "ae.")  # EMA keeps only trainable parameters
 
     def __init__(self, recipe: Recipe, out_dir: Path, encoder_dir: Path | None) -> None:
         self.recipe, self.out_dir = recipe, out_dir
-        self.net = DiffusionNet(recipe)
+        self.net = TRAINING_NETS[method_spec(recipe.method).training](recipe)
         if self.net.encoder is not None:
             if encoder_dir is None or not (encoder_dir / "model.safetensors").is_file():
                 raise CheckpointError(
@@ -139,13 +201,9 @@ class DiffusionStage:
 
     def inputs(self, batch: dict[str, Any], rnd: StepRandom) -> dict[str, torch.Tensor]:
         x0 = rnd.take_local(batch["image"])  # (B, C, H, W) in [0, 1]
-        t = rnd.randint(self.recipe.diffusion.timesteps)
-        # drawn for the global batch and sliced: N processes see the noise one process would
-        noise = rnd.take(self.net.diffusion.sample_noise((rnd.global_batch, *x0.shape[1:]), rnd.generator,
-                                                         device=rnd.device))
-        return {"x0": x0, "t": t, "noise": noise}
+        return self.net.training_inputs(x0, rnd)  # the method's noise, timesteps (and pDDPM cells)
 
     def export(self, weights: dict[str, torch.Tensor], result: dict[str, Any]) -> Path:
-        keep = {k: v for k, v in weights.items() if k.startswith(("unet.", "encoder."))}
+        keep = {k: v for k, v in weights.items() if k.startswith(("unet.", "encoder.", "ae."))}
         write_model_folder(self.out_dir, keep, model_config(self.recipe, "diffusion", result))
         return self.out_dir / "model.safetensors"

@@ -1,0 +1,58 @@
+"""Inference of the baselines whose reconstruction is not one pass per t (METHOD.md section 7).
+
+Each function reconstructs one batch: ``(model, chunk, timesteps, generator) -> recon``,
+chunk (B, C, H, W) in [0, 1] on the model's device, recon (B, C, H, W) float32 in [0, 1].
+``reconstruct_slices`` owns batching, seeding and autocast, and picks the function by the
+method's ``MethodSpec.inference``; ``MethodSpec.passes_per_slice`` states each one's cost.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cdiff_cli.diffusion.patches import cell_masks, noise_cells
+from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
+from cdiff_cli.infer.model import LoadedModel
+
+
+def reconstruct_patched(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
+                        generator: torch.Generator) -> torch.Tensor:
+    """pDDPM: per (t, cell), noise only that cell (the rest of the slice is clean context) and
+    take the U-Net's prediction inside it; the cells tile the slice, so stitching is a masked sum.
+    All (t, cell, slice) triples go through the U-Net as one batch, like the timestep ensemble."""
+    d, device = model.diffusion, model.device
+    b, hw = chunk.shape[0], (chunk.shape[-2], chunk.shape[-1])
+    masks = cell_masks(hw, model.recipe.pddpm.cell_hw(hw), device)  # (K, 1, H, W)
+    k, n_t = len(masks), len(timesteps)
+    x0 = to_model_range(chunk).repeat(n_t * k, 1, 1, 1)  # (T*K*B, C, H, W), ordered (t, cell, slice)
+    t = torch.tensor(timesteps, device=device).repeat_interleave(k * b)  # (T*K*B,)
+    mask = masks.repeat_interleave(b, dim=0).repeat(n_t, 1, 1, 1)  # (T*K*B, 1, H, W)
+    noise = d.sample_noise(tuple(x0.shape), generator, device=device)
+    x_t = noise_cells(x0, d.q_sample(x0, t, noise), mask)
+    pred = model.unet(x_t, t, None)
+    x0_hat = d.model_x0(pred.float(), x_t.float(), t).clamp(-1, 1)
+    stitched = (x0_hat * mask).view(n_t, k, b, *chunk.shape[1:]).sum(1)  # (T, B, C, H, W): each pixel once
+    return from_model_range(stitched).mean(0)
+
+
+def reconstruct_partial_reverse(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
+                                generator: torch.Generator) -> torch.Tensor:
+    """AnoDDPM: noise x0 to ``anoddpm.t_start`` with the recipe's noise (simplex), then ancestral
+    steps t_start, ..., 0 (t_start + 1 U-Net passes); the step at t = 0 returns x0_hat.
+    ``timesteps`` is ignored: the cost is set by the recipe."""
+    d, device = model.diffusion, model.device
+    b, t_start = chunk.shape[0], model.recipe.anoddpm.t_start
+    x0 = to_model_range(chunk)  # (B, C, H, W)
+    x = d.q_sample(x0, torch.full((b,), t_start, device=device), d.sample_noise(tuple(x0.shape), generator,
+                                                                                  device=device))
+    for step in range(t_start, -1, -1):
+        t = torch.full((b,), step, device=device)
+        last = torch.zeros_like(x) if step == 0 else None  # no noise is added at t = 0: do not draw it
+        x, _ = d.p_sample_step(model.unet, x, t, None, noise=last, generator=generator)
+    return from_model_range(x.float().clamp(-1, 1))
+
+
+def reconstruct_autoencoder(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
+                            generator: torch.Generator) -> torch.Tensor:
+    """The ``ae`` baseline: one deterministic pass; ``timesteps`` and the seed play no part."""
+    return from_model_range(model.unet(to_model_range(chunk)).float().clamp(-1, 1))
