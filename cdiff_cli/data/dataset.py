@@ -72,7 +72,8 @@ def training_source(recipe: Recipe) -> str:
     for s in recipe.data.sources:
         if s.role == "healthy" and s.layout not in ("nova", "folder"):
             return s.name
-    raise DataError("the recipe has no healthy 3-D source to train on (data.sources[*].role: healthy)")
+    raise DataError("the recipe has no healthy source to train on (data.sources[*].role: healthy; 3-D, celeba or "
+                    "attributes layout)")
 
 
 def load_splits(recipe: Recipe) -> dict[str, Any]:
@@ -91,7 +92,13 @@ def load_splits(recipe: Recipe) -> dict[str, Any]:
 def open_training_data(
     recipe: Recipe, split: Literal["train", "val", "test"] = "train", with_seg: bool = False
 ) -> SliceDataset:
-    """Slices of the training source for ``split`` of fold ``data.fold`` (from splits.json)."""
+    """Slices of the training source for ``split`` of fold ``data.fold`` (from splits.json); for a
+    2-D contrastive-analysis source (celeba, attributes), its background images of ``split``."""
+    from cdiff_cli.data.ca_store import contrastive_source, open_ca_training
+
+    ca = contrastive_source(recipe)
+    if ca is not None:
+        return open_ca_training(recipe, ca, split)  # type: ignore[return-value]
     name = training_source(recipe)
     splits = load_splits(recipe)
     if name not in splits:

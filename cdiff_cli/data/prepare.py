@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdiff_cli.config import DataConfig, DataSource, Recipe
+from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
 from cdiff_cli.data.nifti import load_volume
 from cdiff_cli.data.preprocess import Prepared, preprocess_volume
 from cdiff_cli.data.readers import SubjectFiles, read_source_with_splits
@@ -123,7 +123,11 @@ def prepare(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:  # every store is renamed into place only if all succeed
         for source in cfg.sources:
             tmp = stack.enter_context(atomic_dir(root / source.name))
-            if source.layout in _2D_LAYOUTS:
+            if source.layout in CA_LAYOUTS:
+                from cdiff_cli.data.ca_store import prepare_ca
+
+                entry = prepare_ca(source, cfg, tmp, progress)
+            elif source.layout in _2D_LAYOUTS:
                 from cdiff_cli.data.images2d import prepare_2d
 
                 result = prepare_2d(source, cfg, tmp)

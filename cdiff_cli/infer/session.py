@@ -75,8 +75,8 @@ class Analysis:
 
     kind: Literal["image", "volume"]
     name: str
-    image: np.ndarray  # (D, H, W) float32 in [0, 1]
-    recon: np.ndarray  # (D, H, W)
+    image: np.ndarray  # (D, H, W) float32 in [0, 1]; (D, H, W, 3) for a colour (natural-image) model
+    recon: np.ndarray  # as image
     anomaly: np.ndarray  # (D, H, W) post-processed map (median-filtered; volumes also brain-masked)
     mask: np.ndarray  # (D, H, W) bool brain/foreground
     timesteps: tuple[int, ...]
@@ -220,6 +220,8 @@ class Session:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             t0 = time.perf_counter()
+            if kind == "volume" and model.channels != 1:
+                raise DataError(f"{p.name}: this model reads 2-D colour images (PNG/JPG), not NIfTI volumes")
             try:
                 if kind == "volume":
                     result = _analyze_volume(model, p, steps, report)
@@ -240,7 +242,7 @@ class Session:
             raise DataError(f"top-k {top_k}: choose 1 to 50")
         boxes = boxes_from_map(analysis.anomaly[i], threshold, int(top_k), median_size=1, connectivity=4,
                                score=self.model.recipe.localize.score)
-        factor = _display_factor(analysis.image.shape[1:])
+        factor = _display_factor(analysis.image.shape[1:3])
         image = _upscale(_gray(analysis.image[i]), factor)
         recon = _upscale(_gray(analysis.recon[i]), factor)
         overlay = _draw_boxes(_upscale(_heat(analysis.image[i], analysis.anomaly[i], analysis.vmax), factor),
@@ -254,9 +256,15 @@ class Session:
 
 def _analyze_image(model: LoadedModel, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
     from cdiff_cli.data.images2d import foreground_mask, from_model_grid, load_image_2d, to_model_input
+    from cdiff_cli.infer.natural import analyze_natural_image, is_natural_model
     from cdiff_cli.infer.reconstruct import anomaly_images
 
     report(0.15, "reading the image")
+    if is_natural_model(model):  # CelebA-like: RGB input and reconstruction, heatmap over the crop
+        report(0.35, f"reconstructing ({len(steps)} noise level(s))")
+        rgb, rec, amap, crop = analyze_natural_image(model, path, steps, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS,
+                                                     DISPLAY_MAX_SIDE)
+        return _finish("image", path.name, rgb[None], rec[None], amap[None], crop[None], steps)
     img = load_image_2d(path, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS)  # (H, W) in [0, 1]
     if max(img.shape) > DISPLAY_MAX_SIDE:
         img = _shrink(img, DISPLAY_MAX_SIDE)
@@ -340,8 +348,9 @@ def _display_factor(hw: tuple[int, ...]) -> int:
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
+    """(H, W) gray or (H, W, 3) colour in [0, 1] -> (H, W, 3) uint8."""
     g = np.round(np.clip(np.nan_to_num(img), 0, 1) * 255).astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=2)
+    return g if g.ndim == 3 else np.repeat(g[..., None], 3, axis=2)
 
 
 def _heat(img: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: float = 0.85) -> np.ndarray:
@@ -351,7 +360,8 @@ def _heat(img: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: float = 
     frac = np.clip(np.nan_to_num(anomaly) / max(vmax, 1e-12), 0, 1)  # (H, W)
     color = colormaps["inferno"](frac)[..., :3]  # (H, W, 3)
     alpha = (max_alpha * frac)[..., None]
-    base = np.clip(np.nan_to_num(img), 0, 1)[..., None]
+    base = np.clip(np.nan_to_num(img), 0, 1)
+    base = base if base.ndim == 3 else base[..., None]  # colour images keep their colours
     return np.round((base * (1 - alpha) + color * alpha) * 255).astype(np.uint8)
 
 
@@ -440,6 +450,8 @@ def make_examples(folder: Path, model: LoadedModel) -> list[Path]:
 
 def example_files(model: LoadedModel, cache_dir: Path | None = None, extra_dir: Path | None = None) -> list[Path]:
     """Files under ``extra_dir`` (e.g. ``examples/``) if any, then the generated phantoms."""
+    from cdiff_cli.infer.natural import is_natural_model
+
     found: list[Path] = []
     if extra_dir is not None and extra_dir.is_dir():
         found = sorted(p for p in extra_dir.iterdir() if p.is_file() and p.name.lower().endswith(
@@ -448,9 +460,12 @@ def example_files(model: LoadedModel, cache_dir: Path | None = None, extra_dir: 
                               model.recipe.data.spacing)).encode()).hexdigest()[:10]
     folder = (cache_dir or Path(os.environ.get("CDIFF_APP_CACHE", "") or
                                 Path.home() / ".cache" / "cdiff" / "app-examples")) / key
+    make = make_examples
+    if is_natural_model(model):  # faces from the CelebA fixture generator, with and without glasses
+        from cdiff_cli.data.synthetic_celeba import example_faces as make  # type: ignore[assignment]
     try:
-        return found + make_examples(folder, model)
+        return found + make(folder, model)
     except (OSError, CdiffError):  # a read-only home: fall back to the temp dir
         import tempfile
 
-        return found + make_examples(Path(tempfile.gettempdir()) / "cdiff-app-examples" / key, model)
+        return found + make(Path(tempfile.gettempdir()) / "cdiff-app-examples" / key, model)

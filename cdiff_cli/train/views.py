@@ -55,6 +55,29 @@ def random_gamma(x: torch.Tensor, generator: torch.Generator | None, gamma: tupl
     return x.clamp(min=0).pow(g.to(x.dtype))
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Left-right flip of each sample with probability 1/2 (faces; not registered brain slices)."""
+    do = _rand((x.shape[0], 1, 1, 1), generator, x.device) < 0.5
+    return torch.where(do, x.flip(-1), x)
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def color_jitter(x: torch.Tensor, generator: torch.Generator | None, strength: float) -> torch.Tensor:
+    """Per-sample brightness, contrast (around the image mean) and, for RGB, saturation (around the
+    luminance), each factor U(1 - strength, 1 + strength); x (B, C, H, W) in [0, 1], clamped."""
+    b, c = x.shape[:2]
+    f = (1 + strength * (_rand((b, 3), generator, x.device) * 2 - 1)).to(x.dtype).view(b, 3, 1, 1, 1)
+    x = x * f[:, 0]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * f[:, 1] + mean
+    if c == 3:
+        gray = (x * torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - gray) * f[:, 2] + gray
+    return x.clamp(0.0, 1.0)
+
+
 def erase_boxes(
     x: torch.Tensor, generator: torch.Generator | None, cfg: ViewConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,11 +107,16 @@ def erase_boxes(
 def class_invariant_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """The positive view of a healthy slice that imitates a lesion (paper, Definition 4.2).
 
-    x (B, C, H, W) in [0, 1] -> mild affine, gamma, additive Gaussian noise, clamp to [0, 1],
-    then random erasing (value 0, last, so the erased box is exactly 0).
+    x (B, C, H, W) in [0, 1] -> mild affine (and flip), gamma (and colour jitter), additive
+    Gaussian noise, clamp to [0, 1], then random erasing (value 0, last, so the erased box is
+    exactly 0: for faces a dark occluder such as the target's glasses). Any C, RGB included.
     """
     v = random_affine(x, generator, cfg.rotate_deg, cfg.scale, cfg.translate)
+    if cfg.flip:  # drawn only when on: recipes without it keep their exact views
+        v = random_flip(v, generator)
     v = random_gamma(v, generator, cfg.gamma)
+    if cfg.color_jitter > 0:
+        v = color_jitter(v, generator, cfg.color_jitter)
     if cfg.noise_std > 0:
         v = v + cfg.noise_std * _randn(tuple(v.shape), generator, v.device).to(v.dtype)
     v = v.clamp(0.0, 1.0)
