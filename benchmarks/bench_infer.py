@@ -6,19 +6,21 @@ depend on the weights):
 - ``localize``: the real ``cdiff_cli.eval.localize.localize`` on a folder of N PNG slices
   (~480 px, NOVA-like): load PNG, preprocess, encode, noise, U-Net passes, map back to the
   image grid, median filter, boxes, pictures, COCO JSON. Its own timer (model load excluded).
-- ``reconstruct``: ``cdiff_cli.infer.files.reconstruct_volume_file`` on a BraTS-sized
-  240x240x155 NIfTI: load, preprocess, U-Net passes, post-processing (erosion, 5^3 median),
-  mapping both maps back onto the input grid, writing two NIfTI files and the preview.
+- ``reconstruct``: ``cdiff_cli.infer.files.reconstruct_files`` (what ``cdiff reconstruct``
+  runs once the model is loaded) on a folder of BraTS-sized 240x240x155 NIfTI volumes: load,
+  preprocess, U-Net passes, post-processing (erosion, 5^3 median), mapping both maps back
+  onto the input grid, writing two NIfTI files and the preview per volume.
 - the bound: only the U-Net forward passes, on the same number of slices and timesteps with
   the same batching as ``reconstruct_slices``.
 
-The ratio bound / end-to-end is printed (target >= 80%), with a per-stage breakdown of where
-the rest goes (and ``--profile`` for a cProfile listing). Then a fresh subprocess reconstructs
+Both pipelines read the next input and write the previous one in threads while the network
+runs (``infer/pipeline.py``), so the per-stage breakdown lists busy time per stage, which
+overlaps. The ratio bound / end-to-end is printed (target >= 80%), with that breakdown (and ``--profile`` for a cProfile listing). Then a fresh subprocess reconstructs
 the 240x240x155 volume through ``reconstruct_inputs`` (what ``cdiff reconstruct`` calls) and
 reports its peak resident memory (``VmHWM``; ``ru_maxrss`` would include this parent's; target < 3 GB).
 
-    python benchmarks/bench_infer.py [--recipe recipes/quickstart.yaml] [--images 32] [--repeats 3]
-                                     [--threads N] [--profile]
+    python benchmarks/bench_infer.py [--recipe recipes/quickstart.yaml] [--images 32] [--volumes 3]
+                                     [--repeats 3] [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -49,21 +51,23 @@ BRATS_SHAPE = (240, 240, 155)
 
 
 def build_model_folder(run_dir: Path, recipe_path: Path) -> Any:
-    """A run directory with random weights for the recipe's networks (as tests/conftest.py)."""
+    """A run directory with random weights for the recipe's method (as tests/conftest.py)."""
     import torch
 
     from cdiff_cli.config import load_recipe
     from cdiff_cli.infer.model import build_networks
+    from cdiff_cli.models.methods import method_spec
     from cdiff_cli.train.checkpoint import write_model_folder
 
     recipe = load_recipe(recipe_path, [])
     torch.manual_seed(0)
-    unet, encoder = build_networks(recipe)
+    net, encoder = build_networks(recipe)
     with torch.no_grad():
-        for p in unet.parameters():  # undo zero-init so the output depends on the input
+        for p in net.parameters():  # undo zero-init so the output depends on the input
             if p.dim() > 1 and float(p.abs().sum()) == 0.0:
                 torch.nn.init.normal_(p, std=0.02)
-    weights = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    prefix = method_spec(recipe.method).network  # unet.* or ae.*
+    weights = {f"{prefix}.{k}": v for k, v in net.state_dict().items()}
     if encoder is not None:
         weights.update({f"encoder.{k}": v for k, v in encoder.state_dict().items()})
     write_model_folder(run_dir / "diffusion", weights,
@@ -151,6 +155,8 @@ def install_stopwatch() -> Stopwatch:
         (nifti, "load_volume", "load NIfTI"),
         (preprocess, "preprocess_volume", "preprocess volume"),
         (rec, "reconstruct_slices", "reconstruct_slices (all passes)"),
+        (loc, "reconstruct_slices", "reconstruct_slices (all passes)"),
+        (files, "reconstruct_slices", "reconstruct_slices (all passes)"),
         (Encoder, "forward", "  encoder forward"),
         (GaussianDiffusion, "sample_noise", "  noise"),
         (ConditionalUNet, "forward", "  U-Net forward"),
@@ -260,6 +266,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
     ap.add_argument("--images", type=int, default=32, help="PNG slices for localize")
+    ap.add_argument("--volumes", type=int, default=3, help="240x240x155 NIfTI volumes for reconstruct")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest is kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile listing of each pipeline")
@@ -275,14 +282,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from cdiff_cli.eval.localize import localize
-    from cdiff_cli.infer.files import reconstruct_volume_file
+    from cdiff_cli.infer.files import reconstruct_files
     from cdiff_cli.infer.model import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
     recipe = build_model_folder(tmp / "run", args.recipe)
     write_pngs(tmp / "pngs", args.images)
-    volume = tmp / "brats_like_t2.nii.gz"
-    write_brats_volume(volume)
+    volumes = [tmp / "brats" / f"brats_like_{i}_t2.nii.gz" for i in range(args.volumes)]
+    volumes[0].parent.mkdir()
+    for i, path in enumerate(volumes):
+        write_brats_volume(path, seed=i)
     device = torch.device("cpu")
     t0 = time.perf_counter()
     model = load_model(tmp / "run", device)
@@ -311,19 +320,19 @@ def main() -> None:
     rows.append(("localize", args.images, best, bound))
     breakdowns["localize"] = (best, best_parts)
 
-    # --- reconstruct: one BraTS-sized volume
+    # --- reconstruct: a folder of BraTS-sized volumes
     best, best_parts, bound = float("inf"), {}, float("inf")
     for i in range(args.repeats + 1):
         sw.reset()
         with maybe_profile(args.profile and i == args.repeats, "reconstruct"):
             t0 = time.perf_counter()
-            reconstruct_volume_file(model, volume, tmp / f"rec{i}")
+            reconstruct_files(model, volumes, tmp / f"rec{i}")
             dt = time.perf_counter() - t0
         if i and dt < best:
             best, best_parts = dt, {k: (v, sw.calls[k]) for k, v in sw.seconds.items()}
         if i:
-            bound = min(bound, unet_bound(model, d_slices))
-    rows.append(("reconstruct (240x240x155 volume)", d_slices, best, bound))
+            bound = min(bound, unet_bound(model, d_slices * len(volumes)))
+    rows.append((f"reconstruct ({len(volumes)} x 240x240x155)", d_slices * len(volumes), best, bound))
     breakdowns["reconstruct"] = (best, best_parts)
     sw.restore()
 
@@ -338,13 +347,14 @@ def main() -> None:
         print(f"{name:<34} {n:>6} {e2e:>7.2f} {n / e2e:>8.1f} {bnd:>7.2f} {n / bnd:>10.1f} {100 * bnd / e2e:>5.0f}%"
               f"{verdict}")
     for name, (total, parts) in breakdowns.items():
-        print(f"\nwhere the {name} time goes ({total:.2f} s end to end; indented = inside the line above):")
+        print(f"\nbusy time per stage for {name} ({total:.2f} s end to end; indented = inside the line above; "
+              f"reading and writing run in threads beside the network, so the shares overlap):")
         for label, (sec, calls) in sorted(parts.items(), key=lambda kv: _order(kv[0])):
             print(f"  {label:<40} {sec:>7.3f} s {100 * sec / total:>5.1f}%  ({calls} call(s))")
 
     if not args.skip_rss:
         threads = torch.get_num_threads()
-        r = peak_rss(tmp / "run", volume, tmp / "rss_out", threads)
+        r = peak_rss(tmp / "run", volumes[0], tmp / "rss_out", threads)
         gb = r["peak_kb"] / 1024**2
         print(f"\npeak RSS reconstructing a {BRATS_SHAPE[0]}x{BRATS_SHAPE[1]}x{BRATS_SHAPE[2]} volume in a fresh "
               f"process: {gb:.2f} GB (after imports + model load: {r['floor_kb'] / 1024**2:.2f} GB; "

@@ -299,13 +299,37 @@ def to_original_grid(map_dhw: np.ndarray, meta: dict[str, Any], order: int = 1) 
         src = np.pad(map_xyz, 1, mode="edge")  # edge values one voxel beyond the grid
         off = m[:3, 3] + m[:3, :3] @ lo + 1.0
         lin = m[:3, :3]
-        matrix = np.diag(lin) if _is_diag(lin) else lin
         region = tuple(int(x) for x in hi - lo)
-        out_c[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = ndimage.affine_transform(
-            src, matrix, off, output_shape=region, order=order, mode="constant", cval=0.0
-        )
+        if _is_diag(lin) and order == 1:  # axis-aligned: trilinear as three 1-D passes (~10x faster)
+            resampled = _separable_linear(src, np.diag(lin), off, region)
+        else:
+            resampled = ndimage.affine_transform(src, np.diag(lin) if _is_diag(lin) else lin, off,
+                                                 output_shape=region, order=order, mode="constant", cval=0.0)
+        out_c[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = resampled
     back = ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), ornt)
     return np.ascontiguousarray(apply_orientation(out_c, back))
+
+
+def _separable_linear(src: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                      shape: tuple[int, ...]) -> np.ndarray:
+    """``ndimage.affine_transform(src, diag(scale), offset, shape, order=1, mode="constant")``
+    computed axis by axis: output voxel o samples ``src`` at ``scale * o + offset``, linearly
+    interpolated; samples outside ``[0, n - 1]`` on any axis are 0."""
+    out = np.asarray(src, dtype=np.float32)
+    for axis in range(out.ndim):
+        n = out.shape[axis]
+        pos = scale[axis] * np.arange(shape[axis]) + offset[axis]  # (n_out,) source coordinates
+        inside = (pos >= 0) & (pos <= n - 1)
+        i0 = np.clip(np.floor(pos).astype(np.intp), 0, n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        w = np.where(inside, pos - i0, 0.0).astype(np.float32)
+        keep = inside.astype(np.float32)
+        bcast = [1] * out.ndim
+        bcast[axis] = -1
+        a = np.take(out, i0, axis=axis)
+        b = np.take(out, i1, axis=axis)
+        out = (a * (keep - w).reshape(bcast) + b * w.reshape(bcast)).astype(np.float32, copy=False)
+    return out
 
 
 def _canonical_shape(shape0: tuple[int, ...], ornt: np.ndarray) -> tuple[int, int, int]:

@@ -21,8 +21,10 @@ from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import safe_child, write_json, write_text
 from cdiff_cli.infer.files import collect_inputs, is_nifti
 from cdiff_cli.infer.model import LoadedModel, load_model
+from cdiff_cli.infer.pipeline import pipelined
 from cdiff_cli.infer.postprocess import boxes_from_map
-from cdiff_cli.infer.reconstruct import anomaly_images, anomaly_volume, output_stem
+from cdiff_cli.infer.reconstruct import image_maps, output_stem, reconstruct_slices, volume_maps
+from cdiff_cli.train.distributed import derive_seed
 
 
 def _threshold(model: LoadedModel, text: str) -> tuple[float, str]:
@@ -61,7 +63,6 @@ def _image_list(input_dir: Path) -> list[Path]:
 
 def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str, annotations: Path | None,
              t2_filter: bool, out: Path, device_spec: str) -> dict[str, Any]:
-    from cdiff_cli.data.images2d import from_model_grid, load_image_2d, to_model_input
     from cdiff_cli.data.nova import is_t2
     from cdiff_cli.train.distributed import resolve_device
 
@@ -71,38 +72,24 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
     gold = _annotated(input_dir, images, annotations) if images else {}
     model = load_model(model_spec, resolve_device(device_spec))
     thr, thr_kind = _threshold(model, threshold)
-    lcfg = model.recipe.localize
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
-    pictures = out / "images"
+    # images in chunks, volumes one at a time; the next chunk is read and the previous one
+    # boxed and drawn while the network runs on this one
+    n = _chunk_size(model)
+    work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
+    boxer = _Boxer(model, thr, top_k, gold, out / "images")
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(files))
-        bs = model.recipe.infer.batch_size
-        for start in range(0, len(images), bs):
-            chunk = images[start : start + bs]
-            loaded = [load_image_2d(p) for p in chunk]
-            prepped = [to_model_input(im, model.image_hw, percentiles=model.recipe.data.percentiles) for im in loaded]
-            # the median filter runs on the model grid (as the calibration does), then the map is
-            # resized to the image's own pixels, where the components and boxes are found
-            res = anomaly_images(model, np.stack([x for x, _ in prepped]), median_size=lcfg.median_size)
-            for path, image, (x, meta), amap_model in zip(chunk, loaded, prepped, res.anomaly):
-                amap = from_model_grid(amap_model, meta)  # (H, W) at the image's own size
-                boxes = boxes_from_map(amap, thr, top_k, 1, 4, lcfg.score)
-                rec = gold.get(path.name)
-                records.append({"file": path, "hw": image.shape[-2:], "boxes": boxes, "record": rec})
-                _picture(pictures, records[-1], image, thr)
-                bar.advance(task)
-        for path in volumes:
-            for r, image in _volume_records(model, path, thr, top_k):
-                records.append(r)
-                _picture(pictures, r, image, thr)
-            bar.advance(task)
+        for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
+            records += found
+            bar.advance(task, len(chunk))
     seconds = time.perf_counter() - t0
     coco = _coco(records)
     write_json(out / "boxes.json", coco)
-    result: dict[str, Any] = {"n_images": len(records), "boxes": str(out / "boxes.json"), "pictures": str(pictures),
-                              "threshold": thr, "threshold_kind": thr_kind, "seconds": round(seconds, 2),
-                              "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
+    result: dict[str, Any] = {"n_images": len(records), "boxes": str(out / "boxes.json"),
+                              "pictures": str(out / "images"), "threshold": thr, "threshold_kind": thr_kind,
+                              "seconds": round(seconds, 2), "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
     scored = [r for r in records if r["record"] is not None and (not t2_filter or is_t2(r["record"].caption))]
     if gold:
         if not scored:
@@ -112,6 +99,73 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
     return result
 
 
+def _chunk_size(model: LoadedModel) -> int:
+    """Images per network call: the recipe's batch on a GPU; on a CPU, where throughput per
+    slice no longer grows past a few slices, small chunks let reading and drawing overlap."""
+    bs = model.recipe.infer.batch_size
+    return bs if model.device.type == "cuda" else max(1, min(bs, 8))
+
+
+class _Boxer:
+    """The three pipeline stages of ``localize`` (see ``infer.pipeline``)."""
+
+    def __init__(self, model: LoadedModel, thr: float, top_k: int, gold: dict[str, Any], pictures: Path) -> None:
+        self.model, self.thr, self.top_k, self.gold, self.pictures = model, thr, top_k, gold, pictures
+        self.chunks = 0
+
+    def load(self, chunk: list[Path]) -> Any:
+        from cdiff_cli.data.images2d import load_image_2d, to_model_input
+
+        if is_nifti(chunk[0]):
+            from cdiff_cli.data.nifti import load_volume
+            from cdiff_cli.data.preprocess import preprocess_volume
+
+            return preprocess_volume(load_volume(chunk[0]), None, None, self.model.recipe.data)
+        m = self.model
+        loaded = [load_image_2d(p) for p in chunk]
+        return loaded, [to_model_input(im, m.image_hw, percentiles=m.recipe.data.percentiles) for im in loaded]
+
+    def compute(self, chunk: list[Path], loaded: Any) -> Any:
+        self.chunks += 1  # a fresh noise seed per chunk
+        seed = derive_seed(self.model.recipe.infer.seed, "localize", self.chunks)
+        if is_nifti(chunk[0]):
+            return reconstruct_slices(self.model, loaded.volume[:, None].astype(np.float32), seed=seed)[:, 0]
+        x = np.stack([x for x, _ in loaded[1]])[:, None].astype(np.float32)  # (B, 1, H, W)
+        return reconstruct_slices(self.model, x, seed=seed)[:, 0]
+
+    def finish(self, chunk: list[Path], loaded: Any, recon: np.ndarray) -> list[dict[str, Any]]:
+        if is_nifti(chunk[0]):
+            return self._volume(chunk[0], loaded, recon)
+        from cdiff_cli.data.images2d import from_model_grid
+
+        lcfg, found = self.model.recipe.localize, []
+        # the median filter runs on the model grid (as the calibration does), then each map is
+        # resized to the image's own pixels, where the components and boxes are found
+        maps = image_maps(np.stack([x for x, _ in loaded[1]]), recon, lcfg.median_size).anomaly  # (B, h, w)
+        for path, image, (x, meta), amap in zip(chunk, *loaded, maps):
+            amap = from_model_grid(amap, meta)  # (H, W) at the image's own size
+            record = {"file": path, "hw": image.shape[-2:], "boxes": boxes_from_map(amap, self.thr, self.top_k, 1, 4,
+                                                                                    lcfg.score),
+                      "record": self.gold.get(path.name)}
+            _picture(self.pictures, record, image, self.thr)
+            found.append(record)
+        return found
+
+    def _volume(self, path: Path, prep: Any, recon: np.ndarray) -> list[dict[str, Any]]:
+        """Boxes per axial slice of a volume, on the prepared (D, H, W) grid."""
+        res = volume_maps(prep.volume, recon, prep.mask, self.model.recipe.eval)
+        found = []
+        for z in range(res.anomaly.shape[0]):
+            if not prep.mask[z].any():
+                continue
+            boxes = boxes_from_map(res.anomaly[z], self.thr, self.top_k, 1, 4, self.model.recipe.localize.score)
+            if boxes:
+                record = {"file": path, "slice": z, "hw": prep.volume[z].shape, "boxes": boxes, "record": None}
+                _picture(self.pictures, record, prep.volume[z], self.thr)
+                found.append(record)
+        return found
+
+
 def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> None:
     from cdiff_cli.infer.preview import save_boxes_image
 
@@ -119,24 +173,6 @@ def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> 
     name = output_stem(r["file"]) if "slice" not in r else f"{output_stem(r['file'])}_z{r['slice']:03d}"
     save_boxes_image(safe_child(folder, f"{name}.png"), image, r["boxes"], gold_boxes=gold_boxes,
                      title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})")
-
-
-def _volume_records(model: LoadedModel, path: Path, thr: float, top_k: int) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """Boxes per axial slice of a volume, on the prepared (D, H, W) grid."""
-    from cdiff_cli.data.nifti import load_volume
-    from cdiff_cli.data.preprocess import preprocess_volume
-
-    prep = preprocess_volume(load_volume(path), None, None, model.recipe.data)
-    res = anomaly_volume(model, prep.volume, prep.mask)
-    out = []
-    for z in range(res.anomaly.shape[0]):
-        if not prep.mask[z].any():
-            continue
-        boxes = boxes_from_map(res.anomaly[z], thr, top_k, 1, 4, model.recipe.localize.score)
-        if boxes:
-            out.append(({"file": path, "slice": z, "hw": prep.volume[z].shape, "boxes": boxes, "record": None},
-                        prep.volume[z]))
-    return out
 
 
 def _coco(records: list[dict[str, Any]]) -> dict[str, Any]:

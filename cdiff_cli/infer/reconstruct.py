@@ -2,11 +2,13 @@
 
 For each t in the timestep ensemble the slice is noised to x_t and the U-Net, conditioned
 on z = f(x0), predicts x0 in ONE pass; the reconstruction is the mean over the t's and the
-anomaly map is |x0 - x0_hat|, post-processed.
+anomaly map is |x0 - x0_hat|, post-processed. The baselines that reconstruct otherwise
+(pDDPM, AnoDDPM, the autoencoder) plug in per batch from ``infer/baselines.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ import torch
 from cdiff_cli.config import EvalConfig
 from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
 from cdiff_cli.errors import CdiffError
+from cdiff_cli.infer.baselines import reconstruct_autoencoder, reconstruct_partial_reverse, reconstruct_patched
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.postprocess import median_filter_2d, postprocess_volume
+from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import derive_seed
 
 
@@ -26,6 +30,28 @@ def _autocast(device: torch.device, amp: str) -> Any:
     if device.type == "cuda" and amp in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
+              generator: torch.Generator) -> torch.Tensor:
+    """cdiff, ddpm, cddpm: the U-Net runs once on all (slice, t) pairs of the chunk together, so an
+    ensemble of 3 timesteps costs one 3x-larger pass; the mean over the t's, (B, C, H, W) in [0, 1]."""
+    diffusion, device = model.diffusion, model.device
+    n_t, b = len(timesteps), chunk.shape[0]
+    z = model.encoder(chunk) if model.encoder is not None else None  # (B, z_dim)
+    x0 = to_model_range(chunk).repeat(n_t, 1, 1, 1)  # (T*B, C, H, W)
+    t = torch.tensor(timesteps, device=device).repeat_interleave(b)  # (T*B,)
+    noise = diffusion.sample_noise(tuple(x0.shape), generator, device=device)
+    x_t = diffusion.q_sample(x0, t, noise)
+    pred = model.unet(x_t, t, z.repeat(n_t, 1) if z is not None else None)
+    x0_hat = diffusion.model_x0(pred.float(), x_t.float(), t)
+    return from_model_range(x0_hat.clamp(-1, 1)).view(n_t, b, *chunk.shape[1:]).mean(0)
+
+
+# one batch (model, chunk, timesteps, generator) -> recon, by MethodSpec.inference
+RECONSTRUCTORS: dict[str, Callable[[LoadedModel, torch.Tensor, tuple[int, ...], torch.Generator], torch.Tensor]] = {
+    "one_pass": _one_pass, "patched": reconstruct_patched, "partial_reverse": reconstruct_partial_reverse,
+    "autoencode": reconstruct_autoencoder}
 
 
 @torch.inference_mode()
@@ -39,14 +65,17 @@ def reconstruct_slices(
     """Healthy reconstructions of slices ``x`` (N, C, H, W) in [0, 1] -> (N, C, H, W) float32.
 
     The same seed and batch size give the same output. Each batch runs the U-Net once on all
-    (slice, t) pairs together, so an ensemble of 3 timesteps costs one 3x-larger pass.
+    (slice, t) pairs together, so an ensemble of 3 timesteps costs one 3x-larger pass. How a
+    method reconstructs, and what it costs, is its ``MethodSpec`` (``models/methods.py``):
+    anoddpm and ae ignore ``timesteps``.
     """
     cfg = model.recipe.infer
     timesteps = tuple(timesteps or cfg.timesteps)
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.batch_size
     diffusion, device = model.diffusion, model.device
-    bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps]
+    inference = method_spec(model.recipe.method).inference
+    bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps] if inference in ("one_pass", "patched") else []
     if bad or not timesteps:  # a negative t would silently index from the end of the schedule
         raise CdiffError(f"timesteps {list(bad or timesteps)}: each must be within 0..{diffusion.num_timesteps - 1} "
                          f"(the model's noise schedule)")
@@ -56,20 +85,13 @@ def reconstruct_slices(
     if xs.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) slices, got shape {tuple(xs.shape)}")
     out = torch.empty_like(xs)
-    n_t = len(timesteps)
+    reconstruct = RECONSTRUCTORS[inference]
     for start in range(0, len(xs), batch_size):
         chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
         b = chunk.shape[0]
         generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start))
         with _autocast(device, cfg.amp):
-            z = model.encoder(chunk) if model.encoder is not None else None  # (B, z_dim)
-            x0 = to_model_range(chunk).repeat(n_t, 1, 1, 1)  # (T*B, C, H, W)
-            t = torch.tensor(timesteps, device=device).repeat_interleave(b)  # (T*B,)
-            noise = diffusion.sample_noise(tuple(x0.shape), generator, device=device)
-            x_t = diffusion.q_sample(x0, t, noise)
-            pred = model.unet(x_t, t, z.repeat(n_t, 1) if z is not None else None)
-            x0_hat = diffusion.model_x0(pred.float(), x_t.float(), t)
-        recon = from_model_range(x0_hat.clamp(-1, 1)).view(n_t, b, *chunk.shape[1:]).mean(0)
+            recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
         out[start : start + b] = recon.float().cpu()
     return out.numpy()
 
@@ -85,9 +107,13 @@ def anomaly_volume(model: LoadedModel, volume: np.ndarray, mask: np.ndarray, eva
                    timesteps: tuple[int, ...] | None = None, seed: int | None = None,
                    batch_size: int | None = None) -> VolumeResult:
     """Reconstruct a prepared volume (D, H, W) slice by slice and post-process the residual."""
-    eval_cfg = eval_cfg or model.recipe.eval
     x = volume[:, None].astype(np.float32)  # (D, 1, H, W)
     recon = reconstruct_slices(model, x, timesteps, seed, batch_size)[:, 0]
+    return volume_maps(volume, recon, mask, eval_cfg or model.recipe.eval)
+
+
+def volume_maps(volume: np.ndarray, recon: np.ndarray, mask: np.ndarray, eval_cfg: EvalConfig) -> VolumeResult:
+    """The residual and the post-processed anomaly map of a reconstructed volume (D, H, W)."""
     residual = np.abs(volume.astype(np.float32) - recon)
     anomaly = postprocess_volume(residual, mask, eval_cfg.erosion_iterations, eval_cfg.median_size)
     return VolumeResult(recon=recon, residual=residual, anomaly=anomaly.astype(np.float32))
@@ -98,6 +124,11 @@ def anomaly_images(model: LoadedModel, images: np.ndarray, median_size: int = 5,
                    batch_size: int | None = None) -> VolumeResult:
     """Single 2-D images (N, H, W) on the model grid: residual with a 2-D median filter."""
     recon = reconstruct_slices(model, images[:, None].astype(np.float32), timesteps, seed, batch_size)[:, 0]
+    return image_maps(images, recon, median_size)
+
+
+def image_maps(images: np.ndarray, recon: np.ndarray, median_size: int = 5) -> VolumeResult:
+    """Residual and anomaly map (median-filtered per image) of reconstructed images (N, H, W)."""
     residual = np.abs(images.astype(np.float32) - recon)
     anomaly = median_filter_2d(residual, median_size) if median_size > 1 else residual
     return VolumeResult(recon=recon, residual=residual, anomaly=anomaly.astype(np.float32))
