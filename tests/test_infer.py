@@ -227,7 +227,7 @@ def evaluated(models: dict[str, Path], tiny_prepared: Path, raw_recipe: dict[str
             shutil.copytree(models[name] / "diffusion", root / f"{run}_{name}" / "diffusion")
     runs = {"exact": ([], str(root / "m_fold0")),
             # evaluation settings come from the recipe given to evaluate, overrides included
-            "interval": (["eval.threshold_search=interval", "eval.calibration_fpr=0.05"],
+            "interval": (["eval.threshold_search=interval", "eval.calibration_fpr=0.05", "infer.timesteps=[500]"],
                          f"{root / 'm2_fold0'},{root / 'm2_fold1'}")}
     for tag, (overrides, model) in runs.items():
         code, err = run_cli(["evaluate", str(tiny_prepared), f"runs_dir={raw_recipe['runs_dir']}", *overrides,
@@ -291,6 +291,15 @@ def test_evaluate_stores_calibration_next_to_the_model(evaluated: dict[str, Any]
     assert np.isfinite(cal["threshold"]) and cal["fpr"] == pytest.approx(0.01)
 
 
+def test_evaluate_reconstructs_with_the_recipes_timesteps(evaluated: dict[str, Any]) -> None:
+    """infer.timesteps on the command line evaluates the same weights at other noise levels; the
+    calibration is then not stored with the model, whose own timesteps `cdiff localize` uses."""
+    doc = json.loads((evaluated["interval"] / "metrics.json").read_text())
+    assert doc["timesteps"] == [500] and doc["per_fold"][0]["calibration"]["timesteps"] == [500]
+    assert not (evaluated["root"] / "m2_fold0" / "diffusion" / "calibration.json").exists()
+    assert json.loads((evaluated["exact"] / "metrics.json").read_text())["timesteps"] == [250, 500]
+
+
 def test_evaluate_interval_search_and_two_folds_give_std(evaluated: dict[str, Any]) -> None:
     out = evaluated["interval"]
     doc = json.loads((out / "metrics.json").read_text())
@@ -302,7 +311,7 @@ def test_evaluate_interval_search_and_two_folds_give_std(evaluated: dict[str, An
     assert doc["healthy"]["l1"][1] is not None
     assert doc["sets"]["brats"]["threshold"][1] > 0  # different weights, different thresholds
     assert "interval" in (out / "metrics.md").read_text()
-    cal = json.loads((evaluated["root"] / "m2_fold0" / "diffusion" / "calibration.json").read_text())
+    cal = doc["per_fold"][0]["calibration"]
     assert cal["fpr"] == pytest.approx(0.05)  # the override, not the model's stored 0.01
     assert not (evaluated["root"] / "m2_fold1" / "diffusion" / "calibration.json").exists()  # first model only
 

@@ -349,7 +349,7 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("synthesize/out-is-a-foreign-folder", lambda c: _synth(c, _foreign_folder(c)),
      r"mine is not empty and is not a previous `synthesize` output"),
     ("synthesize/unknown-preset", lambda c: ["synthesize", str(c.tmp / "syn"), "--preset", "huge"],
-     r"--preset 'huge': expected tiny, small or default"),
+     r"--preset 'huge': expected tiny, small, default, celeba or celeba-tiny"),
     ("synthesize/negative-seed", lambda c: ["synthesize", str(c.tmp / "syn"), "--preset", "tiny", "--seed", "-1"],
      r"seed must be a non-negative integer, got -1"),
     # --- pretrain-encoder / train-diffusion --------------------------------------------

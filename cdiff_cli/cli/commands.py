@@ -20,8 +20,17 @@ def _summary(title: str, rows: dict[str, Any]) -> None:
 
 
 def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
+    if preset.startswith("celeba"):
+        from cdiff_cli.data.synthetic_celeba import PRESETS, synthesize_celeba
+
+        if preset not in PRESETS:
+            raise CdiffError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        with console.status(f"drawing the CelebA-layout fixture into {out_dir} ..."):
+            summary = synthesize_celeba(out_dir, seed, *PRESETS[preset])
+        _summary(f"wrote the CelebA-layout fixture to {out_dir}", {**summary["counts"], "seconds": summary["seconds"]})
+        return
     if preset not in {"tiny", "small", "default"}:
-        raise CdiffError(f"--preset {preset!r}: expected tiny, small or default")
+        raise CdiffError(f"--preset {preset!r}: expected tiny, small, default, celeba or celeba-tiny")
     from cdiff_cli.data.synthetic import synthesize
 
     with console.status(f"synthesizing the {preset} benchmark into {out_dir} ..."):
@@ -38,7 +47,8 @@ def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
 
     summary = prepare(recipe)
     _summary(f"prepared store written to {recipe.data.prepared}", {
-        "sources": ", ".join(f"{k} ({v['volumes']} volumes, {v['slices']} slices)"
+        "sources": ", ".join(f"{k} ({v.get('volumes', v.get('images'))} volumes, "
+                             f"{v.get('slices', v.get('images'))} slices)"
                              for k, v in summary["sources"].items()),
         "skipped files": len(summary.get("skipped", [])),
         "leakage": "; ".join(f"{k}: {v}" for k, v in summary.get("leakage", {}).items()) or "none",
@@ -117,3 +127,21 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
         files = result["files"]
         title = f"pushed {run_dir} to {result['url']} ({result['revision']}, {'private' if private else 'public'})"
     _summary(title, {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files})
+
+
+def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: int, budget: int | None,
+                  encoder_budget: int | None, nova: Path | None, out: Path, device: str) -> None:
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise CdiffError("--methods: name at least one method, e.g. cdiff,ddpm")
+    if len(set(names)) != len(names):
+        raise CdiffError(f"--methods {methods}: a method is listed twice")
+    for flag, value in (("--budget", budget), ("--encoder-budget", encoder_budget)):
+        if value is not None and value < 1:
+            raise CdiffError(f"{flag} {value}: must be at least 1")
+    from cdiff_cli.eval.benchmark import run_benchmark as benchmark
+
+    result = benchmark(recipe_path, overrides, names, seeds, budget, encoder_budget, out, nova, device)
+    info(Path(result["markdown"]).read_text())
+    _summary("benchmark written", {"table": result["markdown"], "json": result["json"], "plot": result["plot"]})
+

@@ -46,12 +46,14 @@ def _example(text: str) -> str:
 
 
 @app.command(help="Write the embedded synthetic brain-MRI benchmark (IXI-, BraTS-, MSLUB- and NOVA-like "
-             "folders in their real layouts) from the MNI152 template shipped with nilearn."
+             "folders in their real layouts) from the MNI152 template shipped with nilearn. "
+             "With --preset celeba: a CelebA-layout fixture of drawn faces with and without glasses."
              + _example("cdiff synthesize data/synthetic --preset default --seed 0"))
 def synthesize(
     out_dir: Annotated[Path, typer.Argument(help="Output folder (created; must be empty or a previous output).")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives byte-identical files.")] = 0,
-    preset: Annotated[str, typer.Option(help="tiny | small | default (80 healthy, 30 tumour, 15 MS, 60 NOVA).")]
+    preset: Annotated[str, typer.Option(help="tiny | small | default (80 healthy, 30 tumour, 15 MS, 60 NOVA); "
+                                        "celeba | celeba-tiny: the CelebA-layout face fixture (40 | 10 identities).")]
     = "default",
 ) -> None:
     from cdiff_cli.cli.commands import run_synthesize
@@ -170,6 +172,30 @@ def push(
     from cdiff_cli.cli.commands import run_push
 
     run_push(run_dir, repo_id, private, revision, dry_run, message)
+
+
+@app.command(help="Train every method with one budget on the recipe's prepared data, evaluate each with the "
+             "same protocol, and write benchmark.json, benchmark.md and benchmark.png (mean +- std over seeds). "
+             "Resumable: finished methods/seeds are not recomputed."
+             + _example("cdiff benchmark recipes/quickstart.yaml --methods cdiff,ddpm,ae --seeds 3 --budget 400"))
+def benchmark(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated: cdiff, ddpm, pddpm, cddpm, anoddpm, ae.")]
+    = "cdiff,ddpm,pddpm,cddpm,ae",
+    seeds: Annotated[int, typer.Option(help="Seeds per method (recipe seed, +1, +2, ...).")] = 1,
+    budget: Annotated[Optional[int], typer.Option(help="Training steps of the diffusion/AE stage for every "
+                                                  "method (default: the recipe's train.steps).")] = None,
+    encoder_budget: Annotated[Optional[int], typer.Option(help="Stage-1 steps for methods with an encoder "
+                                                          "(default: the recipe's encoder_train.steps).")] = None,
+    nova: Annotated[Optional[Path], typer.Option(help="A NOVA-like folder to localise on (mAP30, AP).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (runs, results, reports).")]
+    = Path("benchmark"),
+    device: DeviceOpt = "auto",
+) -> None:
+    from cdiff_cli.cli.commands import run_benchmark
+
+    run_benchmark(recipe, overrides or [], methods, seeds, budget, encoder_budget, nova, out, device)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 
 from cdiff_cli.infer.preview import draw_outline, draw_overlay, new_figure, robust_vmax, save_figure
 
-__all__ = ["plot_pr_curves", "plot_residual_histograms", "plot_case_grid"]
+__all__ = ["plot_pr_curves", "plot_residual_histograms", "plot_case_grid", "plot_benchmark"]
 
 # colour-blind-safe qualitative colours (Okabe-Ito), one per evaluation set
 _SET_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -164,6 +164,37 @@ def plot_case_grid(
     fig.colorbar(sm, ax=list(axes.flat), fraction=0.03, pad=0.02, label="residual |x - x\u0302|")
     if title:
         fig.suptitle(title, fontsize=11)
+    save_figure(fig, path)
+
+
+def plot_benchmark(
+    path: str | os.PathLike[str],
+    table: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[tuple[str, str, float]],
+) -> None:
+    """One bar panel per measured column of ``cdiff benchmark``, a bar per method with the
+    std over seeds as an error bar. ``table``: ``{method: {key: {"mean", "std"}}}``;
+    ``columns``: ``(label, key, scale)``; columns no method has are left out."""
+    shown = [c for c in columns if any(c[1] in entry for entry in table.values())]
+    if not shown or not table:
+        raise ValueError("nothing to plot: no method has any measured column")
+    methods = list(table)
+    ncols = min(4, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig = new_figure((3.2 * ncols, 2.7 * nrows + 0.4))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).reshape(nrows, ncols)
+    for ax, (label, key, scale) in zip(axes.flat, shown):
+        means = [table[m][key]["mean"] * scale if key in table[m] else np.nan for m in methods]
+        stds = [(table[m][key]["std"] or 0.0) * scale if key in table[m] else 0.0 for m in methods]
+        ax.bar(range(len(methods)), means, yerr=stds, capsize=3,
+               color=[_colour(i) for i in range(len(methods))])
+        ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        if key.endswith("_per_s") or key == "passes_per_slice":
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_axis_off()
+    fig.suptitle("cdiff benchmark: mean \u00b1 std over seeds", fontsize=11)
     save_figure(fig, path)
 
 

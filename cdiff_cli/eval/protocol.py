@@ -30,13 +30,13 @@ from cdiff_cli.infer.reconstruct import VolumeResult, anomaly_images, anomaly_vo
 
 
 def _maps(model: LoadedModel, store: PreparedStore, subjects: list[str], label: str,
-          bar: Any, eval_cfg: EvalConfig) -> list[tuple[int, VolumeResult]]:
+          bar: Any, eval_cfg: EvalConfig, timesteps: tuple[int, ...]) -> list[tuple[int, VolumeResult]]:
     task = bar.add_task(label, total=len(subjects))
     out = []
     for sid in subjects:
         v = store.subject_index(sid)
         out.append((v, anomaly_volume(model, np.asarray(store.volume(v)), np.asarray(store.mask(v)),
-                                      eval_cfg=eval_cfg)))
+                                      eval_cfg=eval_cfg, timesteps=timesteps)))
         bar.advance(task)
     return out
 
@@ -50,15 +50,16 @@ def _check_grid(model_recipe: Recipe, where: Path, recipe: Recipe) -> None:
 
 
 def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, Any]:
-    """All metrics of one model (one fold)."""
+    """All metrics of one model (one fold), reconstructing with the recipe's ``infer.timesteps``
+    (so ``infer.timesteps=[500]`` on the command line evaluates the same weights at one t)."""
     splits = load_splits(recipe)
     prepared = Path(recipe.data.prepared)
-    ecfg = recipe.eval
+    ecfg, steps = recipe.eval, tuple(recipe.infer.timesteps)
     healthy_name = training_source(recipe)
     fold = model.recipe.data.fold
     hstore = PreparedStore.open(prepared / healthy_name)
     h_test = _maps(model, hstore, fold_subjects(splits[healthy_name], "test", fold), f"{healthy_name} test", bar,
-                   ecfg)
+                   ecfg, steps)
     if not h_test:
         raise DataError(f"the test split of {healthy_name} is empty")
     l1 = [float(np.abs(r.recon - np.asarray(hstore.volume(v))).mean()) for v, r in h_test]
@@ -72,8 +73,9 @@ def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, An
         store = PreparedStore.open(prepared / src.name)
         if not store.has_seg:
             continue
-        val = _maps(model, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar, ecfg)
-        test = _maps(model, store, fold_subjects(splits[src.name], "test", fold), f"{src.name} test", bar, ecfg)
+        val = _maps(model, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar, ecfg, steps)
+        test = _maps(model, store, fold_subjects(splits[src.name], "test", fold), f"{src.name} test", bar, ecfg,
+                     steps)
         if not val or not test:
             raise DataError(f"{src.name}: the val and test splits must both hold volumes (val {len(val)}, "
                             f"test {len(test)}); change data.lesion_val_fraction")
@@ -102,13 +104,14 @@ def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, An
             "cases": per_case,
         }
         curves[src.name] = (test, store)
-    result["calibration"] = _calibrate(model, hstore, fold_subjects(splits[healthy_name], "val", fold), bar, ecfg)
+    result["calibration"] = _calibrate(model, hstore, fold_subjects(splits[healthy_name], "val", fold), bar, ecfg,
+                                       steps)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
 
 
 def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], bar: Any,
-               ecfg: EvalConfig) -> dict[str, Any]:
+               ecfg: EvalConfig, timesteps: tuple[int, ...]) -> dict[str, Any]:
     """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps);
     the median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
     cfg = model.recipe
@@ -118,14 +121,15 @@ def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], ba
         v = store.subject_index(sid)
         brain = np.asarray(store.mask(v)) > 0
         # the 2-D maps exactly as `cdiff localize` makes them (slice-wise median, no 3-D post-processing)
-        filtered = anomaly_images(model, np.asarray(store.volume(v)), median_size=cfg.localize.median_size).anomaly
+        filtered = anomaly_images(model, np.asarray(store.volume(v)), median_size=cfg.localize.median_size,
+                                  timesteps=timesteps).anomaly
         maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
         bar.advance(task)
     if not maps:
         raise DataError("no healthy validation slices to calibrate the localisation threshold on")
     thr = calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
     return {"threshold": float(thr), "fpr": ecfg.calibration_fpr, "n_slices": len(maps),
-            "timesteps": list(cfg.infer.timesteps), "median_size": cfg.localize.median_size}
+            "timesteps": list(timesteps), "median_size": cfg.localize.median_size}
 
 
 def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,9 +184,14 @@ def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
 
 def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str) -> dict[str, Any]:
     """Evaluate one model, or several comma-separated ones (folds), and write the reports."""
+    from cdiff_cli.data.ca_store import contrastive_source
     from cdiff_cli.eval.report import segmentation_table
     from cdiff_cli.train.distributed import resolve_device
 
+    if contrastive_source(recipe) is not None:  # CelebA-like recipes: the paper's Table 1 protocol instead
+        from cdiff_cli.eval.contrastive import evaluate_contrastive
+
+        return evaluate_contrastive(recipe, model_spec, out, device_spec)
     device = resolve_device(device_spec)
     if model_spec is None:  # the recipe's own run, else the bundled reference model
         specs: list[str | None] = [str(recipe.run_dir) if (recipe.run_dir / "diffusion").is_dir() else None]
@@ -199,11 +208,15 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
             model = load_model(spec, device)
             per_fold.append(evaluate_model(model, recipe, bar))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
-                _store_calibration(model, per_fold[-1]["calibration"])
+                if tuple(recipe.infer.timesteps) == tuple(model.recipe.infer.timesteps):
+                    _store_calibration(model, per_fold[-1]["calibration"])
+                else:  # `cdiff localize` reconstructs with the model's own timesteps
+                    info(f"infer.timesteps {list(recipe.infer.timesteps)} differ from the model's "
+                         f"{list(model.recipe.infer.timesteps)}: the calibration stays in metrics.json only")
     agg = _aggregate(per_fold)
     plots = _plots(out, per_fold[0])
     doc = {"method": model.recipe.method, "threshold_search": recipe.eval.threshold_search,
-           "timesteps": list(model.recipe.infer.timesteps),
+           "timesteps": list(recipe.infer.timesteps),
            "models": [s if s is not None else "bundled reference" for s in specs], "seconds": round(time.perf_counter() - t0, 1),
            **agg, "folds": len(per_fold),
            "per_fold": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold]}
