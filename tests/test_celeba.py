@@ -364,6 +364,15 @@ def test_reconstruct_rgb(celeba_run: dict[str, Path], capsys: pytest.CaptureFixt
         assert np.abs(px[..., 0] - px[..., 2]).max() > 30  # colour, not gray
 
 
+def test_localize_refuses_a_colour_model_in_one_line(celeba_run: dict[str, Path],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = celeba_run["root"] / "loc"
+    code, err = run_cli(["localize", str(celeba_run["fixture"] / "img_align_celeba"), "--model",
+                         str(celeba_run["run"]), "--threshold", "0.5", "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 2 and "3-channel (colour) model" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_evaluate_contrastive(celeba_run: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = celeba_run["root"] / "eval"
     code, err = run_cli(["evaluate", str(celeba_run["recipe"]), "--out", str(out), "--device", "cpu"], capsys)

@@ -71,6 +71,9 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
     volumes = [p for p in files if is_nifti(p)]
     gold = _annotated(input_dir, images, annotations) if images else {}
     model = load_model(model_spec, resolve_device(device_spec))
+    if model.channels != 1:
+        raise CdiffError(f"{model.folder.parent}: a {model.channels}-channel (colour) model; `cdiff localize` boxes "
+                         "anomalies in 1-channel MRI - use `cdiff reconstruct` for its anomaly maps")
     thr, thr_kind = _threshold(model, threshold)
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
