@@ -131,10 +131,8 @@ class _Boxer:
     def compute(self, chunk: list[Path], loaded: Any) -> Any:
         self.chunks += 1  # a fresh noise seed per chunk
         seed = derive_seed(self.model.recipe.infer.seed, "localize", self.chunks)
-        if is_nifti(chunk[0]):
-            return reconstruct_slices(self.model, loaded.volume[:, None].astype(np.float32), seed=seed)[:, 0]
-        x = np.stack([x for x, _ in loaded[1]])[:, None].astype(np.float32)  # (B, 1, H, W)
-        return reconstruct_slices(self.model, x, seed=seed)[:, 0]
+        x = loaded.volume if is_nifti(chunk[0]) else np.stack([x for x, _ in loaded[1]])  # (B, H, W)
+        return reconstruct_slices(self.model, x[:, None].astype(np.float32), seed=seed)[:, 0]
 
     def finish(self, chunk: list[Path], loaded: Any, recon: np.ndarray) -> list[dict[str, Any]]:
         if is_nifti(chunk[0]):
