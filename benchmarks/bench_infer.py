@@ -6,7 +6,7 @@ depend on the weights):
 - ``localize``: the real ``cdiff_cli.eval.localize.localize`` on a folder of N PNG slices
   (~480 px, NOVA-like): load PNG, preprocess, encode, noise, U-Net passes, map back to the
   image grid, median filter, boxes, pictures, COCO JSON. Its own timer (model load excluded).
-- ``reconstruct``: ``cdiff_cli.infer.files.reconstruct_files`` (what ``cdiff reconstruct``
+- ``reconstruct``: ``cdiff_cli.api.files.reconstruct_files`` (what ``cdiff reconstruct``
   runs once the model is loaded) on a folder of BraTS-sized 240x240x155 NIfTI volumes: load,
   preprocess, U-Net passes, post-processing (erosion, 5^3 median), mapping both maps back
   onto the input grid, writing two NIfTI files and the preview per volume.
@@ -225,7 +225,7 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[4]))
-from cdiff_cli.infer.files import reconstruct_inputs
+from cdiff_cli.api.files import reconstruct_inputs
 from cdiff_cli.infer.model import load_model
 
 def hwm_kb():
@@ -282,7 +282,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from cdiff_cli.eval.localize import localize
-    from cdiff_cli.infer.files import reconstruct_files
+    from cdiff_cli.api.files import reconstruct_files
     from cdiff_cli.infer.model import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))

@@ -132,19 +132,17 @@ def inference_speed(recipe: Recipe, device: str, n: int) -> dict[str, Any]:
     """Slices/s of the method's reconstruction on ``n`` validation slices (after one warm-up)."""
     import torch
 
+    from cdiff_cli.api import load_model
     from cdiff_cli.data.dataset import open_training_data
-    from cdiff_cli.infer.model import load_model
-    from cdiff_cli.infer.reconstruct import reconstruct_slices
-    from cdiff_cli.train.distributed import resolve_device
 
-    model = load_model(str(recipe.run_dir), resolve_device(device))
+    model = load_model(str(recipe.run_dir), device=device)
     data = open_training_data(recipe, "val")
     x = torch.stack([data[i]["image"] for i in range(min(n, len(data)))]).numpy()  # (N, C, H, W)
-    reconstruct_slices(model, x[:2])  # warm-up
+    model.reconstruct_slices(x[:2])  # warm-up
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    reconstruct_slices(model, x)
+    model.reconstruct_slices(x)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

@@ -19,11 +19,11 @@ from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import safe_child, write_json, write_text
+from cdiff_cli.api import Input, Model, load_model
 from cdiff_cli.infer.files import collect_inputs, is_nifti
-from cdiff_cli.infer.model import LoadedModel, load_model
+from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pipeline import pipelined
-from cdiff_cli.infer.postprocess import boxes_from_map
-from cdiff_cli.infer.reconstruct import image_maps, output_stem, reconstruct_slices, volume_maps
+from cdiff_cli.infer.reconstruct import output_stem
 from cdiff_cli.train.distributed import derive_seed
 
 
@@ -64,13 +64,13 @@ def _image_list(input_dir: Path) -> list[Path]:
 def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str, annotations: Path | None,
              t2_filter: bool, out: Path, device_spec: str) -> dict[str, Any]:
     from cdiff_cli.data.nova import is_t2
-    from cdiff_cli.train.distributed import resolve_device
 
     files = _image_list(input_dir)
     images = [p for p in files if not is_nifti(p)]
     volumes = [p for p in files if is_nifti(p)]
     gold = _annotated(input_dir, images, annotations) if images else {}
-    model = load_model(model_spec, resolve_device(device_spec))
+    api = load_model(model_spec, device=device_spec)
+    model = api.loaded
     if model.channels != 1:
         raise CdiffError(f"{model.folder.parent}: a {model.channels}-channel (colour) model; `cdiff localize` boxes "
                          "anomalies in 1-channel MRI - use `cdiff reconstruct` for its anomaly maps")
@@ -81,7 +81,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
     # boxed and drawn while the network runs on this one
     n = _chunk_size(model)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
-    boxer = _Boxer(model, thr, top_k, gold, out / "images")
+    boxer = _Boxer(api, thr, top_k, gold, out / "images")
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
@@ -110,60 +110,47 @@ def _chunk_size(model: LoadedModel) -> int:
 
 
 class _Boxer:
-    """The three pipeline stages of ``localize`` (see ``infer.pipeline``)."""
+    """The three pipeline stages of ``localize`` (see ``infer.pipeline``), each a stage of the API."""
 
-    def __init__(self, model: LoadedModel, thr: float, top_k: int, gold: dict[str, Any], pictures: Path) -> None:
+    def __init__(self, model: Model, thr: float, top_k: int, gold: dict[str, Any], pictures: Path) -> None:
         self.model, self.thr, self.top_k, self.gold, self.pictures = model, thr, top_k, gold, pictures
         self.chunks = 0
 
-    def load(self, chunk: list[Path]) -> Any:
-        from cdiff_cli.data.images2d import load_image_2d, to_model_input
+    def load(self, chunk: list[Path]) -> list[Input]:
+        return [self.model.read(p) for p in chunk]
 
-        if is_nifti(chunk[0]):
-            from cdiff_cli.data.nifti import load_volume
-            from cdiff_cli.data.preprocess import preprocess_volume
-
-            return preprocess_volume(load_volume(chunk[0]), None, None, self.model.recipe.data)
-        m = self.model
-        loaded = [load_image_2d(p) for p in chunk]
-        return loaded, [to_model_input(im, m.image_hw, percentiles=m.recipe.data.percentiles) for im in loaded]
-
-    def compute(self, chunk: list[Path], loaded: Any) -> Any:
+    def compute(self, chunk: list[Path], loaded: list[Input]) -> np.ndarray:
         self.chunks += 1  # a fresh noise seed per chunk
         seed = derive_seed(self.model.recipe.infer.seed, "localize", self.chunks)
-        x = loaded.volume if is_nifti(chunk[0]) else np.stack([x for x, _ in loaded[1]])  # (B, H, W)
-        return reconstruct_slices(self.model, x[:, None].astype(np.float32), seed=seed)[:, 0]
+        x = np.concatenate([inp.slices for inp in loaded])  # (B, 1, H, W): a chunk of images, or a volume's slices
+        return self.model.reconstruct_slices(x, seed=seed)
 
-    def finish(self, chunk: list[Path], loaded: Any, recon: np.ndarray) -> list[dict[str, Any]]:
+    def finish(self, chunk: list[Path], loaded: list[Input], recon: np.ndarray) -> list[dict[str, Any]]:
         if is_nifti(chunk[0]):
-            return self._volume(chunk[0], loaded, recon)
-        from cdiff_cli.data.images2d import from_model_grid
-
-        lcfg, found = self.model.recipe.localize, []
+            return self._volume(chunk[0], loaded[0], recon)
+        found, start = [], 0
         # the median filter runs on the model grid (as the calibration does), then each map is
         # resized to the image's own pixels, where the components and boxes are found
-        maps = image_maps(np.stack([x for x, _ in loaded[1]]), recon, lcfg.median_size).anomaly  # (B, h, w)
-        for path, image, (x, meta), amap in zip(chunk, *loaded, maps):
-            amap = from_model_grid(amap, meta)  # (H, W) at the image's own size
-            record = {"file": path, "hw": image.shape[-2:], "boxes": boxes_from_map(amap, self.thr, self.top_k, 1, 4,
-                                                                                    lcfg.score),
+        for path, inp in zip(chunk, loaded):
+            n = len(inp.slices)
+            result = self.model.maps(inp, recon[start : start + n])
+            start += n
+            record = {"file": path, "hw": inp.raw[0].shape, "boxes": self.model.boxes(result, threshold=self.thr,
+                                                                                     top_k=self.top_k),
                       "record": self.gold.get(path.name)}
-            _picture(self.pictures, record, image, self.thr)
+            _picture(self.pictures, record, inp.raw[0], self.thr)
             found.append(record)
         return found
 
-    def _volume(self, path: Path, prep: Any, recon: np.ndarray) -> list[dict[str, Any]]:
+    def _volume(self, path: Path, inp: Input, recon: np.ndarray) -> list[dict[str, Any]]:
         """Boxes per axial slice of a volume, on the prepared (D, H, W) grid."""
-        res = volume_maps(prep.volume, recon, prep.mask, self.model.recipe.eval)
+        result = self.model.maps(inp, recon)
         found = []
-        for z in range(res.anomaly.shape[0]):
-            if not prep.mask[z].any():
-                continue
-            boxes = boxes_from_map(res.anomaly[z], self.thr, self.top_k, 1, 4, self.model.recipe.localize.score)
-            if boxes:
-                record = {"file": path, "slice": z, "hw": prep.volume[z].shape, "boxes": boxes, "record": None}
-                _picture(self.pictures, record, prep.volume[z], self.thr)
-                found.append(record)
+        for sb in self.model.boxes(result, threshold=self.thr, top_k=self.top_k):
+            image = result.grid.image[sb.slice]
+            record = {"file": path, "slice": sb.slice, "hw": image.shape, "boxes": sb.boxes, "record": None}
+            _picture(self.pictures, record, image, self.thr)
+            found.append(record)
         return found
 
 

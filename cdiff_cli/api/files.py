@@ -1,0 +1,75 @@
+"""``cdiff reconstruct`` through the API: files in, reconstructions, anomaly maps and previews out.
+
+NIfTI maps are written on the input's own voxel grid with its affine (they open aligned over
+the input in 3D Slicer or ITK-SNAP); 2-D images give ``.npy`` float maps at the image's own
+size. The next file is read and the previous one written while the network runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cdiff_cli.api.model import AnomalyMap, Input, Model, load_model
+from cdiff_cli.console import info, make_progress
+from cdiff_cli.errors import CdiffError
+from cdiff_cli.fileio import safe_child
+from cdiff_cli.infer.files import collect_inputs, write_maps, write_nifti
+from cdiff_cli.infer.pipeline import pipelined
+from cdiff_cli.infer.reconstruct import output_stem
+
+
+def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
+    """Write the maps of input ``path`` into ``out``; what was written, and the score."""
+    from cdiff_cli.infer.preview import informative_slices, save_preview, save_volume_preview
+
+    stem, g = output_stem(path), result.grid
+    preview = safe_child(out, f"{stem}_preview.png")
+    if result.kind == "volume":
+        paths = {"recon": safe_child(out, f"{stem}_recon.nii.gz"), "anomaly": safe_child(out, f"{stem}_anomaly.nii.gz")}
+        write_nifti(paths["recon"], result.recon, result.affine)
+        write_nifti(paths["anomaly"], result.anomaly, result.affine)
+        slices = informative_slices(g.anomaly, g.mask, n=4)
+        save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name)
+    else:
+        paths = write_maps(out, stem, recon=result.recon, anomaly=result.anomaly)
+        save_preview(preview, result.image, result.recon, result.anomaly, title=path.name)
+    return {"input": str(path), **{k: str(v) for k, v in paths.items()}, "preview": str(preview),
+            "score": result.score}
+
+
+def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> list[dict[str, Any]]:
+    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size); one dict per file, in order."""
+    from cdiff_cli.infer.natural import is_natural_model, reconstruct_natural_file
+
+    written = []
+    if is_natural_model(model.loaded):  # CelebA-like RGB images: their own reader, one file at a time
+        stages: tuple[Any, Any, Any] = (
+            lambda path: None, lambda path, _: reconstruct_natural_file(model.loaded, path, out, **kw),
+            lambda path, _, result: result)
+    else:
+        def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
+            return write_result(model.maps(inp, recon), path, out)
+
+        stages = (model.read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish)
+    with make_progress() as bar:
+        task = bar.add_task("reconstruct", total=len(files))
+        for result in pipelined(files, *stages):
+            written.append(result)
+            bar.advance(task)
+    return written
+
+
+def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
+                       timesteps: tuple[int, ...] | None, batch_size: int | None, seed: int | None,
+                       device_spec: str) -> list[dict[str, Any]]:
+    """The body of ``cdiff reconstruct``: expand folders, load the model, reconstruct, report scores."""
+    files = collect_inputs(inputs)
+    if out.exists() and not out.is_dir():
+        raise CdiffError(f"--out {out} exists and is not a folder")
+    model = load_model(model_spec, device=device_spec)
+    written = reconstruct_files(model, files, out, timesteps=timesteps, seed=seed, batch_size=batch_size)
+    info("anomaly scores (mean of the map): " +
+         ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +
+         (" ..." if len(written) > 8 else ""))
+    return written
