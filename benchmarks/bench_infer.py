@@ -142,8 +142,10 @@ class Stopwatch:
 def install_stopwatch() -> Stopwatch:
     from cdiff_cli.data import images2d, nifti, preprocess
     from cdiff_cli.diffusion.schedule import GaussianDiffusion
+    from cdiff_cli.infer import postprocess
+    from cdiff_cli.api import files
     from cdiff_cli.eval import localize as loc
-    from cdiff_cli.infer import files, preview
+    from cdiff_cli.infer import preview
     from cdiff_cli.infer import reconstruct as rec
     from cdiff_cli.models.encoder import Encoder
     from cdiff_cli.models.unet import ConditionalUNet
@@ -155,14 +157,12 @@ def install_stopwatch() -> Stopwatch:
         (nifti, "load_volume", "load NIfTI"),
         (preprocess, "preprocess_volume", "preprocess volume"),
         (rec, "reconstruct_slices", "reconstruct_slices (all passes)"),
-        (loc, "reconstruct_slices", "reconstruct_slices (all passes)"),
-        (files, "reconstruct_slices", "reconstruct_slices (all passes)"),
         (Encoder, "forward", "  encoder forward"),
         (GaussianDiffusion, "sample_noise", "  noise"),
         (ConditionalUNet, "forward", "  U-Net forward"),
         (rec, "postprocess_volume", "post-process volume (erode, median)"),
         (images2d, "from_model_grid", "map back to the image grid"),
-        (loc, "boxes_from_map", "boxes (median, label, top-k)"),
+        (postprocess, "boxes_from_map", "boxes (median, label, top-k)"),
         (loc, "_picture", "pictures (PNG with boxes)"),
         (loc, "write_json", "JSON outputs"),
         (preprocess, "to_original_grid", "map back to the input grid"),
@@ -282,6 +282,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from cdiff_cli.eval.localize import localize
+    from cdiff_cli.api import Model
     from cdiff_cli.api.files import reconstruct_files
     from cdiff_cli.infer.model import load_model
 
@@ -326,7 +327,7 @@ def main() -> None:
         sw.reset()
         with maybe_profile(args.profile and i == args.repeats, "reconstruct"):
             t0 = time.perf_counter()
-            reconstruct_files(model, volumes, tmp / f"rec{i}")
+            reconstruct_files(Model(model), volumes, tmp / f"rec{i}")
             dt = time.perf_counter() - t0
         if i and dt < best:
             best, best_parts = dt, {k: (v, sw.calls[k]) for k, v in sw.seconds.items()}

@@ -29,12 +29,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Union
 
 import numpy as np
 
 from cdiff_cli.errors import CdiffError, DataError
+from cdiff_cli.infer.maps import GridMaps, Input, Kind
 from cdiff_cli.infer.postprocess import Box
 
 if TYPE_CHECKING:
@@ -43,48 +43,7 @@ if TYPE_CHECKING:
 
     from cdiff_cli.infer.model import LoadedModel
 
-Kind = Literal["auto", "image", "volume", "prepared"]
 InputLike = Union[str, os.PathLike, np.ndarray, "torch.Tensor", "nib.spatialimages.SpatialImage"]
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
-
-
-@dataclass(frozen=True)
-class GridMaps:
-    """Everything on the model grid, stacked as (N, H, W) (N slices of a volume, N images)."""
-
-    image: np.ndarray  # the input as the network saw it, float32 in [0, 1]
-    recon: np.ndarray  # the healthy reconstruction
-    residual: np.ndarray  # |image - recon|
-    anomaly: np.ndarray  # the post-processed residual: what scores and boxes are read from
-    mask: np.ndarray | None  # volumes: the brain mask (uint8) of the prepared grid
-
-
-@dataclass
-class Input:
-    """One input on the model grid plus what it takes to map results back (from :meth:`Model.read`)."""
-
-    kind: Literal["image", "volume", "prepared"]
-    slices: np.ndarray  # (N, 1, H, W) float32 in [0, 1] on the model grid
-    name: str = "array"
-    raw: np.ndarray | None = None  # images: (N, H, W) as read, on their own pixels
-    metas: list[dict[str, Any]] = field(default_factory=list)  # images: letterbox geometry per image
-    prep: Any = None  # volumes: preprocess.Prepared (mask, meta for the inverse mapping)
-    affine: np.ndarray | None = None  # volumes: the input's own affine
-    mask: np.ndarray | None = None  # prepared slices: a brain mask, for the volume post-processing
-    single: bool = False  # one 2-D image: results are (H, W), not (1, H, W)
-
-    def to_input_grid(self, grid: np.ndarray) -> np.ndarray:
-        """A (N, H, W) array on the model grid -> the input's own grid (volume, images or as is)."""
-        if self.kind == "volume":
-            from cdiff_cli.data.preprocess import to_original_grid
-
-            return to_original_grid(grid, self.prep.meta)
-        if self.kind == "prepared":
-            return grid[0] if self.single else grid
-        from cdiff_cli.data.images2d import from_model_grid
-
-        back = [from_model_grid(a, meta) for a, meta in zip(grid, self.metas)]
-        return back[0] if self.single else np.stack(back)
 
 
 @dataclass
@@ -100,20 +59,29 @@ class Reconstruction:
 
 @dataclass
 class AnomalyMap:
-    """The maps of one input. ``recon`` and ``anomaly`` are on the input's own grid (a volume's
-    voxels, with its ``affine``; an image's pixels); ``grid`` holds all maps on the model grid."""
+    """The maps of one input: ``recon``, ``anomaly`` and ``image`` on the input's own grid (a
+    volume's voxels, to be written with ``affine``; an image's pixels), computed on first use;
+    ``grid`` holds every map on the model grid (what scores and boxes are read from)."""
 
     kind: Literal["image", "volume", "prepared"]
     name: str
-    recon: np.ndarray
-    anomaly: np.ndarray
     grid: GridMaps
     affine: np.ndarray | None
     _source: Input = field(repr=False)
 
     @cached_property
+    def recon(self) -> np.ndarray:
+        """The healthy reconstruction."""
+        return self._source.to_input_grid(self.grid.recon)
+
+    @cached_property
+    def anomaly(self) -> np.ndarray:
+        """The post-processed anomaly map (high = anomalous)."""
+        return self._source.to_input_grid(self.grid.anomaly)
+
+    @cached_property
     def image(self) -> np.ndarray:
-        """The input as the model saw it (normalised), on the input's own grid."""
+        """The input as the model saw it (normalised)."""
         return self._source.to_input_grid(self.grid.image)
 
     @property
@@ -193,39 +161,13 @@ class Model:
         ``mask`` (then maps are post-processed as volumes are). Auto: a path by its suffix,
         a nibabel image is a volume, arrays 2-D an image, 3-D a volume, 4-D a batch of images.
         """
+        from cdiff_cli.infer.maps import read_input
         from cdiff_cli.infer.natural import is_natural_model
 
         if is_natural_model(self.loaded):
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "
                             "brain MRI; use `cdiff reconstruct` for its maps")
-        if isinstance(x, (str, os.PathLike)):
-            return self._read_path(Path(x), kind)
-        if hasattr(x, "dataobj") and hasattr(x, "affine"):  # a nibabel image
-            if kind not in ("auto", "volume"):
-                raise DataError(f"a nibabel image is a volume, not kind={kind!r}")
-            return self._read_volume(x, "volume")
-        arr = _as_array(x)
-        if kind == "auto":
-            kind = {2: "image", 3: "volume", 4: "image"}.get(arr.ndim, "auto")  # type: ignore[assignment]
-            if kind == "auto":
-                raise DataError(f"an array of shape {arr.shape}: expected a 2-D slice, a 3-D volume or "
-                                "(N, 1, H, W) slices")
-        if kind == "volume":
-            import nibabel as nib
-
-            if arr.ndim != 3:
-                raise DataError(f"a volume must be a 3-D (X, Y, Z) array, got shape {arr.shape}")
-            aff = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
-            return self._read_volume(nib.Nifti1Image(arr, aff), "volume")
-        single = arr.ndim == 2
-        stack = _stack(arr, kind)
-        if kind == "prepared":
-            if stack.shape[-2:] != tuple(self.image_hw):
-                raise DataError(f"prepared slices must be on the model grid {self.image_hw}, got {stack.shape[-2:]}")
-            if mask is not None and np.shape(mask) != stack.shape:
-                raise DataError(f"mask shape {np.shape(mask)} differs from the slices' {stack.shape}")
-            return Input("prepared", stack[:, None], mask=None if mask is None else np.asarray(mask), single=single)
-        return self._read_images(stack, "array", single)
+        return read_input(self.loaded, x, kind, affine, mask)
 
     def reconstruct_slices(self, slices: np.ndarray, *, timesteps: tuple[int, ...] | None = None,
                            seed: int | None = None, batch_size: int | None = None) -> np.ndarray:
@@ -234,20 +176,16 @@ class Model:
 
         return reconstruct_slices(self.loaded, slices, timesteps, seed, batch_size)[:, 0]
 
-    def maps(self, inp: Input, recon: np.ndarray) -> AnomalyMap:
-        """Post-processing stage: residual -> anomaly map (volumes: eroded brain mask and 3-D median;
-        images: 2-D median), then recon and map back onto the input's own grid."""
-        from cdiff_cli.infer.reconstruct import image_maps, volume_maps
+    def maps(self, inp: Input, recon: np.ndarray, *, median_size: int | None = None,
+             erosion: int | None = None) -> AnomalyMap:
+        """Post-processing stage: residual -> anomaly map (volumes: brain mask eroded ``erosion``
+        times slice-wise, then a 3-D median of ``median_size``, default the recipe's ``eval.*``;
+        images: a 2-D median, default ``localize.median_size``); the maps on the input's grid
+        are computed when first read."""
+        from cdiff_cli.infer.maps import grid_maps
 
-        image = inp.slices[:, 0]  # (N, H, W)
-        mask = inp.prep.mask if inp.kind == "volume" else inp.mask
-        if mask is not None:
-            res = volume_maps(inp.prep.volume if inp.kind == "volume" else image, recon, mask, self.recipe.eval)
-        else:
-            res = image_maps(image, recon, self.recipe.localize.median_size)
-        grid = GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly, mask=mask)
-        return AnomalyMap(kind=inp.kind, name=inp.name, recon=inp.to_input_grid(res.recon),
-                          anomaly=inp.to_input_grid(res.anomaly), grid=grid, affine=inp.affine, _source=inp)
+        grid = grid_maps(self.loaded, inp, recon, median_size, erosion)
+        return AnomalyMap(kind=inp.kind, name=inp.name, grid=grid, affine=inp.affine, _source=inp)
 
     # ------------------------------------------------------------------ the whole path
 
@@ -266,11 +204,13 @@ class Model:
 
     def anomaly_map(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     mask: np.ndarray | None = None, timesteps: tuple[int, ...] | None = None,
-                    seed: int | None = None, batch_size: int | None = None) -> AnomalyMap:
-        """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid."""
+                    seed: int | None = None, batch_size: int | None = None, median_size: int | None = None,
+                    erosion: int | None = None) -> AnomalyMap:
+        """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid
+        (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`)."""
         inp = self.read(x, kind=kind, affine=affine, mask=mask)
-        return self.maps(inp, self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed,
-                                                      batch_size=batch_size))
+        recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
+        return self.maps(inp, recon, median_size=median_size, erosion=erosion)
 
     def boxes(self, x: InputLike | AnomalyMap, *, threshold: float | Literal["calibrated"] | None = None,
               top_k: int | None = None, **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
@@ -312,56 +252,3 @@ class Model:
         if not np.isfinite(number):
             raise CdiffError(f"threshold {value!r}: must be a finite number")
         return number
-
-    # ------------------------------------------------------------------ readers
-
-    def _read_path(self, path: Path, kind: Kind) -> Input:
-        volume = path.name.lower().endswith(VOLUME_SUFFIXES)
-        if kind == "prepared" or (kind == "image" and volume) or (kind == "volume" and not volume):
-            raise DataError(f"{path.name}: kind={kind!r} does not match the file type")
-        if volume:
-            from cdiff_cli.data.nifti import load_volume
-
-            return self._read_volume(load_volume(path), path.name)
-        from cdiff_cli.data.images2d import load_image_2d
-
-        return self._read_images(load_image_2d(path)[None], path.name, single=True)
-
-    def _read_volume(self, img: Any, name: str) -> Input:
-        from cdiff_cli.data.preprocess import preprocess_volume
-
-        if self.loaded.channels != 1:
-            raise DataError(f"{name}: this {self.loaded.channels}-channel model reads 2-D colour images, "
-                            "not NIfTI volumes")
-        try:
-            prep = preprocess_volume(img, None, None, self.recipe.data)
-        except ValueError as e:
-            raise DataError(f"{name} could not be preprocessed ({str(e).splitlines()[0][:120]})") from None
-        return Input("volume", prep.volume[:, None].astype(np.float32), name=name, prep=prep,
-                     affine=np.asarray(img.affine))
-
-    def _read_images(self, raw: np.ndarray, name: str, single: bool) -> Input:
-        from cdiff_cli.data.images2d import to_model_input
-
-        pct = self.recipe.data.percentiles
-        pairs = [to_model_input(im, self.image_hw, percentiles=pct) for im in raw]
-        return Input("image", np.stack([x for x, _ in pairs])[:, None].astype(np.float32), name=name, raw=raw,
-                     metas=[m for _, m in pairs], single=single)
-
-
-def _as_array(x: Any) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, on any device
-        x = x.detach().float().cpu().numpy()
-    arr = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise DataError("the input contains NaN or infinite values")
-    return arr
-
-
-def _stack(arr: np.ndarray, kind: Kind) -> np.ndarray:
-    """(H, W), (N, H, W) or (N, 1, H, W) -> (N, H, W)."""
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        return arr[:, 0]
-    if arr.ndim in (2, 3):
-        return arr[None] if arr.ndim == 2 else arr
-    raise DataError(f"kind={kind!r} expects (H, W), (N, H, W) or (N, 1, H, W), got shape {arr.shape}")

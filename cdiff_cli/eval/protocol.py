@@ -24,19 +24,20 @@ from cdiff_cli.data.store import PreparedStore, grid_config
 from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
 from cdiff_cli.fileio import write_json, write_text
-from cdiff_cli.infer.model import LoadedModel, load_model, read_config, resolve_model_dir
+from cdiff_cli.api import AnomalyMap, Model, load_model
+from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_threshold, remove_small_components
-from cdiff_cli.infer.reconstruct import VolumeResult, anomaly_images, anomaly_volume
 
 
-def _maps(model: LoadedModel, store: PreparedStore, subjects: list[str], label: str,
-          bar: Any, eval_cfg: EvalConfig, timesteps: tuple[int, ...]) -> list[tuple[int, VolumeResult]]:
+def _maps(model: Model, store: PreparedStore, subjects: list[str], label: str,
+          bar: Any, eval_cfg: EvalConfig, timesteps: tuple[int, ...]) -> list[tuple[int, AnomalyMap]]:
     task = bar.add_task(label, total=len(subjects))
     out = []
     for sid in subjects:
         v = store.subject_index(sid)
-        out.append((v, anomaly_volume(model, np.asarray(store.volume(v)), np.asarray(store.mask(v)),
-                                      eval_cfg=eval_cfg, timesteps=timesteps)))
+        out.append((v, model.anomaly_map(store.volume(v), kind="prepared", mask=np.asarray(store.mask(v)),
+                                         timesteps=timesteps, median_size=eval_cfg.median_size,
+                                         erosion=eval_cfg.erosion_iterations)))
         bar.advance(task)
     return out
 
@@ -49,7 +50,7 @@ def _check_grid(model_recipe: Recipe, where: Path, recipe: Recipe) -> None:
         )
 
 
-def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, Any]:
+def evaluate_model(model: Model, recipe: Recipe, bar: Any) -> dict[str, Any]:
     """All metrics of one model (one fold), reconstructing with the recipe's ``infer.timesteps``
     (so ``infer.timesteps=[500]`` on the command line evaluates the same weights at one t)."""
     splits = load_splits(recipe)
@@ -110,7 +111,7 @@ def evaluate_model(model: LoadedModel, recipe: Recipe, bar: Any) -> dict[str, An
     return result
 
 
-def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], bar: Any,
+def _calibrate(model: Model, store: PreparedStore, subjects: list[str], bar: Any,
                ecfg: EvalConfig, timesteps: tuple[int, ...]) -> dict[str, Any]:
     """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps);
     the median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
@@ -121,8 +122,8 @@ def _calibrate(model: LoadedModel, store: PreparedStore, subjects: list[str], ba
         v = store.subject_index(sid)
         brain = np.asarray(store.mask(v)) > 0
         # the 2-D maps exactly as `cdiff localize` makes them (slice-wise median, no 3-D post-processing)
-        filtered = anomaly_images(model, np.asarray(store.volume(v)), median_size=cfg.localize.median_size,
-                                  timesteps=timesteps).anomaly
+        filtered = model.anomaly_map(store.volume(v), kind="prepared", timesteps=timesteps,
+                                     median_size=cfg.localize.median_size).anomaly
         maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
         bar.advance(task)
     if not maps:
@@ -205,11 +206,11 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
     per_fold = []
     with make_progress() as bar:
         for spec in specs:
-            model = load_model(spec, device)
+            model = load_model(spec, device=device)
             per_fold.append(evaluate_model(model, recipe, bar))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
                 if tuple(recipe.infer.timesteps) == tuple(model.recipe.infer.timesteps):
-                    _store_calibration(model, per_fold[-1]["calibration"])
+                    _store_calibration(model.loaded, per_fold[-1]["calibration"])
                 else:  # `cdiff localize` reconstructs with the model's own timesteps
                     info(f"infer.timesteps {list(recipe.infer.timesteps)} differ from the model's "
                          f"{list(model.recipe.infer.timesteps)}: the calibration stays in metrics.json only")

@@ -26,7 +26,7 @@ import numpy as np
 
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.infer.model import LoadedModel, load_model
-from cdiff_cli.infer.postprocess import Box, boxes_from_map, median_filter_2d
+from cdiff_cli.infer.postprocess import Box, boxes_from_map
 
 Progress = Callable[[float, str], None]
 
@@ -255,9 +255,10 @@ class Session:
 
 
 def _analyze_image(model: LoadedModel, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
-    from cdiff_cli.data.images2d import foreground_mask, from_model_grid, load_image_2d, to_model_input
+    from cdiff_cli.data.images2d import foreground_mask, load_image_2d
+    from cdiff_cli.infer.maps import grid_maps, read_images
     from cdiff_cli.infer.natural import analyze_natural_image, is_natural_model
-    from cdiff_cli.infer.reconstruct import anomaly_images
+    from cdiff_cli.infer.reconstruct import reconstruct_slices
 
     report(0.15, "reading the image")
     if is_natural_model(model):  # CelebA-like: RGB input and reconstruction, heatmap over the crop
@@ -268,37 +269,33 @@ def _analyze_image(model: LoadedModel, path: Path, steps: tuple[int, ...], repor
     img = load_image_2d(path, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS)  # (H, W) in [0, 1]
     if max(img.shape) > DISPLAY_MAX_SIDE:
         img = _shrink(img, DISPLAY_MAX_SIDE)
-    fg, _ = foreground_mask(img)
-    x, meta = to_model_input(img, model.image_hw, mask=fg, percentiles=model.recipe.data.percentiles)
+    inp = read_images(model, img[None], path.name, single=True)  # as `cdiff localize` and the Python API
     report(0.35, f"reconstructing ({len(steps)} noise level(s))")
-    res = anomaly_images(model, x[None], median_size=1, timesteps=steps)
-    shown = from_model_grid(x, meta)  # (H, W): the normalised input on its own pixels
-    recon = np.clip(from_model_grid(res.recon[0], meta), 0, 1)
-    residual = from_model_grid(res.residual[0], meta)
-    # as `cdiff localize` (median of the residual on the image's pixels), then limited to the
-    # foreground so that a poorly reconstructed background is neither scored nor boxed
-    anomaly = median_filter_2d(residual, model.recipe.localize.median_size) * fg
+    g = grid_maps(model, inp, reconstruct_slices(model, inp.slices, steps)[:, 0])
     report(0.9, "post-processing")
+    shown = inp.to_input_grid(g.image)  # (H, W): the normalised input on its own pixels
+    recon = np.clip(inp.to_input_grid(g.recon), 0, 1)
+    # the map exactly as `cdiff localize` boxes it (median on the model grid, as the calibration),
+    # then limited to the foreground so that a poorly reconstructed background is neither scored nor boxed
+    fg, _ = foreground_mask(img)
+    anomaly = inp.to_input_grid(g.anomaly) * fg
     return _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
 
 
 def _analyze_volume(model: LoadedModel, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
     from cdiff_cli.data.nifti import load_volume
-    from cdiff_cli.data.preprocess import preprocess_volume
-    from cdiff_cli.infer.reconstruct import anomaly_volume
+    from cdiff_cli.infer.maps import grid_maps, read_volume
+    from cdiff_cli.infer.reconstruct import reconstruct_slices
 
     report(0.1, "reading the volume")
     _check_volume_header(path)
     img = load_volume(path)
     report(0.2, "preprocessing (RAS, crop, rescale, resample)")
-    try:
-        prep = preprocess_volume(img, None, None, model.recipe.data)
-    except (ValueError, MemoryError) as e:
-        raise DataError(f"{path.name} could not be preprocessed ({str(e).splitlines()[0][:120]})") from None
-    report(0.35, f"reconstructing {prep.volume.shape[0]} slices ({len(steps)} noise level(s))")
-    res = anomaly_volume(model, prep.volume, prep.mask, timesteps=steps)
+    inp = read_volume(model, img, path.name)  # as `cdiff reconstruct` and the Python API
+    report(0.35, f"reconstructing {len(inp.slices)} slices ({len(steps)} noise level(s))")
+    g = grid_maps(model, inp, reconstruct_slices(model, inp.slices, steps)[:, 0])
     report(0.9, "post-processing")
-    return _finish("volume", path.name, prep.volume, res.recon, res.anomaly, prep.mask > 0, steps)
+    return _finish("volume", path.name, g.image, g.recon, g.anomaly, g.mask > 0, steps)
 
 
 def _check_volume_header(path: Path) -> None:

@@ -1,0 +1,177 @@
+"""The one path from an input to its maps, on the model grid and back on the input's own grid.
+
+:func:`read_input` brings a path, a nibabel image or an array onto the model grid exactly as
+``cdiff prepare`` prepares training data; the network reconstructs ``Input.slices``
+(``infer/reconstruct.py``); :func:`grid_maps` post-processes the residual; and
+``Input.to_input_grid`` maps any result back. The public API (``cdiff_cli/api``) and the app's
+session are built on these three steps, so every entry point gives the same maps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cdiff_cli.errors import DataError
+from cdiff_cli.infer.model import LoadedModel
+
+Kind = Literal["auto", "image", "volume", "prepared"]
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class GridMaps:
+    """Everything on the model grid, stacked as (N, H, W) (N slices of a volume, N images)."""
+
+    image: np.ndarray  # the input as the network saw it, float32 in [0, 1]
+    recon: np.ndarray  # the healthy reconstruction
+    residual: np.ndarray  # |image - recon|
+    anomaly: np.ndarray  # the post-processed residual: what scores and boxes are read from
+    mask: np.ndarray | None  # volumes and masked slices: the brain mask of the grid
+
+
+@dataclass
+class Input:
+    """One input on the model grid plus what it takes to map results back (from :func:`read_input`)."""
+
+    kind: Literal["image", "volume", "prepared"]
+    slices: np.ndarray  # (N, 1, H, W) float32 in [0, 1] on the model grid
+    name: str = "array"
+    raw: np.ndarray | None = None  # images: (N, H, W) as read, on their own pixels
+    metas: list[dict[str, Any]] = field(default_factory=list)  # images: letterbox geometry per image
+    prep: Any = None  # volumes: preprocess.Prepared (mask, meta for the inverse mapping)
+    affine: np.ndarray | None = None  # volumes: the input's own affine
+    mask: np.ndarray | None = None  # prepared slices: a brain mask, for the volume post-processing
+    single: bool = False  # one 2-D image or slice: results are (H, W), not (1, H, W)
+
+    def to_input_grid(self, grid: np.ndarray) -> np.ndarray:
+        """A (N, H, W) array on the model grid -> the input's own grid (volume, images or as is)."""
+        if self.kind == "volume":
+            from cdiff_cli.data.preprocess import to_original_grid
+
+            return to_original_grid(grid, self.prep.meta)
+        if self.kind == "prepared":
+            return grid[0] if self.single else grid
+        from cdiff_cli.data.images2d import from_model_grid
+
+        back = [from_model_grid(a, meta) for a, meta in zip(grid, self.metas)]
+        return back[0] if self.single else np.stack(back)
+
+
+def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarray | None = None,
+               mask: np.ndarray | None = None) -> Input:
+    """``x`` (a path, a nibabel image, a numpy array or a torch tensor) on the model grid.
+
+    ``kind`` (``auto`` decides from the input): ``image`` is a 2-D slice on its own pixels,
+    (H, W), or a batch (N, H, W) / (N, 1, H, W) of equal size (letterboxed, percentile-rescaled);
+    ``volume`` a 3-D scan on its own voxels (a NIfTI path, a nibabel image, or an (X, Y, Z)
+    array with ``affine``, default 1 mm identity; preprocessed as ``cdiff prepare``);
+    ``prepared`` slices already on the model grid in [0, 1], (H, W), (N, H, W) or (N, 1, H, W),
+    with an optional (N, H, W) brain ``mask`` (then maps are post-processed as volumes are).
+    Auto: a path by its suffix, a nibabel image is a volume, arrays 2-D an image, 3-D a volume,
+    4-D a batch of images.
+    """
+    if isinstance(x, (str, os.PathLike)):
+        return _read_path(model, Path(x), kind)
+    if hasattr(x, "dataobj") and hasattr(x, "affine"):  # a nibabel image
+        if kind not in ("auto", "volume"):
+            raise DataError(f"a nibabel image is a volume, not kind={kind!r}")
+        return read_volume(model, x, "volume")
+    arr = _as_array(x)
+    if kind == "auto":
+        kind = {2: "image", 3: "volume", 4: "image"}.get(arr.ndim, "auto")  # type: ignore[assignment]
+        if kind == "auto":
+            raise DataError(f"an array of shape {arr.shape}: expected a 2-D slice, a 3-D volume or (N, 1, H, W) slices")
+    if kind == "volume":
+        import nibabel as nib
+
+        if arr.ndim != 3:
+            raise DataError(f"a volume must be a 3-D (X, Y, Z) array, got shape {arr.shape}")
+        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+        return read_volume(model, nib.Nifti1Image(arr, aff), "volume")
+    single, stack = arr.ndim == 2, _stack(arr, kind)
+    if kind == "prepared":
+        if stack.shape[-2:] != tuple(model.image_hw):
+            raise DataError(f"prepared slices must be on the model grid {model.image_hw}, got {stack.shape[-2:]}")
+        if mask is not None and np.shape(mask) != stack.shape:
+            raise DataError(f"mask shape {np.shape(mask)} differs from the slices' {stack.shape}")
+        return Input("prepared", stack[:, None].astype(np.float32),  # a copy: store volumes are read-only memmaps
+                     mask=None if mask is None else np.asarray(mask), single=single)
+    return read_images(model, stack, "array", single)
+
+
+def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool) -> Input:
+    """2-D images (N, H, W) on their own pixels -> letterboxed, percentile-rescaled model input."""
+    from cdiff_cli.data.images2d import to_model_input
+
+    pct = model.recipe.data.percentiles
+    pairs = [to_model_input(im, model.image_hw, percentiles=pct) for im in raw]
+    return Input("image", np.stack([x for x, _ in pairs])[:, None].astype(np.float32), name=name, raw=raw,
+                 metas=[m for _, m in pairs], single=single)
+
+
+def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: int | None = None,
+              erosion: int | None = None) -> GridMaps:
+    """Residual -> anomaly map on the model grid. Volumes (and masked slices): the brain mask eroded
+    ``erosion`` times slice-wise, then a 3-D median of ``median_size`` (default the recipe's
+    ``eval.*``); images: a 2-D median (default ``localize.median_size``), as the calibration."""
+    from cdiff_cli.infer.reconstruct import image_maps, volume_maps
+
+    image = inp.slices[:, 0]  # (N, H, W)
+    mask = inp.prep.mask if inp.kind == "volume" else inp.mask
+    if mask is not None:
+        ecfg = model.recipe.eval
+        update = {k: v for k, v in (("median_size", median_size), ("erosion_iterations", erosion)) if v is not None}
+        res = volume_maps(inp.prep.volume if inp.kind == "volume" else image, recon, mask,
+                          ecfg.model_copy(update=update) if update else ecfg)
+    else:
+        res = image_maps(image, recon, model.recipe.localize.median_size if median_size is None else median_size)
+    return GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly, mask=mask)
+
+
+def _read_path(model: LoadedModel, path: Path, kind: Kind) -> Input:
+    volume = path.name.lower().endswith(VOLUME_SUFFIXES)
+    if kind == "prepared" or (kind == "image" and volume) or (kind == "volume" and not volume):
+        raise DataError(f"{path.name}: kind={kind!r} does not match the file type")
+    if volume:
+        from cdiff_cli.data.nifti import load_volume
+
+        return read_volume(model, load_volume(path), path.name)
+    from cdiff_cli.data.images2d import load_image_2d
+
+    return read_images(model, load_image_2d(path)[None], path.name, single=True)
+
+
+def read_volume(model: LoadedModel, img: Any, name: str) -> Input:
+    """A nibabel volume on its own voxels -> the prepared grid (RAS, crop, rescale, resample)."""
+    from cdiff_cli.data.preprocess import preprocess_volume
+
+    if model.channels != 1:
+        raise DataError(f"{name}: this {model.channels}-channel model reads 2-D colour images, not NIfTI volumes")
+    try:
+        prep = preprocess_volume(img, None, None, model.recipe.data)
+    except (ValueError, MemoryError) as e:
+        raise DataError(f"{name} could not be preprocessed ({str(e).splitlines()[0][:120]})") from None
+    return Input("volume", prep.volume[:, None].astype(np.float32), name=name, prep=prep, affine=np.asarray(img.affine))
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, on any device
+        x = x.detach().float().cpu().numpy()
+    arr = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise DataError("the input contains NaN or infinite values")
+    return arr
+
+
+def _stack(arr: np.ndarray, kind: Kind) -> np.ndarray:
+    """(H, W), (N, H, W) or (N, 1, H, W) -> (N, H, W)."""
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        return arr[:, 0]
+    if arr.ndim in (2, 3):
+        return arr[None] if arr.ndim == 2 else arr
+    raise DataError(f"kind={kind!r} expects (H, W), (N, H, W) or (N, 1, H, W), got shape {arr.shape}")
