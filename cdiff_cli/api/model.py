@@ -1,11 +1,11 @@
-"""``load_model`` and :class:`Model`: the one path from an input to its reconstruction, anomaly
-map and boxes, used by notebooks, ``cdiff reconstruct``, ``cdiff localize``, ``cdiff benchmark``
-and the app alike.
+"""``load_model`` and :class:`Model`: the path from an input to its reconstruction, anomaly map
+and boxes, for notebooks and for ``cdiff reconstruct``, ``cdiff localize``, ``cdiff evaluate``
+and ``cdiff benchmark`` alike (the app's session takes the same steps, ``infer/maps.py``).
 
 The path has three stages, each a method, so that command-line pipelines can overlap them
 (read the next input while the network runs): :meth:`Model.read` brings an input onto the
 model grid exactly as training data was prepared, :meth:`Model.reconstruct_slices` runs the
-network, and :meth:`Model.maps` post-processes the residual and maps everything back onto the
+network, and :meth:`Model.maps` post-processes the residual; the results map back onto the
 input's own grid. :meth:`Model.reconstruct`, :meth:`Model.anomaly_map` and :meth:`Model.boxes`
 chain them.
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import nibabel as nib
     import torch
 
+    from cdiff_cli.config import Recipe
     from cdiff_cli.infer.model import LoadedModel
 
 InputLike = Union[str, os.PathLike, np.ndarray, "torch.Tensor", "nib.spatialimages.SpatialImage"]
@@ -102,7 +103,7 @@ class SliceBoxes:
     boxes: list[Box]
 
 
-def load_model(source: str | os.PathLike[str] | None = None, *, device: str | Any = None) -> Model:
+def load_model(source: str | os.PathLike[str] | None = None, *, device: str | torch.device | None = None) -> Model:
     """A trained model ready for inference.
 
     ``source``: a run directory (``runs/NAME``), a Hugging Face Hub id (``USER/NAME[@rev]``)
@@ -129,11 +130,12 @@ class Model:
         return f"Model({r.method} {r.name!r}, grid {self.image_hw}, {self.device})"
 
     @property
-    def recipe(self) -> Any:
+    def recipe(self) -> Recipe:
+        """The resolved recipe the model was trained with (grid, noise levels, post-processing)."""
         return self.loaded.recipe
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         return self.loaded.device
 
     @property
@@ -207,7 +209,18 @@ class Model:
                     seed: int | None = None, batch_size: int | None = None, median_size: int | None = None,
                     erosion: int | None = None) -> AnomalyMap:
         """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid
-        (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`)."""
+        (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`).
+
+        >>> import numpy as np
+        >>> model = load_model(device="cpu")
+        >>> vol = np.zeros((40, 40, 30), np.float32)  # a (X, Y, Z) volume at 4 mm
+        >>> vol[8:32, 6:34, 5:25] = 1.0
+        >>> maps = model.anomaly_map(vol, affine=np.diag([4.0, 4.0, 4.0, 1.0]), timesteps=(500,))
+        >>> maps.anomaly.shape, maps.grid.anomaly.shape, float(maps.affine[0, 0])
+        ((40, 40, 30), (32, 64, 64), 4.0)
+        >>> all(isinstance(s, SliceBoxes) for s in model.boxes(maps, threshold=0.1))
+        True
+        """
         inp = self.read(x, kind=kind, affine=affine, mask=mask)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from cdiff_cli.errors import DataError
-from cdiff_cli.infer.model import LoadedModel
+
+if TYPE_CHECKING:
+    from cdiff_cli.infer.model import LoadedModel
 
 Kind = Literal["auto", "image", "volume", "prepared"]
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
