@@ -257,21 +257,19 @@ def test_evaluate_writes_metrics_in_range_table_and_plots(evaluated: dict[str, A
 
 def test_evaluate_threshold_is_the_exact_optimum_on_validation(evaluated: dict[str, Any],
                                                                tiny_prepared: Path) -> None:
-    import torch
-
+    from cdiff_cli import load_model
     from cdiff_cli.data.store import PreparedStore
-    from cdiff_cli.infer.model import load_model
-    from cdiff_cli.infer.reconstruct import anomaly_volume
 
     raw = yaml.safe_load(tiny_prepared.read_text())
     prepared = Path(raw["data"]["prepared"])
     val_ids = json.loads((prepared / "splits.json").read_text())["brats"]["val"]
     store = PreparedStore.open(prepared / "brats")
-    model = load_model(evaluated["root"] / "m_fold0", torch.device("cpu"))
+    model = load_model(evaluated["root"] / "m_fold0", device="cpu")
     scores, labels = [], []
     for sid in val_ids:
         v = store.subject_index(sid)
-        scores.append(anomaly_volume(model, np.asarray(store.volume(v)), np.asarray(store.mask(v))).anomaly.ravel())
+        maps = model.anomaly_map(store.volume(v), kind="prepared", mask=np.asarray(store.mask(v)))
+        scores.append(maps.anomaly.ravel())
         labels.append(np.asarray(store.seg(v)).ravel() > 0)
     s, y = np.concatenate(scores), np.concatenate(labels)
     # brute force: Dice of (s >= c) for every distinct score; highest threshold among ties

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from cdiff_cli.api import Input, Model, load_model
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import safe_child, write_json, write_text
-from cdiff_cli.api import Input, Model, load_model
 from cdiff_cli.infer.files import collect_inputs, is_nifti
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pipeline import pipelined

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cdiff_cli.api import AnomalyMap, Model, load_model
 from cdiff_cli.config import EvalConfig, Recipe, save_resolved
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.data.dataset import load_splits, training_source
@@ -24,7 +25,6 @@ from cdiff_cli.data.store import PreparedStore, grid_config
 from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
 from cdiff_cli.fileio import write_json, write_text
-from cdiff_cli.api import AnomalyMap, Model, load_model
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_threshold, remove_small_components
 

@@ -103,28 +103,11 @@ class VolumeResult:
     anomaly: np.ndarray  # (D, H, W) masked by the eroded brain mask and median-filtered
 
 
-def anomaly_volume(model: LoadedModel, volume: np.ndarray, mask: np.ndarray, eval_cfg: EvalConfig | None = None,
-                   timesteps: tuple[int, ...] | None = None, seed: int | None = None,
-                   batch_size: int | None = None) -> VolumeResult:
-    """Reconstruct a prepared volume (D, H, W) slice by slice and post-process the residual."""
-    x = volume[:, None].astype(np.float32)  # (D, 1, H, W)
-    recon = reconstruct_slices(model, x, timesteps, seed, batch_size)[:, 0]
-    return volume_maps(volume, recon, mask, eval_cfg or model.recipe.eval)
-
-
 def volume_maps(volume: np.ndarray, recon: np.ndarray, mask: np.ndarray, eval_cfg: EvalConfig) -> VolumeResult:
     """The residual and the post-processed anomaly map of a reconstructed volume (D, H, W)."""
     residual = np.abs(volume.astype(np.float32) - recon)
     anomaly = postprocess_volume(residual, mask, eval_cfg.erosion_iterations, eval_cfg.median_size)
     return VolumeResult(recon=recon, residual=residual, anomaly=anomaly.astype(np.float32))
-
-
-def anomaly_images(model: LoadedModel, images: np.ndarray, median_size: int = 5,
-                   timesteps: tuple[int, ...] | None = None, seed: int | None = None,
-                   batch_size: int | None = None) -> VolumeResult:
-    """Single 2-D images (N, H, W) on the model grid: residual with a 2-D median filter."""
-    recon = reconstruct_slices(model, images[:, None].astype(np.float32), timesteps, seed, batch_size)[:, 0]
-    return image_maps(images, recon, median_size)
 
 
 def image_maps(images: np.ndarray, recon: np.ndarray, median_size: int = 5) -> VolumeResult:
