@@ -88,3 +88,98 @@ def test_bad_benchmark_arguments_are_one_line_errors(tiny_prepared: Path, tmp_pa
     code, err = run_cli(["benchmark", str(tiny_prepared), "--out", str(tmp_path / "b"), *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists()
+
+
+def test_benchmark_references_ablations_and_paired_statistics(tiny_prepared: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    args = ["benchmark", str(tiny_prepared), "--methods", "cdiff,intensity,meanslice", "--seeds", "2",
+            "--budget", "2", "--encoder-budget", "2", "--ablations", "adagn,t500,frozen",
+            "--max-test-volumes", "1", "--subset", "intensity", "--resamples", "200", "--out", str(out),
+            "--device", "cpu"]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    doc = json.loads((out / "benchmark.json").read_text())
+    units = {(u["method"], u["seed"]): u for u in doc["units"]}
+    # adagn is the default's recipe: not run twice; references are deterministic: one unit each
+    assert sorted(units) == [("abl-frozen", 0), ("abl-frozen", 1), ("abl-t500", 0), ("abl-t500", 1),
+                             ("cdiff", 0), ("cdiff", 1), ("intensity", 0), ("meanslice", 0)]
+    for s in (0, 1):
+        assert units[("abl-t500", s)]["weights"] == units[("cdiff", s)]["run_dir"]  # inference only
+        assert "training" not in units[("abl-t500", s)]
+        assert units[("abl-frozen", s)]["training"]["encoder"]["reused"].startswith(units[("cdiff", s)]["run_dir"])
+    assert units[("intensity", 0)]["healthy_l1"] is None and units[("meanslice", 0)]["healthy_l1"] > 0
+    # per-volume scores are kept; the subset method scored only the first test volume of each set (sorted ids)
+    full = units[("cdiff", 0)]["cases"]["brats"]
+    assert sorted(units[("intensity", 0)]["cases"]["brats"]) == sorted(full)[:1]
+    assert units[("intensity", 0)]["healthy_n"] == 1  # (the tiny split holds one test volume per set)
+    assert units[("intensity", 0)]["max_test_volumes"] == 1 and units[("meanslice", 0)]["max_test_volumes"] is None
+    vs = doc["paired"]["cdiff_vs"]
+    assert vs["intensity"]["brats_dice"]["volumes"] == 1 and vs["meanslice"]["brats_dice"]["volumes"] == len(full)
+    for c in (vs["intensity"]["brats_dice"], doc["paired"]["ablation_vs_default"]["abl-t500"]["brats_auprc"]):
+        assert c["seeds"] == 2 and len(c["per_seed"]) == 2 and c["ci"][0] <= c["diff"] <= c["ci"][1]
+        assert c["p"] is None or 0 < c["p"] <= 1
+    diffs = [units[("cdiff", s)]["cases"]["brats"][v]["dice"] - units[("meanslice", 0)]["cases"]["brats"][v]["dice"]
+             for s in (0, 1) for v in full]
+    assert vs["meanslice"]["brats_dice"]["diff"] == pytest.approx(sum(diffs) / len(diffs))
+    md = (out / "benchmark.md").read_text()
+    assert "| intensity (no training) | 1 |" in md and "## Ours against each method (paired)" in md
+    assert "| unet.cond_mode | adagn |" in md and "(the default)" in md and "| infer.timesteps | t500 |" in md
+    assert doc["max_test_volumes"] == 1 and doc["subset_methods"] == ["intensity"]
+    assert (out / "benchmark_paired.png").stat().st_size > 0
+
+
+def test_an_unknown_ablation_field_fails_at_start(tiny_prepared: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdiff_cli.eval.ablations import ABLATIONS, FACTORS
+
+    monkeypatch.setitem(ABLATIONS, "bogus", ["diffusion.simplex.nodims=2"])
+    monkeypatch.setitem(FACTORS, "bogus", "diffusion.simplex.nodims")
+    args = ["benchmark", str(tiny_prepared), "--methods", "ae", "--ablations", "t500,bogus", "--out",
+            str(tmp_path / "b")]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "ablation bogus" in err and "nodims" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b").exists()
+    code, err = run_cli([*args[:4], "--ablations", "t600", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "unknown variant 't600'" in err
+
+
+def test_eta_from_the_units_finished_so_far() -> None:
+    from cdiff_cli.eval.benchmark import Unit, eta
+
+    units = [Unit("cdiff", 0, None, "train"), Unit("ae", 0, None, "train"), Unit("ae", 1, None, "train")]  # type: ignore[arg-type]
+    assert eta(units, {}) == ""
+    assert eta(units, {"cdiff": [600.0]}) == " (ETA 30 min)"  # nothing known of ae: the mean of all
+    assert eta(units, {"cdiff": [3000.0], "ae": [300.0]}) == " (ETA 1 h 00 min)"
+
+
+def test_the_test_subset_is_the_first_sorted_ids() -> None:
+    from cdiff_cli.eval.protocol import test_subset
+
+    assert test_subset(["c", "a", "b"], None) == ["c", "a", "b"]
+    assert test_subset(["c", "a", "b"], 2) == ["a", "b"] and test_subset(["b"], 5) == ["b"]
+
+
+def test_references_are_the_input_and_its_distance_to_the_mean_training_slice(tiny_prepared: Path) -> None:
+    import numpy as np
+
+    from cdiff_cli.data.dataset import load_splits
+    from cdiff_cli.data.splits import fold_subjects
+    from cdiff_cli.data.store import PreparedStore
+    from cdiff_cli.eval.references import mean_training_volume, reference_maps
+    from cdiff_cli.infer.postprocess import postprocess_volume
+
+    recipe = load_recipe(tiny_prepared)
+    store = PreparedStore.open(Path(recipe.data.prepared) / "ixi")
+    train = fold_subjects(load_splits(recipe)["ixi"], "train", recipe.data.fold)
+    mean = np.mean([np.asarray(store.volume(store.subject_index(s)), np.float64) for s in train], axis=0)
+    assert np.allclose(mean_training_volume(recipe), mean, atol=1e-6)
+    v = store.subject_index(fold_subjects(load_splits(recipe)["ixi"], "test")[0])
+    vol, mask = np.asarray(store.volume(v)), np.asarray(store.mask(v))
+    got = reference_maps("intensity", recipe)(vol, mask, 3, 1)
+    assert got.recon is None
+    assert np.allclose(got.anomaly, postprocess_volume(vol.astype(np.float32), mask, 1, 3))
+    ms = reference_maps("meanslice", recipe)(vol, mask, 1, 0)
+    assert np.allclose(ms.anomaly, np.abs(vol - mean) * (mask > 0), atol=1e-6)
+    assert reference_maps("meanslice", recipe)(vol, None, 1, None).anomaly.shape == vol.shape  # 2-D maps

@@ -130,7 +130,9 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
 
 
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: int, budget: int | None,
-                  encoder_budget: int | None, nova: Path | None, out: Path, device: str) -> None:
+                  encoder_budget: int | None, nova: Path | None, out: Path, device: str,
+                  ablations: str | None = None, max_test: int | None = None, subset: str = "anoddpm",
+                  resamples: int = 10_000) -> None:
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise CdiffError("--methods: name at least one method, e.g. cdiff,ddpm")
@@ -139,9 +141,15 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: 
     for flag, value in (("--budget", budget), ("--encoder-budget", encoder_budget)):
         if value is not None and value < 1:
             raise CdiffError(f"{flag} {value}: must be at least 1")
+    if resamples < 100:
+        raise CdiffError(f"--resamples {resamples}: use at least 100")
+    from cdiff_cli.eval.ablations import parse_ablations
     from cdiff_cli.eval.benchmark import run_benchmark as benchmark
 
-    result = benchmark(recipe_path, overrides, names, seeds, budget, encoder_budget, out, nova, device)
+    result = benchmark(recipe_path, overrides, names, seeds, budget, encoder_budget, out, nova, device,
+                       ablations=parse_ablations(ablations), max_test=max_test,
+                       subset=tuple(m.strip() for m in subset.split(",") if m.strip()), resamples=resamples)
     info(Path(result["markdown"]).read_text())
-    _summary("benchmark written", {"table": result["markdown"], "json": result["json"], "plot": result["plot"]})
+    _summary("benchmark written", {"table": result["markdown"], "json": result["json"], "plot": result["plot"],
+                                   "paired plot": result.get("paired_plot", "\u2013")})
 

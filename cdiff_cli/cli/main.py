@@ -177,11 +177,13 @@ def push(
 @app.command(help="Train every method with one budget on the recipe's prepared data, evaluate each with the "
              "same protocol, and write benchmark.json, benchmark.md and benchmark.png (mean +- std over seeds). "
              "Resumable: finished methods/seeds are not recomputed."
-             + _example("cdiff benchmark recipes/quickstart.yaml --methods cdiff,ddpm,ae --seeds 3 --budget 400"))
+             + _example("cdiff benchmark recipes/quickstart.yaml --methods cdiff,ddpm,ae,intensity --seeds 3 --budget 400 "
+                        "--ablations all"))
 def benchmark(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: cdiff, ddpm, pddpm, cddpm, anoddpm, ae.")]
+    methods: Annotated[str, typer.Option(help="Comma-separated: cdiff, ddpm, pddpm, cddpm, anoddpm, ae, and the "
+                                         "references that train nothing: intensity, meanslice.")]
     = "cdiff,ddpm,pddpm,cddpm,ae",
     seeds: Annotated[int, typer.Option(help="Seeds per method (recipe seed, +1, +2, ...).")] = 1,
     budget: Annotated[Optional[int], typer.Option(help="Training steps of the diffusion/AE stage for every "
@@ -192,10 +194,18 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (runs, results, reports).")]
     = Path("benchmark"),
     device: DeviceOpt = "auto",
+    ablations: Annotated[Optional[str], typer.Option(help="Ablations of cdiff with the same seeds, each against "
+                                                     "the default: all, or comma-separated names (concat, eps-l2, "
+                                                     "spark, eps0, simplex2d, t500, frozen, ...).")] = None,
+    max_test_volumes: Annotated[Optional[int], typer.Option(help="Score the --subset methods on the first N "
+                                                            "test volumes of each set only (sorted ids).")] = None,
+    subset: Annotated[str, typer.Option(help="Methods that --max-test-volumes applies to.")] = "anoddpm",
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the paired intervals.")] = 10_000,
 ) -> None:
     from cdiff_cli.cli.commands import run_benchmark
 
-    run_benchmark(recipe, overrides or [], methods, seeds, budget, encoder_budget, nova, out, device)
+    run_benchmark(recipe, overrides or [], methods, seeds, budget, encoder_budget, nova, out, device, ablations,
+                  max_test_volumes, subset, resamples)
 
 
 def main() -> None:

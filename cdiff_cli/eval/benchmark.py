@@ -13,16 +13,22 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from cdiff_cli.config import Recipe, load_recipe
 from cdiff_cli.console import info
 from cdiff_cli.errors import CdiffError, RecipeError
-from cdiff_cli.fileio import write_json, write_text
+from cdiff_cli.eval.ablations import ABLATIONS, classify
+from cdiff_cli.eval.bench_report import COLUMNS, aggregate, markdown, write_reports  # noqa: F401 (re-exported)
+from cdiff_cli.fileio import write_json
 from cdiff_cli.models.methods import method_spec
+
+if TYPE_CHECKING:
+    from cdiff_cli.eval.references import Reference
 
 # The overrides that turn the base recipe into each method; everything else stays shared.
 PRESETS: dict[str, list[str]] = {
@@ -34,72 +40,181 @@ PRESETS: dict[str, list[str]] = {
                 "diffusion.loss=l2"],
     "ae": ["method=ae", "unet.cond_mode=none"],
 }
-# (label, key in a unit's result, scale for the table, format): the columns of benchmark.md
-COLUMNS: list[tuple[str, str, float, str]] = [
-    ("BraTS-like Dice %", "brats_dice", 100, "{:.2f}"),
-    ("BraTS-like AUPRC %", "brats_auprc", 100, "{:.2f}"),
-    ("MSLUB-like Dice %", "mslub_dice", 100, "{:.2f}"),
-    ("MSLUB-like AUPRC %", "mslub_auprc", 100, "{:.2f}"),
-    ("healthy l1 (x1e3)", "healthy_l1", 1e3, "{:.2f}"),
-    ("NOVA-like mAP30", "nova_map30", 1, "{:.2f}"),
-    ("NOVA-like COCO AP30", "nova_ap30", 1, "{:.2f}"),
-    ("U-Net passes / slice", "passes_per_slice", 1, "{:.0f}"),
-    ("inference slices/s", "infer_slices_per_s", 1, "{:.1f}"),
-    ("training images/s", "train_images_per_s", 1, "{:.1f}"),
-]
+
+
+REFERENCE_METHODS = ("intensity", "meanslice")  # train nothing: eval/references.py
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row of work: ``label`` names the result file and the table row (a method, a reference,
+    or ``abl-NAME`` for an ablation of cdiff); ``kind`` says how it runs; ``weights``: an earlier
+    unit's run whose trained weights (``weights``) or encoder (``encoder``) it reuses."""
+
+    label: str
+    seed: int
+    recipe: Recipe
+    kind: Literal["train", "reference", "weights", "encoder"]
+    weights: Path | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.label}-s{self.seed}.json"
+
+
+def check_method(method: str) -> None:
+    if method not in PRESETS and method not in REFERENCE_METHODS:
+        raise CdiffError(f"--methods: unknown method {method!r}; choose from "
+                         f"{', '.join([*PRESETS, *REFERENCE_METHODS])}")
 
 
 def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: int, budget: int | None,
-                  encoder_budget: int | None, out: Path) -> Recipe:
-    """The base recipe turned into ``method`` for seed number ``seed``, its runs under ``out/runs``."""
-    if method not in PRESETS:
-        raise CdiffError(f"--methods: unknown method {method!r}; choose from {', '.join(PRESETS)}")
+                  encoder_budget: int | None, out: Path, ablation: str | None = None) -> Recipe:
+    """The base recipe turned into ``method`` (or a reference, or cdiff's ablation ``ablation``) for
+    seed number ``seed``, its runs under ``out/runs``."""
+    check_method(method)
     base = load_recipe(recipe_path, overrides)
-    extra = [f"name={base.name}-{method}-s{seed}", f"seed={base.seed + seed}", f"runs_dir={out / 'runs'}"]
+    label = method if ablation is None else f"abl-{ablation}"
+    extra = [f"name={base.name}-{label}-s{seed}", f"seed={base.seed + seed}", f"runs_dir={out / 'runs'}"]
     if budget is not None:
         extra.append(f"train.steps={budget}")
     if encoder_budget is not None:
         extra.append(f"encoder_train.steps={encoder_budget}")
+    preset = PRESETS.get(method, ["method=cdiff"])  # references train nothing: only data and protocol matter
+    variant = [] if ablation is None else ABLATIONS[ablation]
     try:
-        return load_recipe(recipe_path, [*overrides, *PRESETS[method], *extra])
+        return load_recipe(recipe_path, [*overrides, *preset, *variant, *extra])
     except RecipeError as e:
-        raise RecipeError(f"method {method}: {e}") from None
+        raise RecipeError(f"{'method ' + method if ablation is None else 'ablation ' + ablation}: {e}") from None
+
+
+def plan_units(recipe_path: Path, overrides: list[str], methods: list[str], seeds: int, budget: int | None,
+               encoder_budget: int | None, out: Path, ablations: list[str]) -> list[Unit]:
+    """Every unit, its recipe resolved (so a bad override or an unknown field fails before any
+    work), trained methods first so that ablations find the default's weights."""
+    for m in methods:
+        check_method(m)
+    if ablations and "cdiff" not in methods:
+        methods = ["cdiff", *methods]  # the default every ablation is compared with
+    recipe = lambda m, s, a=None: method_recipe(recipe_path, overrides, m, s, budget, encoder_budget, out, a)  # noqa: E731
+    units = [Unit(m, s, recipe(m, s), "train") for m in methods if m in PRESETS for s in range(seeds)]
+    units += [Unit(m, 0, recipe(m, 0), "reference") for m in methods if m in REFERENCE_METHODS]
+    for name in ablations:
+        for s in range(seeds):
+            default = next(u.recipe for u in units if u.label == "cdiff" and u.seed == s)
+            r = recipe("cdiff", s, name)
+            v = classify(name, r.to_dict(), default.to_dict())
+            if v.reuse == "default":
+                continue
+            kind = {"none": "train", "encoder": "encoder", "weights": "weights"}[v.reuse]
+            units.append(Unit(f"abl-{name}", s, r, kind, None if kind == "train" else default.run_dir))  # type: ignore[arg-type]
+    return units
 
 
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], seeds: int, budget: int | None,
                   encoder_budget: int | None, out: Path, nova: Path | None, device: str,
-                  infer_slices: int = 32) -> dict[str, Any]:
-    """Train, evaluate and time every (method, seed) not finished yet; write the reports."""
+                  infer_slices: int = 32, ablations: list[str] | None = None, max_test: int | None = None,
+                  subset: tuple[str, ...] = ("anoddpm",), resamples: int = 10_000) -> dict[str, Any]:
+    """Train, evaluate and time every unit not finished yet, with an ETA; write the reports.
+
+    ``max_test``: the methods in ``subset`` (AnoDDPM's 200 passes per slice) score only the
+    fixed subset of test volumes of :func:`cdiff_cli.eval.protocol.test_subset`; the paired
+    statistics then pair on those volumes."""
     if seeds < 1:
         raise CdiffError(f"--seeds {seeds}: must be at least 1")
     if nova is not None and not nova.exists():
         raise CdiffError(f"--nova {nova}: no such folder")
-    units = [(m, s, method_recipe(recipe_path, overrides, m, s, budget, encoder_budget, out))
-             for m in methods for s in range(seeds)]  # every recipe is valid before anything runs
+    if max_test is not None and max_test < 1:
+        raise CdiffError(f"--max-test-volumes {max_test}: must be at least 1")
+    units = plan_units(recipe_path, overrides, methods, seeds, budget, encoder_budget, out, ablations or [])
     results: list[dict[str, Any]] = []
-    for i, (method, seed, recipe) in enumerate(units, start=1):
-        path = out / "results" / f"{method}-s{seed}.json"
+    spent: dict[str, list[float]] = {}
+    for i, unit in enumerate(units, start=1):
+        path = out / "results" / unit.path
         if path.is_file():
-            info(f"[{i}/{len(units)}] {method} seed {seed}: done earlier ({path})")
+            info(f"[{i}/{len(units)}] {unit.label} seed {unit.seed}: done earlier ({path})")
             results.append(json.loads(path.read_text(encoding="utf-8")))
             continue
-        info(f"[bold][{i}/{len(units)}] {method} seed {seed}[/]: {recipe.run_dir}")
-        result = run_unit(recipe, method, seed, nova, device, infer_slices)
+        info(f"[bold][{i}/{len(units)}] {unit.label} seed {unit.seed}[/]: {unit.recipe.run_dir}"
+             f"{eta(units[i - 1:], spent)}")
+        t0 = time.perf_counter()
+        base = "cdiff" if unit.label.startswith("abl-") else unit.label
+        cap = max_test if base in subset or unit.label in subset else None
+        result = run_unit(unit, nova if unit.kind in ("train", "encoder") else None, device, infer_slices, cap)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        spent.setdefault(unit.label, []).append(result["seconds"])
         write_json(path, result)
         results.append(result)
-    return write_reports(out, results, methods, recipe_path, budget, encoder_budget)
+    labels = list(dict.fromkeys(u.label for u in units))
+    options = {"recipe": str(recipe_path), "budget": budget, "encoder_budget": encoder_budget, "seeds": seeds,
+               "max_test_volumes": max_test, "subset_methods": list(subset) if max_test is not None else [],
+               "ablations": ablations or [], "resamples": resamples}
+    return write_reports(out, results, labels, options)
 
 
-def run_unit(recipe: Recipe, method: str, seed: int, nova: Path | None, device: str,
-             infer_slices: int) -> dict[str, Any]:
-    """Train (resuming any stage cut off earlier), evaluate, localise and time one method/seed."""
+def eta(remaining: list[Unit], spent: dict[str, list[float]]) -> str:
+    """`` (ETA 1 h 05 min)`` from the mean time of this session's finished units of each label
+    (else of all finished units); empty before anything has finished."""
+    every = [t for ts in spent.values() for t in ts]
+    if not every:
+        return ""
+    total = sum(np.mean(spent[u.label]) if u.label in spent else np.mean(every) for u in remaining)
+    h, m = divmod(int(round(total / 60)), 60)
+    return f" (ETA {h} h {m:02d} min)" if h else f" (ETA {m} min)"
+
+
+def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
+             max_test: int | None = None) -> dict[str, Any]:
+    """Train (resuming any stage cut off earlier), evaluate, localise and time one unit."""
     from cdiff_cli.eval.localize import localize
     from cdiff_cli.eval.protocol import evaluate
+
+    recipe, method = unit.recipe, unit.label
+    run_dir = recipe.run_dir
+    result: dict[str, Any] = {"method": method, "seed": unit.seed, "recipe_seed": recipe.seed,
+                              "run_dir": str(run_dir), "kind": unit.kind, "max_test_volumes": max_test}
+    if unit.kind == "reference":
+        doc = evaluate_reference(recipe, method, max_test)  # type: ignore[arg-type]
+    else:
+        if unit.kind != "weights":
+            progress = train_unit(unit, device)
+            result.update({"training": progress, "train_images_per_s": progress["diffusion"]["images_per_s"]})
+        model_dir = run_dir if unit.kind != "weights" else unit.weights
+        result["weights"] = str(model_dir)
+        info("  evaluating")
+        doc = evaluate(recipe, str(model_dir), run_dir / "eval", device, max_test)["metrics"]
+    for name, metrics in doc.get("sets", {}).items():
+        for key in ("dice", "auprc", "auroc"):
+            result[f"{name}_{key}"] = _mean(metrics.get(key))
+    result["cases"] = {name: {c["subject"]: {"dice": c["dice"], "auprc": c["auprc"]} for c in s["cases"]}
+                       for name, s in doc["per_fold"][0]["sets"].items()}
+    result["healthy_l1"] = _mean((doc.get("healthy") or {}).get("l1"))
+    result["healthy_n"] = (doc.get("healthy") or {}).get("n")  # test volumes scored (fewer under max_test)
+    if nova is not None:
+        info("  localising")
+        loc = localize(nova, str(run_dir), recipe.localize.top_k, "calibrated", None, recipe.localize.t2_filter,
+                       run_dir / "localize", device)
+        metrics = loc.get("metrics") or {}
+        result["nova_map30"] = (metrics.get("reference") or {}).get("mAP30")
+        result["nova_ap30"] = (metrics.get("coco") or {}).get("AP30")
+    if unit.kind != "reference":
+        result.update(inference_speed(recipe, device, infer_slices, model_dir))
+    return result
+
+
+def train_unit(unit: Unit, device: str) -> dict[str, Any]:
+    """Train the unit's stages not finished yet (``benchmark_progress.json``); an ``encoder`` unit
+    starts from a copy of the default's stage-1 encoder instead of training its own."""
     from cdiff_cli.train.run import train_stage
 
-    run_dir = recipe.run_dir
-    progress_path = run_dir / "benchmark_progress.json"
+    recipe = unit.recipe
+    progress_path = recipe.run_dir / "benchmark_progress.json"
     progress = json.loads(progress_path.read_text(encoding="utf-8")) if progress_path.is_file() else {}
+    if unit.kind == "encoder" and "encoder" not in progress:
+        assert unit.weights is not None
+        copy_folder_files(unit.weights / "encoder", recipe.run_dir / "encoder")
+        progress["encoder"] = {"reused": str(unit.weights / "encoder")}
+        write_json(progress_path, progress)
     stages = ["encoder", "diffusion"] if method_spec(recipe.method).needs_encoder else ["diffusion"]
     for stage in stages:
         if stage not in progress:
@@ -109,45 +224,61 @@ def run_unit(recipe: Recipe, method: str, seed: int, nova: Path | None, device: 
             progress[stage] = {**{k: res.get(k) for k in ("steps", "final_loss", "images_per_s")},
                                "seconds": round(time.perf_counter() - t0, 1)}
             write_json(progress_path, progress)
+    return progress
+
+
+def copy_folder_files(src: Path, dst: Path) -> None:
+    """The files (not the checkpoints folder) of a trained model folder, copied atomically."""
+    import shutil
+
+    if not (src / "model.safetensors").is_file():
+        raise CdiffError(f"no trained encoder at {src} to reuse")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def evaluate_reference(recipe: Recipe, kind: Reference, max_test: int | None) -> dict[str, Any]:
+    """A no-training reference through the protocol; its reports in ``run_dir/eval``."""
+    from cdiff_cli.console import make_progress
+    from cdiff_cli.eval.protocol import evaluate_maps, write_evaluation
+    from cdiff_cli.eval.references import reference_maps
+
     info("  evaluating")
-    doc = evaluate(recipe, str(run_dir), run_dir / "eval", device)["metrics"]
-    result: dict[str, Any] = {"method": method, "seed": seed, "recipe_seed": recipe.seed, "run_dir": str(run_dir),
-                              "training": progress, "train_images_per_s": progress["diffusion"]["images_per_s"]}
-    for name, metrics in doc.get("sets", {}).items():
-        for key in ("dice", "auprc", "auroc"):
-            result[f"{name}_{key}"] = _mean(metrics.get(key))
-    result["healthy_l1"] = _mean(doc.get("healthy", {}).get("l1"))
-    if nova is not None:
-        info("  localising")
-        loc = localize(nova, str(run_dir), recipe.localize.top_k, "calibrated", None, recipe.localize.t2_filter,
-                       run_dir / "localize", device)
-        metrics = loc.get("metrics") or {}
-        result["nova_map30"] = (metrics.get("reference") or {}).get("mAP30")
-        result["nova_ap30"] = (metrics.get("coco") or {}).get("AP30")
-    result.update(inference_speed(recipe, device, infer_slices))
-    return result
+    t0 = time.perf_counter()
+    with make_progress() as bar:
+        fold = evaluate_maps(reference_maps(kind, recipe), recipe, recipe.data.fold, recipe.localize.median_size,
+                             bar, max_test)
+    return write_evaluation(recipe.run_dir / "eval", recipe, [fold], kind, [kind], t0)["metrics"]
 
 
-def inference_speed(recipe: Recipe, device: str, n: int) -> dict[str, Any]:
-    """Slices/s of the method's reconstruction on ``n`` validation slices (after one warm-up)."""
+def inference_speed(recipe: Recipe, device: str, n: int, model_dir: Path | None = None) -> dict[str, Any]:
+    """Slices/s of the method's reconstruction on ``n`` validation slices (after one warm-up), at
+    the recipe's ``infer.timesteps`` (an inference-only ablation runs the default's weights)."""
     import torch
 
     from cdiff_cli.api import load_model
     from cdiff_cli.data.dataset import open_training_data
 
-    model = load_model(str(recipe.run_dir), device=device)
+    model = load_model(str(model_dir or recipe.run_dir), device=device)
     data = open_training_data(recipe, "val")
     x = torch.stack([data[i]["image"] for i in range(min(n, len(data)))]).numpy()  # (N, C, H, W)
-    model.reconstruct_slices(x[:2])  # warm-up
+    steps = tuple(recipe.infer.timesteps)
+    model.reconstruct_slices(x[:2], timesteps=steps)  # warm-up
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    model.reconstruct_slices(x)
+    model.reconstruct_slices(x, timesteps=steps)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {"infer_slices_per_s": len(x) / seconds, "infer_slices": len(x),
-            "passes_per_slice": method_spec(model.recipe.method).passes_per_slice(model.recipe)}
+            "passes_per_slice": method_spec(recipe.method).passes_per_slice(recipe)}
 
 
 def _mean(value: Any) -> float | None:
@@ -155,57 +286,3 @@ def _mean(value: Any) -> float | None:
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     return None if value is None or not math.isfinite(float(value)) else float(value)
-
-
-def aggregate(results: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per method and column key: mean, std (sample, over seeds; None for one seed) and n."""
-    table: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        rows = [r for r in results if r["method"] == method]
-        entry: dict[str, Any] = {"seeds": len(rows)}
-        for _, key, _, _ in COLUMNS:
-            values = [float(r[key]) for r in rows if r.get(key) is not None]
-            if values:
-                std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-                entry[key] = {"mean": float(np.mean(values)), "std": std, "n": len(values)}
-        table[method] = entry
-    return table
-
-
-def markdown(table: dict[str, dict[str, Any]], header: str) -> str:
-    cols = [c for c in COLUMNS if any(c[1] in e for e in table.values())]
-    lines = [header, "", "| method | seeds | " + " | ".join(c[0] for c in cols) + " |",
-             "|:---|---:|" + "---:|" * len(cols)]
-    for method, entry in table.items():
-        cells = []
-        for _, key, scale, fmt in cols:
-            v = entry.get(key)
-            if v is None:
-                cells.append("\u2013")
-            else:
-                text = fmt.format(v["mean"] * scale)
-                cells.append(text if v["std"] is None else f"{text} \u00b1 {fmt.format(v['std'] * scale)}")
-        label = "cdiff (ours)" if method == "cdiff" else method
-        lines.append(f"| {label} | {entry['seeds']} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean \u00b1 sample std over seeds (no std with one seed). Quality columns come from "
-              "`cdiff evaluate` (Dice at the validation-chosen threshold, per-volume AUPRC) and `cdiff localize "
-              "--threshold calibrated` (reference mAP30, COCO AP at IoU 0.3); speed columns are measured on this "
-              "machine and depend on it."]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(out: Path, results: list[dict[str, Any]], methods: list[str], recipe_path: Path,
-                  budget: int | None, encoder_budget: int | None) -> dict[str, Any]:
-    from cdiff_cli.eval.plots import plot_benchmark
-
-    table = aggregate(results, methods)
-    header = (f"# Benchmark: {', '.join(methods)} on {recipe_path}\n\nDiffusion/AE steps: "
-              f"{budget if budget is not None else 'as in the recipe'}; encoder steps: "
-              f"{encoder_budget if encoder_budget is not None else 'as in the recipe'}.")
-    doc = {"recipe": str(recipe_path), "methods": methods, "budget": budget, "encoder_budget": encoder_budget,
-           "table": table, "units": results}
-    write_json(out / "benchmark.json", doc)
-    write_text(out / "benchmark.md", markdown(table, header))
-    plot_benchmark(out / "benchmark.png", table, [(label, key, scale) for label, key, scale, _ in COLUMNS])
-    return {"json": str(out / "benchmark.json"), "markdown": str(out / "benchmark.md"),
-            "plot": str(out / "benchmark.png"), "table": table}

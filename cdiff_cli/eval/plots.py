@@ -200,6 +200,37 @@ def plot_benchmark(
     save_figure(fig, path)
 
 
+def plot_paired(path: str | os.PathLike[str], comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+    """One panel per paired score (``brats_dice``, ...): per compared pair, the mean difference
+    of each seed as a point and the mean with its 95 % bootstrap interval as a bar, around 0.
+    ``comparisons``: ``{pair label: {score key: {"diff", "ci", "per_seed"}}}`` in fractions."""
+    keys = list(dict.fromkeys(k for entry in comparisons.values() for k in entry))
+    if not keys:
+        raise ValueError("nothing to plot: no paired comparison")
+    pairs = list(comparisons)
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = new_figure((max(3.2, 0.55 * len(pairs) + 1.5) * ncols, 3.0 * nrows + 0.4))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).reshape(nrows, ncols)
+    for ax, key in zip(axes.flat, keys):
+        for i, pair in enumerate(pairs):
+            c = comparisons[pair].get(key)
+            if c is None:
+                continue
+            lo, hi = c["ci"]
+            ax.errorbar([i], [c["diff"] * 100], yerr=[[(c["diff"] - lo) * 100], [(hi - c["diff"]) * 100]],
+                        fmt="s", color=_colour(i), capsize=4, markersize=6)
+            seeds = np.asarray(c["per_seed"]) * 100
+            ax.scatter(i + np.linspace(-0.15, 0.15, len(seeds)) + 0.25, seeds, s=12, color=_colour(i), alpha=0.7)
+        ax.axhline(0, color="0.4", linewidth=0.8)
+        ax.set_xticks(range(len(pairs)), pairs, rotation=35, fontsize=7, ha="right")
+        ax.set_title(f"\u0394 {key.replace('_', ' ')} (pp)", fontsize=9)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_axis_off()
+    fig.suptitle("paired differences: mean with 95 % bootstrap interval, points per seed", fontsize=10)
+    save_figure(fig, path)
+
+
 def _finite(values: ArrayLike) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64).ravel()
     return a[np.isfinite(a)]

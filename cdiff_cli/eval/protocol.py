@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,15 +29,31 @@ from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_threshold, remove_small_components
 
 
-def _maps(model: Model, store: PreparedStore, subjects: list[str], label: str,
-          bar: Any, eval_cfg: EvalConfig, timesteps: tuple[int, ...]) -> list[tuple[int, AnomalyMap]]:
+class MapFn(Protocol):
+    """What the protocol scores: prepared slices (D, H, W) and a brain mask (None: 2-D maps, as
+    ``cdiff localize`` makes them) -> an object with ``anomaly`` (D, H, W) and ``recon`` (None
+    for a map that reconstructs nothing); ``median_size``/``erosion`` None: the recipe's."""
+
+    def __call__(self, volume: np.ndarray, mask: np.ndarray | None, median_size: int | None,
+                 erosion: int | None) -> Any: ...
+
+
+def model_maps(model: Model, timesteps: tuple[int, ...]) -> MapFn:
+    """A trained model's maps through the API, reconstructing at ``timesteps``."""
+    def maps(volume: np.ndarray, mask: np.ndarray | None, median_size: int | None, erosion: int | None) -> AnomalyMap:
+        return model.anomaly_map(volume, kind="prepared", mask=mask, timesteps=timesteps, median_size=median_size,
+                                 erosion=erosion)
+    return maps
+
+
+def _maps(maps: MapFn, store: PreparedStore, subjects: list[str], label: str,
+          bar: Any, eval_cfg: EvalConfig) -> list[tuple[int, Any]]:
     task = bar.add_task(label, total=len(subjects))
     out = []
     for sid in subjects:
         v = store.subject_index(sid)
-        out.append((v, model.anomaly_map(store.volume(v), kind="prepared", mask=np.asarray(store.mask(v)),
-                                         timesteps=timesteps, median_size=eval_cfg.median_size,
-                                         erosion=eval_cfg.erosion_iterations)))
+        out.append((v, maps(store.volume(v), np.asarray(store.mask(v)), eval_cfg.median_size,
+                            eval_cfg.erosion_iterations)))
         bar.advance(task)
     return out
 
@@ -50,23 +66,40 @@ def _check_grid(model_recipe: Recipe, where: Path, recipe: Recipe) -> None:
         )
 
 
-def evaluate_model(model: Model, recipe: Recipe, bar: Any) -> dict[str, Any]:
+def evaluate_model(model: Model, recipe: Recipe, bar: Any, max_test: int | None = None) -> dict[str, Any]:
     """All metrics of one model (one fold), reconstructing with the recipe's ``infer.timesteps``
     (so ``infer.timesteps=[500]`` on the command line evaluates the same weights at one t)."""
+    result = evaluate_maps(model_maps(model, tuple(recipe.infer.timesteps)), recipe, model.recipe.data.fold,
+                           model.recipe.localize.median_size, bar, max_test)
+    result["calibration"]["timesteps"] = list(recipe.infer.timesteps)
+    return result
+
+
+def test_subset(subjects: list[str], max_test: int | None) -> list[str]:
+    """The fixed subset of test volumes scored under ``--max-test-volumes``: the first ``max_test``
+    subject ids in sorted order (all of them for None)."""
+    return subjects if max_test is None else sorted(subjects)[:max_test]
+
+
+def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, bar: Any,
+                  max_test: int | None = None) -> dict[str, Any]:
+    """All metrics of one map function on one fold: any trained model or a reference that trains
+    nothing is scored by the same protocol. ``max_test``: score only :func:`test_subset` of each
+    test split (validation, threshold and calibration stay whole)."""
     splits = load_splits(recipe)
     prepared = Path(recipe.data.prepared)
-    ecfg, steps = recipe.eval, tuple(recipe.infer.timesteps)
+    ecfg = recipe.eval
     healthy_name = training_source(recipe)
-    fold = model.recipe.data.fold
     hstore = PreparedStore.open(prepared / healthy_name)
-    h_test = _maps(model, hstore, fold_subjects(splits[healthy_name], "test", fold), f"{healthy_name} test", bar,
-                   ecfg, steps)
+    h_test = _maps(maps, hstore, test_subset(fold_subjects(splits[healthy_name], "test", fold), max_test),
+                   f"{healthy_name} test", bar, ecfg)
     if not h_test:
         raise DataError(f"the test split of {healthy_name} is empty")
-    l1 = [float(np.abs(r.recon - np.asarray(hstore.volume(v))).mean()) for v, r in h_test]
+    l1 = [float(np.abs(r.recon - np.asarray(hstore.volume(v))).mean()) for v, r in h_test if r.recon is not None]
     h_scores = [float(r.anomaly[np.asarray(hstore.mask(v)) > 0].mean()) for v, r in h_test]
-    result: dict[str, Any] = {"fold": fold, "healthy": {"name": healthy_name, "l1": float(np.mean(l1)),
-                                                       "n": len(h_test)}, "sets": {}}
+    result: dict[str, Any] = {"fold": fold, "healthy": {"name": healthy_name,
+                                                       "l1": float(np.mean(l1)) if l1 else None,
+                                                       "n": len(h_test)}, "sets": {}, "max_test_volumes": max_test}
     curves: dict[str, Any] = {}
     for src in recipe.data.sources:
         if src.role != "lesion" or src.layout in ("nova", "folder") or src.name not in splits:
@@ -74,9 +107,9 @@ def evaluate_model(model: Model, recipe: Recipe, bar: Any) -> dict[str, Any]:
         store = PreparedStore.open(prepared / src.name)
         if not store.has_seg:
             continue
-        val = _maps(model, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar, ecfg, steps)
-        test = _maps(model, store, fold_subjects(splits[src.name], "test", fold), f"{src.name} test", bar, ecfg,
-                     steps)
+        val = _maps(maps, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar, ecfg)
+        test = _maps(maps, store, test_subset(fold_subjects(splits[src.name], "test", fold), max_test),
+                     f"{src.name} test", bar, ecfg)
         if not val or not test:
             raise DataError(f"{src.name}: the val and test splits must both hold volumes (val {len(val)}, "
                             f"test {len(test)}); change data.lesion_val_fraction")
@@ -105,32 +138,30 @@ def evaluate_model(model: Model, recipe: Recipe, bar: Any) -> dict[str, Any]:
             "cases": per_case,
         }
         curves[src.name] = (test, store)
-    result["calibration"] = _calibrate(model, hstore, fold_subjects(splits[healthy_name], "val", fold), bar, ecfg,
-                                       steps)
+    result["calibration"] = _calibrate(maps, hstore, fold_subjects(splits[healthy_name], "val", fold), bar, ecfg,
+                                       localize_median)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
 
 
-def _calibrate(model: Model, store: PreparedStore, subjects: list[str], bar: Any,
-               ecfg: EvalConfig, timesteps: tuple[int, ...]) -> dict[str, Any]:
+def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
+               ecfg: EvalConfig, median_size: int) -> dict[str, Any]:
     """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps);
     the median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
-    cfg = model.recipe
     maps = []
     task = bar.add_task("calibration", total=len(subjects))
     for sid in subjects:
         v = store.subject_index(sid)
         brain = np.asarray(store.mask(v)) > 0
         # the 2-D maps exactly as `cdiff localize` makes them (slice-wise median, no 3-D post-processing)
-        filtered = model.anomaly_map(store.volume(v), kind="prepared", timesteps=timesteps,
-                                     median_size=cfg.localize.median_size).anomaly
+        filtered = maps_fn(store.volume(v), None, median_size, None).anomaly
         maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
         bar.advance(task)
     if not maps:
         raise DataError("no healthy validation slices to calibrate the localisation threshold on")
     thr = calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
     return {"threshold": float(thr), "fpr": ecfg.calibration_fpr, "n_slices": len(maps),
-            "timesteps": list(timesteps), "median_size": cfg.localize.median_size}
+            "median_size": median_size}
 
 
 def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,7 +177,8 @@ def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
         sets[name] = {k: ms([r[k] for r in rows]) for k in ("dice", "auprc", "auroc", "detection_auroc", "fpr",
                                                            "threshold", "prevalence")}
         sets[name]["n"] = rows[0]["n"]
-    healthy = {"name": first["healthy"]["name"], "l1": ms([f["healthy"]["l1"] for f in per_fold]),
+    l1s = [f["healthy"]["l1"] for f in per_fold if f["healthy"]["l1"] is not None]
+    healthy = {"name": first["healthy"]["name"], "l1": ms(l1s) if l1s else None,
                "n": first["healthy"]["n"]}
     return {"sets": sets, "healthy": healthy}
 
@@ -183,10 +215,11 @@ def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items() if v.exists()}
 
 
-def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str) -> dict[str, Any]:
-    """Evaluate one model, or several comma-separated ones (folds), and write the reports."""
+def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
+             max_test: int | None = None) -> dict[str, Any]:
+    """Evaluate one model, or several comma-separated ones (folds), and write the reports
+    (``max_test``: only :func:`test_subset` of each test split)."""
     from cdiff_cli.data.ca_store import contrastive_source
-    from cdiff_cli.eval.report import segmentation_table
     from cdiff_cli.train.distributed import resolve_device
 
     if contrastive_source(recipe) is not None:  # CelebA-like recipes: the paper's Table 1 protocol instead
@@ -207,26 +240,35 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
     with make_progress() as bar:
         for spec in specs:
             model = load_model(spec, device=device)
-            per_fold.append(evaluate_model(model, recipe, bar))
+            per_fold.append(evaluate_model(model, recipe, bar, max_test))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
                 if tuple(recipe.infer.timesteps) == tuple(model.recipe.infer.timesteps):
                     _store_calibration(model.loaded, per_fold[-1]["calibration"])
                 else:  # `cdiff localize` reconstructs with the model's own timesteps
                     info(f"infer.timesteps {list(recipe.infer.timesteps)} differ from the model's "
                          f"{list(model.recipe.infer.timesteps)}: the calibration stays in metrics.json only")
+    return write_evaluation(out, recipe, per_fold, model.recipe.method,
+                            [s if s is not None else "bundled reference" for s in specs], t0)
+
+
+def write_evaluation(out: Path, recipe: Recipe, per_fold: list[dict[str, Any]], method: str, models: list[str],
+                     t0: float) -> dict[str, Any]:
+    """metrics.json, metrics.md, the plots and the resolved recipe of evaluated folds."""
+    from cdiff_cli.eval.report import segmentation_table
+
     agg = _aggregate(per_fold)
     plots = _plots(out, per_fold[0])
-    doc = {"method": model.recipe.method, "threshold_search": recipe.eval.threshold_search,
+    doc = {"method": method, "threshold_search": recipe.eval.threshold_search,
            "timesteps": list(recipe.infer.timesteps),
-           "models": [s if s is not None else "bundled reference" for s in specs], "seconds": round(time.perf_counter() - t0, 1),
+           "models": models, "seconds": round(time.perf_counter() - t0, 1),
            **agg, "folds": len(per_fold),
            "per_fold": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold]}
-    label = "cdiff (ours)" if model.recipe.method == "cdiff" else model.recipe.method
+    label = "cdiff (ours)" if method == "cdiff" else method
     table = segmentation_table({**{k: v for k, v in doc.items() if k != "per_fold"}, "method": label})
     write_json(out / "metrics.json", doc)
     write_text(out / "metrics.md", table)
     save_resolved(recipe, out)
-    info(f"evaluated {len(specs)} model(s) in {doc['seconds']} s")
+    info(f"evaluated {len(models)} model(s) in {doc['seconds']} s")
     return {"json": str(out / "metrics.json"), "markdown": str(out / "metrics.md"), "plots": plots, "metrics": doc}
 
 

@@ -1,0 +1,184 @@
+"""The reports of ``cdiff benchmark``: the table of means over seeds, the paired statistics of
+ours against every other method and of each ablation against the default, and their plots
+(``benchmark.md``, ``benchmark.json``, ``benchmark.png``, ``benchmark_paired.png``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdiff_cli.eval.paired import compare
+from cdiff_cli.fileio import write_json, write_text
+
+# (label, key in a unit's result, scale for the table, format): the columns of benchmark.md
+COLUMNS: list[tuple[str, str, float, str]] = [
+    ("BraTS-like Dice %", "brats_dice", 100, "{:.2f}"),
+    ("BraTS-like AUPRC %", "brats_auprc", 100, "{:.2f}"),
+    ("MSLUB-like Dice %", "mslub_dice", 100, "{:.2f}"),
+    ("MSLUB-like AUPRC %", "mslub_auprc", 100, "{:.2f}"),
+    ("healthy l1 (x1e3)", "healthy_l1", 1e3, "{:.2f}"),
+    ("NOVA-like mAP30", "nova_map30", 1, "{:.2f}"),
+    ("NOVA-like COCO AP30", "nova_ap30", 1, "{:.2f}"),
+    ("U-Net passes / slice", "passes_per_slice", 1, "{:.0f}"),
+    ("inference slices/s", "infer_slices_per_s", 1, "{:.1f}"),
+    ("training images/s", "train_images_per_s", 1, "{:.1f}"),
+]
+
+
+def aggregate(results: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method and column key: mean, std (sample, over seeds; None for one seed) and n."""
+    table: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        rows = [r for r in results if r["method"] == method]
+        entry: dict[str, Any] = {"seeds": len(rows), "kind": rows[0].get("kind", "train") if rows else "train"}
+        for _, key, _, _ in COLUMNS:
+            values = [float(r[key]) for r in rows if r.get(key) is not None]
+            if values:
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+                entry[key] = {"mean": float(np.mean(values)), "std": std, "n": len(values)}
+        table[method] = entry
+    return table
+
+
+def markdown(table: dict[str, dict[str, Any]], header: str) -> str:
+    cols = [c for c in COLUMNS if any(c[1] in e for e in table.values())]
+    lines = [header, "", "| method | seeds | " + " | ".join(c[0] for c in cols) + " |",
+             "|:---|---:|" + "---:|" * len(cols)]
+    for method, entry in table.items():
+        cells = []
+        for _, key, scale, fmt in cols:
+            v = entry.get(key)
+            if v is None:
+                cells.append("\u2013")
+            else:
+                text = fmt.format(v["mean"] * scale)
+                cells.append(text if v["std"] is None else f"{text} \u00b1 {fmt.format(v['std'] * scale)}")
+        label = "cdiff (ours)" if method == "cdiff" else \
+            f"{method} (no training)" if entry.get("kind") == "reference" else method
+        lines.append(f"| {label} | {entry['seeds']} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean \u00b1 sample std over seeds (no std with one seed). Quality columns come from "
+              "`cdiff evaluate` (Dice at the validation-chosen threshold, per-volume AUPRC) and `cdiff localize "
+              "--threshold calibrated` (reference mAP30, COCO AP at IoU 0.3); speed columns are measured on this "
+              "machine and depend on it."]
+    return "\n".join(lines) + "\n"
+
+
+PAIRED_METRICS = ("dice", "auprc")
+
+
+def per_volume(results: list[dict[str, Any]], label: str, name: str, metric: str) -> dict[tuple[int, str], float]:
+    """``{(seed, subject): score}`` of one row label on lesion set ``name``."""
+    return {(int(r["seed"]), subject): float(c[metric]) for r in results if r["method"] == label
+            for subject, c in (r.get("cases") or {}).get(name, {}).items() if c.get(metric) is not None}
+
+
+def comparisons(results: list[dict[str, Any]], ours: str, others: list[str], resamples: int,
+                seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{other: {"SET_METRIC": compare(ours, other)}}``: ``ours - other`` per volume and seed."""
+    sets = sorted({name for r in results if r["method"] == ours for name in (r.get("cases") or {})})
+    out: dict[str, dict[str, Any]] = {}
+    for other in others:
+        entry = {}
+        for name in sets:
+            for metric in PAIRED_METRICS:
+                c = compare(per_volume(results, ours, name, metric), per_volume(results, other, name, metric),
+                            resamples, seed)
+                if c is not None:
+                    entry[f"{name}_{metric}"] = c
+        out[other] = entry
+    return out
+
+
+def _interval(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "\u2013"
+    p = "n/a" if c["p"] is None else f"{c['p']:.3g}"
+    return f"{c['diff'] * 100:+.2f} [{c['ci'][0] * 100:+.2f}, {c['ci'][1] * 100:+.2f}], p {p}"
+
+
+def paired_markdown(comps: dict[str, dict[str, Any]], title: str, sign: str) -> str:
+    """One row per compared label, one column per (set, metric): difference, 95 % CI, p-value."""
+    keys = list(dict.fromkeys(k for entry in comps.values() for k in entry))
+    if not keys:
+        return ""
+    lines = [title, "", "| compared | " + " | ".join(f"\u0394 {k.replace('_', ' ')} (pp)" for k in keys) + " |",
+             "|:---|" + "---:|" * len(keys)]
+    for label, entry in comps.items():
+        lines.append(f"| {label} | " + " | ".join(_interval(entry.get(k)) for k in keys) + " |")
+    first = next(c for entry in comps.values() for c in entry.values())
+    lines += ["", f"\u0394 = {sign}, in percentage points, per test volume and seed, averaged; in brackets the "
+              f"95 % bootstrap interval ({first['resamples']} resamples of volumes and of seeds, pairing kept, "
+              "seeded); p: two-sided Wilcoxon signed-rank test on the per-volume differences averaged over "
+              "seeds. A method with one unit (a reference) is paired with every seed; a method scored on a "
+              "subset of test volumes is paired on that subset."]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_markdown(table: dict[str, dict[str, Any]], comps: dict[str, dict[str, Any]], ablations: list[str],
+                      labels: list[str]) -> str:
+    """Each variant's mean \u00b1 std and its paired interval against the default (cdiff)."""
+    from cdiff_cli.eval.ablations import ABLATIONS, FACTORS
+
+    if not ablations:
+        return ""
+    keys = [k for k in ("brats_dice", "brats_auprc", "mslub_dice", "mslub_auprc")
+            if any(k in e for e in comps.values()) or k in table.get("cdiff", {})]
+    lines = ["## Ablations of cdiff (same seeds, against the default)", "",
+             "| factor | variant | overrides | seeds | " + " | ".join(keys) + " | "
+             + " | ".join(f"\u0394 {k}" for k in keys) + " |", "|:---|:---|:---|---:|" + "---:|" * (2 * len(keys))]
+    for name in ablations:
+        label = f"abl-{name}"
+        entry = table.get("cdiff" if label not in labels else label, {})
+        cells = [_mean_std(entry.get(k)) for k in keys]
+        deltas = ["(the default)"] * len(keys) if label not in labels else \
+            [_interval(comps.get(label, {}).get(k)) for k in keys]
+        lines.append(f"| {FACTORS[name]} | {name} | `{' '.join(ABLATIONS[name])}` | {entry.get('seeds', 0)} | "
+                     + " | ".join(cells + deltas) + " |")
+    lines += ["", "Scores in %, mean \u00b1 std over seeds; \u0394 = variant \u2212 default (pp) with its 95 % "
+              "bootstrap interval and Wilcoxon p. A variant whose recipe equals the default is the default's row."]
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "\u2013"
+    return f"{v['mean'] * 100:.2f}" + ("" if v["std"] is None else f" \u00b1 {v['std'] * 100:.2f}")
+
+
+def write_reports(out: Path, results: list[dict[str, Any]], labels: list[str],
+                  options: dict[str, Any]) -> dict[str, Any]:
+    from cdiff_cli.eval.plots import plot_benchmark, plot_paired
+
+    table = aggregate(results, labels)
+    methods = [m for m in labels if not m.startswith("abl-")]
+    budget, encoder_budget = options.get("budget"), options.get("encoder_budget")
+    header = (f"# Benchmark: {', '.join(methods)} on {options.get('recipe')}\n\nDiffusion/AE steps: "
+              f"{budget if budget is not None else 'as in the recipe'}; encoder steps: "
+              f"{encoder_budget if encoder_budget is not None else 'as in the recipe'}.")
+    if options.get("max_test_volumes") is not None:
+        header += (f" {', '.join(options['subset_methods'])} scored on the first {options['max_test_volumes']} "
+                   "test volumes of each set (sorted subject ids).")
+    resamples = int(options.get("resamples", 10_000))
+    has_ours = "cdiff" in labels
+    vs_ours = comparisons(results, "cdiff", [m for m in methods if m != "cdiff"], resamples) if has_ours else {}
+    abl = [m for m in labels if m.startswith("abl-")]
+    vs_default = {a: c["cdiff"] for a in abl
+                  for c in [comparisons(results, a, ["cdiff"], resamples)]} if has_ours else {}
+    text = markdown({m: table[m] for m in methods}, header)
+    text += "\n" + paired_markdown(vs_ours, "## Ours against each method (paired)", "cdiff \u2212 method")
+    text += "\n" + ablation_markdown(table, vs_default, options.get("ablations", []), labels)
+    doc = {**options, "methods": labels, "table": table, "paired": {"cdiff_vs": vs_ours, "ablation_vs_default":
+                                                                     vs_default}, "units": results}
+    write_json(out / "benchmark.json", doc)
+    write_text(out / "benchmark.md", text)
+    plot_benchmark(out / "benchmark.png", table, [(label, key, scale) for label, key, scale, _ in COLUMNS])
+    paths = {"json": str(out / "benchmark.json"), "markdown": str(out / "benchmark.md"),
+             "plot": str(out / "benchmark.png"), "table": table}
+    paired = {**{f"cdiff \u2212 {m}": c for m, c in vs_ours.items()},
+              **{f"{a[4:]} \u2212 default": c for a, c in vs_default.items()}}
+    if any(paired.values()):
+        plot_paired(out / "benchmark_paired.png", paired)
+        paths["paired_plot"] = str(out / "benchmark_paired.png")
+    return paths
