@@ -1,0 +1,195 @@
+"""Is the encoder target-invariant? The method's premise, measured.
+
+z should describe the anatomy, not the lesion. For healthy test slices and the same slices
+with a synthetic lesion inserted (:func:`insert_lesion`), per encoder:
+
+- the cosine similarity of the two z's (1 = the lesion is invisible to z);
+- a linear probe of "has a lesion" from z (logistic regression, 5-fold cross-validated with a
+  slice and its lesioned copy always in the same fold): near 50 % for an invariant encoder.
+
+Encoders: ours (the z that conditions the U-Net), a SparK-pretrained one and an untrained one
+of the same architecture. For ours also the Dice and AUPRC of its maps of the lesioned slices
+with z from the lesioned slice (as deployed) and from its healthy version (what a perfectly
+invariant encoder would give: an upper bound on what better invariance could buy), each at its
+best pooled threshold (the same oracle for both, so only the difference is meaningful).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cdiff_cli.api import Model, load_model
+from cdiff_cli.config import Recipe
+from cdiff_cli.data.dataset import load_splits, training_source
+from cdiff_cli.data.splits import fold_subjects
+from cdiff_cli.data.store import PreparedStore
+from cdiff_cli.errors import DataError
+from cdiff_cli.eval import metrics as M
+from cdiff_cli.infer.model import read_config
+from cdiff_cli.infer.reconstruct import image_maps
+
+
+def insert_lesion(image: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A bright (T2-like), soft-edged, randomly oriented ellipse of 6-18 % of the slice size
+    blended into the brain of one (H, W) slice in [0, 1] -> (lesioned slice, lesion mask)."""
+    h, w = image.shape
+    ys, xs = np.nonzero(brain)
+    if len(ys) == 0:
+        raise DataError("a slice without brain cannot receive a lesion")
+    i = rng.integers(len(ys))
+    cy, cx = ys[i], xs[i]
+    ry, rx = rng.uniform(0.06, 0.18, size=2) * min(h, w)
+    a = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    u = (yy - cy) * np.cos(a) + (xx - cx) * np.sin(a)
+    v = -(yy - cy) * np.sin(a) + (xx - cx) * np.cos(a)
+    rho = np.sqrt((u / ry) ** 2 + (v / rx) ** 2)
+    alpha = np.clip((1.15 - rho) / 0.3, 0, 1) * (brain > 0)  # soft edge, inside the brain only
+    value = rng.uniform(0.8, 1.0)
+    lesioned = (image * (1 - alpha) + value * alpha).astype(np.float32)
+    return lesioned, (rho < 1) & (brain > 0)
+
+
+def healthy_test_slices(recipe: Recipe, n: int, min_brain: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` axial slices (N, H, W) of the healthy test volumes with at least ``min_brain``
+    brain, evenly spread over them (deterministic), and their brain masks."""
+    name = training_source(recipe)
+    store = PreparedStore.open(Path(recipe.data.prepared) / name)
+    images, masks = [], []
+    for sid in fold_subjects(load_splits(recipe)[name], "test", recipe.data.fold):
+        v = store.subject_index(sid)
+        vol, mask = np.asarray(store.volume(v)), np.asarray(store.mask(v)) > 0
+        keep = [z for z in range(len(vol)) if mask[z].mean() >= min_brain]
+        images += [vol[z] for z in keep]
+        masks += [mask[z] for z in keep]
+    if not images:
+        raise DataError(f"no healthy test slice of {name} has {min_brain:.0%} brain")
+    pick = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
+    return np.stack([images[i] for i in pick]).astype(np.float32), np.stack([masks[i] for i in pick])
+
+
+def encoder_of(spec: str, device: torch.device) -> torch.nn.Module:
+    """The encoder of a run: the one conditioning its U-Net (``diffusion/``), else its stage-1
+    encoder (``encoder/``)."""
+    from cdiff_cli.models.encoder import Encoder
+    from cdiff_cli.train.checkpoint import load_into, load_weights
+
+    root = Path(spec)
+    if (root / "diffusion").is_dir():
+        enc = load_model(spec, device=device).loaded.encoder
+        if enc is None:
+            raise DataError(f"{spec}: this model has no encoder")
+        return enc
+    if not (root / "encoder" / "model.safetensors").is_file():
+        raise DataError(f"{spec}: no diffusion/ or encoder/ model folder")
+    cfg = read_config(root / "encoder")
+    enc = Encoder(cfg.encoder, in_channels=cfg.data.channels)
+    load_into(enc, load_weights(root / "encoder" / "model.safetensors"), f"encoder {root}")
+    return enc.to(device).eval()
+
+
+@torch.inference_mode()
+def embed(encoder: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
+    """z of (N, H, W) slices in [0, 1], L2-normalised, (N, z_dim)."""
+    z = encoder(torch.as_tensor(x[:, None], device=device)).float()
+    return torch.nn.functional.normalize(z, dim=1).cpu().numpy()
+
+
+def probe_accuracy(z_healthy: np.ndarray, z_lesion: np.ndarray, seed: int = 0) -> float:
+    """Cross-validated accuracy of a linear probe of "has a lesion" (grouped: a slice and its
+    lesioned copy are never split across training and test folds)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(z_healthy)
+    x = np.concatenate([z_healthy, z_lesion])
+    y = np.r_[np.zeros(n), np.ones(n)]
+    groups = np.r_[np.arange(n), np.arange(n)]
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    return float(cross_val_score(probe, x, y, groups=groups, cv=GroupKFold(n_splits=min(5, n))).mean())
+
+
+class _FixedZ(torch.nn.Module):
+    """Stands in for the encoder: the z of the healthy slices, whatever it is shown."""
+
+    def __init__(self, z: torch.Tensor) -> None:
+        super().__init__()
+        self.z = z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) != len(self.z):
+            raise ValueError(f"{len(x)} slices for {len(self.z)} fixed z's")
+        return self.z
+
+
+def segmentation(model: Model, lesioned: np.ndarray, healthy: np.ndarray, brain: np.ndarray,
+                 seg: np.ndarray) -> dict[str, dict[str, float]]:
+    """Ours' pooled Dice (best threshold) and AUPRC with z from the lesioned slices and from their
+    healthy versions; the same noise for both (one batch, the recipe's seed)."""
+    loaded = model.loaded
+    own = model.reconstruct_slices(lesioned[:, None], batch_size=len(lesioned))
+    encoder = loaded.encoder
+    with torch.inference_mode():
+        z = encoder(torch.as_tensor(healthy[:, None], device=model.device))
+    loaded.encoder = _FixedZ(z)
+    try:
+        fixed = model.reconstruct_slices(lesioned[:, None], batch_size=len(lesioned))
+    finally:
+        loaded.encoder = encoder
+    out = {}
+    for name, recon in (("z_own", own), ("z_healthy", fixed)):
+        anomaly = image_maps(lesioned, recon, model.recipe.localize.median_size).anomaly * brain
+        thr, dice = M.best_threshold_exact(anomaly.ravel(), seg.ravel())
+        out[name] = {"dice": float(dice), "auprc": float(M.auprc(anomaly.ravel(), seg.ravel())),
+                     "threshold": float(thr)}
+    return out
+
+
+def measure_invariance(recipe: Recipe, ours: str, spark: str | None, device: str = "cpu", n: int = 64,
+                       seed: int = 0) -> dict[str, Any]:
+    """The invariance table of ours, a SparK encoder (when given) and an untrained one."""
+    from cdiff_cli.models.encoder import Encoder
+    from cdiff_cli.train.distributed import resolve_device
+
+    dev = resolve_device(device)
+    healthy, brain = healthy_test_slices(recipe, n)
+    rng = np.random.default_rng(seed)
+    pairs = [insert_lesion(x, b, rng) for x, b in zip(healthy, brain)]
+    lesioned, seg = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    model = load_model(ours, device=dev)
+    if model.loaded.encoder is None:
+        raise DataError(f"{ours}: the model has no encoder (method {model.recipe.method})")
+    torch.manual_seed(seed)
+    untrained = Encoder(model.recipe.encoder, in_channels=model.recipe.data.channels).to(dev).eval()
+    encoders = {"ours": model.loaded.encoder, **({"spark": encoder_of(spark, dev)} if spark else {}),
+                "untrained": untrained}
+    rows = {}
+    for name, enc in encoders.items():
+        zh, zl = embed(enc, healthy, dev), embed(enc, lesioned, dev)
+        cos = (zh * zl).sum(axis=1)
+        rows[name] = {"cosine": float(cos.mean()), "cosine_std": float(cos.std()),
+                      "probe_accuracy": probe_accuracy(zh, zl, seed)}
+    return {"slices": len(healthy), "seed": seed, "lesion_fraction": float(seg.mean()), "encoders": rows,
+            "ours": ours, "spark": spark, "segmentation": segmentation(model, lesioned, healthy, brain, seg)}
+
+
+def invariance_markdown(doc: dict[str, Any]) -> str:
+    """The short table of ``measure_invariance``."""
+    lines = [f"{doc['slices']} healthy test slices, each with a synthetic bright lesion inserted (seed "
+             f"{doc['seed']}; {doc['lesion_fraction'] * 100:.1f} % of pixels).", "",
+             "| encoder | cos(z healthy, z lesioned) | lesion probe accuracy (chance 50 %) |", "|:---|---:|---:|"]
+    for name, r in doc["encoders"].items():
+        lines.append(f"| {name} | {r['cosine']:.4f} \u00b1 {r['cosine_std']:.4f} | {r['probe_accuracy'] * 100:.1f} % |")
+    s = doc["segmentation"]
+    lines += ["", "| ours, lesioned slices | pooled Dice % (best threshold) | pooled AUPRC % |", "|:---|---:|---:|",
+              f"| z from the lesioned slice (deployed) | {s['z_own']['dice'] * 100:.2f} | "
+              f"{s['z_own']['auprc'] * 100:.2f} |",
+              f"| z from its healthy version (perfect invariance) | {s['z_healthy']['dice'] * 100:.2f} | "
+              f"{s['z_healthy']['auprc'] * 100:.2f} |"]
+    return "\n".join(lines) + "\n"
