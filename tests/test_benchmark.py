@@ -107,6 +107,8 @@ def test_benchmark_references_ablations_and_paired_statistics(tiny_prepared: Pat
     for s in (0, 1):
         assert units[("abl-t500", s)]["weights"] == units[("cdiff", s)]["run_dir"]  # inference only
         assert "training" not in units[("abl-t500", s)]
+        calibration = json.loads((Path(units[("cdiff", s)]["run_dir"]) / "diffusion" / "calibration.json").read_text())
+        assert calibration["timesteps"] == [250, 500]  # the inference-only variant left the default's alone
         assert units[("abl-frozen", s)]["training"]["encoder"]["reused"].startswith(units[("cdiff", s)]["run_dir"])
     assert units[("intensity", 0)]["healthy_l1"] is None and units[("meanslice", 0)]["healthy_l1"] > 0
     # per-volume scores are kept; the subset method scored only the first test volume of each set (sorted ids)

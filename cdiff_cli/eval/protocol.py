@@ -242,11 +242,11 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
             model = load_model(spec, device=device)
             per_fold.append(evaluate_model(model, recipe, bar, max_test))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
-                if tuple(recipe.infer.timesteps) == tuple(model.recipe.infer.timesteps):
+                if recipe.infer == model.recipe.infer:
                     _store_calibration(model.loaded, per_fold[-1]["calibration"])
-                else:  # `cdiff localize` reconstructs with the model's own timesteps
-                    info(f"infer.timesteps {list(recipe.infer.timesteps)} differ from the model's "
-                         f"{list(model.recipe.infer.timesteps)}: the calibration stays in metrics.json only")
+                else:  # `cdiff localize` reconstructs with the model's own infer settings (an ablation's differ)
+                    info(f"infer settings differ from the model's (timesteps {list(recipe.infer.timesteps)} vs "
+                         f"{list(model.recipe.infer.timesteps)}): the calibration stays in metrics.json only")
     return write_evaluation(out, recipe, per_fold, model.recipe.method,
                             [s if s is not None else "bundled reference" for s in specs], t0)
 
