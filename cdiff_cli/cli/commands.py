@@ -96,21 +96,30 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
                                     "plots": result["plots"]})
 
 
-def run_localize(input_dir: Path, model: str | None, top_k: int, threshold: str, annotations: Path | None,
-                 t2_filter: bool, out: Path, device: str) -> None:
-    if top_k < 1:
+def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
+                 top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
+                 out: Path, device: str) -> None:
+    if top_k is not None and top_k < 1:
         raise CdiffError(f"--top-k {top_k}: must be at least 1")
-    if threshold != "calibrated":
+    if threshold is not None and threshold != "calibrated":
         try:
             float(threshold)
         except ValueError:
             raise CdiffError(f"--threshold {threshold!r}: expected a number or 'calibrated'") from None
+    if protocol not in (None, "recipe", "paper"):
+        raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
+    recipe = load_recipe(recipe_path) if recipe_path is not None else None
+    if model is None and recipe is not None and (recipe.run_dir / "diffusion").is_dir():
+        model = str(recipe.run_dir)  # the recipe's own run, else the bundled model
     from cdiff_cli.eval.localize import localize
 
-    result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device)
+    result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
+                      recipe=recipe, protocol=protocol or "recipe",  # type: ignore[arg-type]
+                      recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())
     _summary(f"localized {result['n_images']} image(s)", {
+        "settings": ", ".join(f"{k} {v} ({result['settings_from'][k]})" for k, v in result["settings"].items()),
         "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"],
         "metrics": result.get("metrics_json", "no annotations: none computed")})
 
