@@ -44,6 +44,7 @@ def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
 def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
     recipe = load_recipe(recipe_path, overrides)
     from cdiff_cli.data.prepare import prepare
+    from cdiff_cli.data.splits import leakage_line
 
     summary = prepare(recipe)
     _summary(f"prepared store written to {recipe.data.prepared}", {
@@ -51,8 +52,16 @@ def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
                              f"{v.get('slices', v.get('images'))} slices)"
                              for k, v in summary["sources"].items()),
         "skipped files": len(summary.get("skipped", [])),
-        "leakage": "; ".join(f"{k}: {v}" for k, v in summary.get("leakage", {}).items()) or "none",
+        "dropped (not in the dataset's avail_*.csv)": _dropped(summary.get("dropped", [])),
+        "leakage": "; ".join(f"{k}: {leakage_line(v)}" for k, v in summary.get("leakage", {}).items()) or "none",
         "seconds": summary.get("seconds")})
+
+
+def _dropped(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "none"
+    names = [r["subject"] for r in rows]
+    return f"{len(names)} subject(s): {', '.join(names[:20])}{', ...' if len(names) > 20 else ''} (in prepare.json)"
 
 
 def run_train(kind: str, recipe_path: Path, overrides: list[str], device: str, resume: bool) -> None:
