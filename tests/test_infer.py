@@ -498,6 +498,10 @@ def _bad_case(case: str, tmp: Path, models: dict[str, Path], inputs: dict[str, P
                        "elsewhere.png,Axial T2,\"{'x': [1], 'y': [2], 'width': [3], 'height': [4]}\"\n")
         return ["localize", str(tiny_benchmark / "NOVA"), "--model", fold0, "--threshold", "0.5",
                 "--annotations", str(csv)], "match none"
+    if case == "unknown_protocol":
+        return ["localize", str(tiny_benchmark / "NOVA"), "--model", fold0, "--protocol", "papr"], "--protocol"
+    if case == "missing_localize_recipe":
+        return ["localize", str(tiny_benchmark / "NOVA"), "--model", fold0, "--recipe", str(tmp / "no.yaml")], "no.yaml"
     if case == "missing_input":
         return ["reconstruct", str(tmp / "missing.png"), "--model", fold0], "missing.png"
     if case == "timesteps_not_numbers":
@@ -514,7 +518,8 @@ def _bad_case(case: str, tmp: Path, models: dict[str, Path], inputs: dict[str, P
 @pytest.mark.parametrize("case", ["text_as_png", "corrupt_nifti", "wrong_model_path", "no_diffusion_folder",
                                   "corrupt_safetensors", "pickle_as_safetensors", "grid_mismatch",
                                   "grid_mismatch_second_fold",
-                                  "annotations_match_nothing", "missing_input", "timesteps_not_numbers",
+                                  "annotations_match_nothing", "unknown_protocol", "missing_localize_recipe",
+                                  "missing_input", "timesteps_not_numbers",
                                   "timesteps_beyond_schedule", "negative_timestep", "negative_batch_size"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: str, tmp_path: Path, models: dict[str, Path],
                                                           inputs: dict[str, Path], tiny_benchmark: Path,
