@@ -245,7 +245,7 @@ class InferConfig(Section):
 
 class EvalConfig(Section):
     threshold_search: Literal["exact", "interval"] = "exact"
-    erosion_iterations: int = Field(3, ge=0)
+    erosion_iterations: int | None = Field(None, ge=0)  # None: the reference's H // 25 (2 at 64 px, 3 at 96 px)
     median_size: int = Field(5, ge=1)
     min_component: int = Field(8, ge=1)  # 3-D components smaller than this are removed for Dice
     calibration_fpr: float = Field(0.01, gt=0, lt=1)  # for the calibrated localisation threshold
