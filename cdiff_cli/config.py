@@ -160,6 +160,7 @@ class UNetConfig(Section):
 
 
 class SimplexConfig(Section):
+    dims: Literal[2, 3] = 3  # 3: slices of 3-D OpenSimplex (AnoDDPM); 2: 2-D octaves (the pDDPM/cDDPM code)
     octaves: int = Field(6, ge=1, le=12)
     persistence: float = Field(0.8, gt=0)
     frequency: float = Field(64.0, gt=0)  # feature size in pixels of the first octave
