@@ -122,6 +122,9 @@ class EncoderConfig(Section):
     spark_mask_ratio: float = Field(0.65, gt=0, lt=1)
     spark_patch: int = Field(32, ge=1)
     spark_weight: float = Field(1.0, ge=0)
+    spark_norm_pix: bool = True  # SparK's per-patch normalised targets (method cddpm: off, as its code)
+    spark_fill: float = Field(0.5, ge=0, le=1)  # intensity of hidden patches at the stem (cddpm: 0, the background)
+    normalize_z: bool = True  # L2-normalise z (ours); method cddpm passes z raw, as its code
     trainable_in_diffusion: bool = True
     views: ViewConfig = ViewConfig()
 
@@ -181,6 +184,10 @@ class DiffusionConfig(Section):
 # Methods (cdiff_cli/models/methods.py describes each): which need a stage-1 encoder, and their own sections
 Method = Literal["cdiff", "ddpm", "pddpm", "cddpm", "anoddpm", "ae"]
 ENCODER_METHODS = ("cdiff", "cddpm")  # U-Net conditioned on z = f(x0); the others train stage 2 alone
+# Defaults a method's reference code sets differently from ours, per section: used where a recipe leaves them out
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "cddpm": {"encoder": {"normalize_z": False, "spark_norm_pix": False, "spark_fill": 0.0}},
+}
 
 
 class PatchConfig(Section):
@@ -278,6 +285,19 @@ class Recipe(Section):
     pddpm: PatchConfig = PatchConfig()
     anoddpm: AnoDDPMConfig = AnoDDPMConfig()
     ae: AEConfig = AEConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fill in the method's own defaults (:data:`METHOD_DEFAULTS`) for fields the recipe leaves out."""
+        if not isinstance(data, dict) or data.get("method") not in METHOD_DEFAULTS:
+            return data
+        data = dict(data)
+        for section, values in METHOD_DEFAULTS[data["method"]].items():
+            given = data.get(section)
+            if given is None or isinstance(given, dict):
+                data[section] = {**values, **(given or {})}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

@@ -309,3 +309,44 @@ def test_cli_trains_and_reconstructs_a_baseline(tiny_prepared: Path, tiny_benchm
                          "--device", "cpu"], capsys)
     assert code == 0, err
     assert any((tmp_path / "out").rglob("*.png"))
+
+
+def test_cddpm_trains_every_parameter_its_code_trains_including_the_z_head(tmp_path: Path) -> None:
+    """Stage 1 (SparK) trains the backbone and the decoder, not the unused fc; stage 2 trains the
+    U-Net and the whole encoder jointly, so the z head learns; z enters raw."""
+    from cdiff_cli.train.checkpoint import save_weights
+    from cdiff_cli.train.loop import apply_update, make_optimizer
+
+    recipe = recipe_from_dict(raw_for("cddpm", runs_dir=str(tmp_path)))
+    enc = recipe.encoder  # the method's defaults, as its code
+    assert enc.trainable_in_diffusion and not enc.normalize_z and not enc.spark_norm_pix and enc.spark_fill == 0.0
+    x = _Slices(4).images  # (4, 1, 32, 32)
+
+    def missing_grads(net: torch.nn.Module, inputs: Any, cfg: Any) -> list[str]:
+        """Parameter names without gradient on the third step (the first two wake the zero-initialised
+        output conv, then the last conv of each residual block)."""
+        net.train()
+        opt = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+        for step in range(3):
+            loss, _ = net(**inputs(step))
+            loss.backward()
+            if step < 2:
+                apply_update(net, opt, None, 0.0)
+        return [n for n, p in net.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+
+    torch.manual_seed(0)
+    stage1 = EncoderStage(recipe, tmp_path / "encoder")
+    x64 = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear")  # 2x2 patches reach layer4 (2x2)
+    missing = missing_grads(stage1.net, lambda s: stage1.inputs(
+        {"image": x64}, StepRandom(recipe.seed, s, 0, DistInfo(), 4, CPU)), recipe.encoder_train)
+    assert missing == ["encoder.backbone.fc.weight", "encoder.backbone.fc.bias"]  # SparK never uses fc
+
+    save_weights(tmp_path / "encoder" / "model.safetensors", stage1.net.encoder.state_dict())
+    stage2 = DiffusionStage(recipe, tmp_path / "diffusion", tmp_path / "encoder")
+    names = [n for n, _ in stage2.net.named_parameters()]
+    assert "encoder.backbone.fc.weight" in names and all(p.requires_grad for p in stage2.net.parameters())
+    missing = missing_grads(stage2.net, lambda s: stage2.inputs(
+        {"image": x}, StepRandom(recipe.seed, s, 0, DistInfo(), 4, CPU)), recipe.train)
+    assert missing == []
+    z = stage2.net.encoder(x)
+    assert z.shape == (4, 32) and not torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-3)  # raw z
