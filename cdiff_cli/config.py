@@ -199,8 +199,12 @@ class PatchConfig(Section):
         return (image_hw[0] // 2, image_hw[1] // 2) if self.cell is None else (self.cell, self.cell)
 
 
+Variance = Literal["fixed_large", "fixed_small"]  # of a reverse step: beta_t, or the posterior's
+
+
 class AnoDDPMConfig(Section):
-    t_start: int = Field(200, ge=1)  # partial reverse from x_{t_start}: t_start + 1 U-Net passes per slice
+    t_start: int = Field(200, ge=1)  # the repository's t_distance: noise to index t_start - 1, then t_start passes
+    variance: Variance = "fixed_large"  # of the reverse steps: beta_t, the repository's
 
 
 class AEConfig(Section):
@@ -324,9 +328,9 @@ class Recipe(Section):
         if m == "cddpm" and self.encoder.objective != "spark":
             raise ValueError(f"method 'cddpm' pretrains its encoder with SparK only: set encoder.objective=spark "
                              f"(got {self.encoder.objective!r}; the contrastive variants are method cdiff)")
-        if m == "anoddpm" and self.anoddpm.t_start >= self.diffusion.timesteps:
-            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must be below diffusion.timesteps="
-                             f"{self.diffusion.timesteps}")
+        if m == "anoddpm" and self.anoddpm.t_start > self.diffusion.timesteps:
+            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must not exceed diffusion.timesteps="
+                             f"{self.diffusion.timesteps} (the partial reverse starts at index t_start - 1)")
         ch, cw = self.pddpm.cell_hw((h, w))
         if m == "pddpm" and (ch < 1 or cw < 1 or h % ch or w % cw):
             raise ValueError(f"pddpm.cell {ch}x{cw} must tile the {h}x{w} slice exactly (a whole grid of cells)")
