@@ -119,7 +119,8 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     thread_counts = [default_threads] + ([1] if default_threads > 1 and device.type == "cpu" else [])
     numba = importlib.util.find_spec("numba") is not None
-    print(f"batch {args.batch} x {args.size} x {args.size}, 6 octaves, persistence 0.8, frequency {args.frequency:g} px; "
+    print(f"batch {args.batch} x {args.size} x {args.size}, 6 octaves, persistence 0.8, "
+          f"frequency {args.frequency:g} px; "
           f"torch {torch.__version__} on {device}; reference: opensimplex "
           f"({'numba' if numba else 'pure Python, 1 thread'}), {args.ref_samples} fields timed and scaled")
     rows, point_std = [], {}
@@ -128,8 +129,8 @@ def main() -> None:
         rng = np.random.default_rng(dims)
         reference_field(8, 8, cfg, 0, 0.0)  # warm-up (numba compilation, if present)
         t0 = time.perf_counter()
-        ref = np.stack([reference_field(args.size, args.size, cfg, int(rng.integers(1 << 31)), float(rng.integers(1000)))
-                        for _ in range(args.ref_samples)])
+        ref = np.stack([reference_field(args.size, args.size, cfg, int(rng.integers(1 << 31)),
+                                        float(rng.integers(1000))) for _ in range(args.ref_samples)])
         t_ref = (time.perf_counter() - t0) * args.batch / args.ref_samples
         timings = {th: time_ours(shape, cfg, device, th, args.repeats) for th in thread_counts}
         torch.set_num_threads(default_threads)
@@ -149,7 +150,8 @@ def main() -> None:
         else:
             times = f"{f'{1e3 * timing:.0f} (1 thread)':>24}"
         print(f"{name:<18} {std:>6.3f} {centroid:>9.4f} {low:>9.3f} {logdiff:>13.3f}  {times}")
-    print(f"\nstd ratio ours / opensimplex fields: 3-D {rows[0][1] / rows[1][1]:.3f}, 2-D {rows[2][1] / rows[3][1]:.3f} "
+    print(f"\nstd ratio ours / opensimplex fields: 3-D {rows[0][1] / rows[1][1]:.3f}, "
+          f"2-D {rows[2][1] / rows[3][1]:.3f} "
           f"({args.ref_samples} reference fields: noisy)")
     print(f"opensimplex ensemble std (6000 random points): 3-D {point_std[3]:.3f}, 2-D {point_std[2]:.3f}; "
           f"ours / that: 3-D {rows[0][1] / point_std[3]:.3f}, 2-D {rows[2][1] / point_std[2]:.3f}; "

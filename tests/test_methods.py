@@ -369,7 +369,8 @@ def test_anoddpm_runs_as_its_repository(variance: str, monkeypatch: pytest.Monke
                         device=CPU, folder=Path("."))
     noised_to, variances, passes = [], [], []
     q_sample, p_step = model.diffusion.q_sample, model.diffusion.p_sample_step
-    monkeypatch.setattr(model.diffusion, "q_sample", lambda x0, t, n: noised_to.append(t.tolist()) or q_sample(x0, t, n))
+    monkeypatch.setattr(model.diffusion, "q_sample",
+                        lambda x0, t, n: noised_to.append(t.tolist()) or q_sample(x0, t, n))
     monkeypatch.setattr(model.diffusion, "p_sample_step",
                         lambda *a, **kw: variances.append(kw["variance"]) or p_step(*a, **kw))
     hook = unet.register_forward_hook(lambda m, inp, out: passes.append(inp[1].tolist()))
