@@ -357,6 +357,12 @@ class Recipe(Section):
         """Hash of what a checkpoint depends on (data grid, networks, diffusion, seed), so that a
         run can be resumed with other schedule settings (more steps, another log interval)."""
         d = self.to_dict()
+        for *where, key, value in _ADDED_FIELDS:  # left out at their earlier behaviour: older checkpoints resume
+            node = d
+            for part in where:
+                node = node[part]
+            if node.get(key) == value:
+                del node[key]
         grid = {k: d["data"][k] for k in ("crop", "size", "spacing", "percentiles", "channels", "fold")}
         crops = [s["center_crop"] for s in d["data"]["sources"] if s.get("center_crop")]
         if crops:  # natural images: the crop changes what the pixels are (absent: brain hashes unchanged)
@@ -364,6 +370,13 @@ class Recipe(Section):
         own = {d["method"]: d[d["method"]]} if d["method"] in ("pddpm", "anoddpm", "ae") else {}  # its own section
         return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
                         **{k: d[k] for k in ("encoder", "unet", "diffusion")}, **own})
+
+
+# Fields added after checkpoints were written, with the value that reproduces the behaviour from before them
+_ADDED_FIELDS: tuple[tuple[str, ...] | tuple[Any, ...], ...] = (
+    ("diffusion", "simplex", "dims", 3), ("encoder", "normalize_z", True), ("encoder", "spark_norm_pix", True),
+    ("encoder", "spark_fill", 0.5),
+)
 
 
 def _digest(obj: Any) -> str:
