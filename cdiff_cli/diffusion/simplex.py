@@ -44,6 +44,9 @@ import torch.nn.functional as F
 
 from cdiff_cli.config import SimplexConfig
 
+# the CPU contraction is a sparse CSR product, whose construction warns once that CSR support is in beta
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
 STRETCH3 = -1.0 / 6.0  # (1 / sqrt(3 + 1) - 1) / 3
 SQUISH3 = 1.0 / 3.0  # (sqrt(3 + 1) - 1) / 3
 STRETCH2 = (1.0 / math.sqrt(3.0) - 1.0) / 2.0
@@ -181,13 +184,11 @@ def contract(geom: Geometry, perm: torch.Tensor, offsets: torch.Tensor) -> torch
     idx = (geom.vid.unsqueeze(-1) * dims + comp).reshape(h * w, k * dims)  # (N, K*D) rows of the table
     weight = geom.weight.reshape(h * w, k * dims)
     if perm.device.type != "cpu":  # deterministic on CUDA
-        return F.embedding_bag(idx, table, per_sample_weights=weight, mode="sum")
+        return F.embedding_bag(idx.long(), table, per_sample_weights=weight, mode="sum")
     crow = torch.arange(0, h * w * k * dims + 1, k * dims, dtype=idx.dtype)  # K*D entries per pixel
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the CPU product is 3-5x faster than a bag
-        warnings.simplefilter("ignore", UserWarning)
-        sparse = torch.sparse_csr_tensor(crow, idx.reshape(-1), weight.reshape(-1), size=(h * w, table.shape[0]),
-                                         check_invariants=False)
-        return sparse @ table
+    sparse = torch.sparse_csr_tensor(crow, idx.reshape(-1), weight.reshape(-1), size=(h * w, table.shape[0]),
+                                     check_invariants=False)
+    return sparse @ table  # on the CPU 3-5x faster than the bag
 
 
 def _geometry_dtype(device: torch.device) -> torch.dtype:
