@@ -373,7 +373,7 @@ class Recipe(Section):
 
 
 # Fields added after checkpoints were written, with the value that reproduces the behaviour from before them
-_ADDED_FIELDS: tuple[tuple[str, ...] | tuple[Any, ...], ...] = (
+_ADDED_FIELDS: tuple[tuple[Any, ...], ...] = (  # (section, ..., field, value)
     ("diffusion", "simplex", "dims", 3), ("encoder", "normalize_z", True), ("encoder", "spark_norm_pix", True),
     ("encoder", "spark_fill", 0.5),
 )
