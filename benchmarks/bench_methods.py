@@ -31,7 +31,7 @@ RECIPE_OF = {"cdiff": "quickstart.yaml"}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="cdiff,ddpm,pddpm,anoddpm,ae")
-    ap.add_argument("--images", type=int, default=8, help="PNG slices (AnoDDPM runs 201 passes on each)")
+    ap.add_argument("--images", type=int, default=8, help="PNG slices (AnoDDPM runs 200 passes on each)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method (the fastest is kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()

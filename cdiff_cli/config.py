@@ -122,6 +122,9 @@ class EncoderConfig(Section):
     spark_mask_ratio: float = Field(0.65, gt=0, lt=1)
     spark_patch: int = Field(32, ge=1)
     spark_weight: float = Field(1.0, ge=0)
+    spark_norm_pix: bool = True  # SparK's per-patch normalised targets (method cddpm: off, as its code)
+    spark_fill: float = Field(0.5, ge=0, le=1)  # intensity of hidden patches at the stem (cddpm: 0, the background)
+    normalize_z: bool = True  # L2-normalise z (ours); method cddpm passes z raw, as its code
     trainable_in_diffusion: bool = True
     views: ViewConfig = ViewConfig()
 
@@ -160,6 +163,7 @@ class UNetConfig(Section):
 
 
 class SimplexConfig(Section):
+    dims: Literal[2, 3] = 3  # 3: slices of 3-D OpenSimplex (AnoDDPM); 2: 2-D octaves (the pDDPM/cDDPM code)
     octaves: int = Field(6, ge=1, le=12)
     persistence: float = Field(0.8, gt=0)
     frequency: float = Field(64.0, gt=0)  # feature size in pixels of the first octave
@@ -180,6 +184,10 @@ class DiffusionConfig(Section):
 # Methods (cdiff_cli/models/methods.py describes each): which need a stage-1 encoder, and their own sections
 Method = Literal["cdiff", "ddpm", "pddpm", "cddpm", "anoddpm", "ae"]
 ENCODER_METHODS = ("cdiff", "cddpm")  # U-Net conditioned on z = f(x0); the others train stage 2 alone
+# Defaults a method's reference code sets differently from ours, per section: used where a recipe leaves them out
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "cddpm": {"encoder": {"normalize_z": False, "spark_norm_pix": False, "spark_fill": 0.0}},
+}
 
 
 class PatchConfig(Section):
@@ -191,8 +199,12 @@ class PatchConfig(Section):
         return (image_hw[0] // 2, image_hw[1] // 2) if self.cell is None else (self.cell, self.cell)
 
 
+Variance = Literal["fixed_large", "fixed_small"]  # of a reverse step: beta_t, or the posterior's
+
+
 class AnoDDPMConfig(Section):
-    t_start: int = Field(200, ge=1)  # partial reverse from x_{t_start}: t_start + 1 U-Net passes per slice
+    t_start: int = Field(200, ge=1)  # the repository's t_distance: noise to index t_start - 1, then t_start passes
+    variance: Variance = "fixed_large"  # of the reverse steps: beta_t, the repository's
 
 
 class AEConfig(Section):
@@ -245,7 +257,7 @@ class InferConfig(Section):
 
 class EvalConfig(Section):
     threshold_search: Literal["exact", "interval"] = "exact"
-    erosion_iterations: int = Field(3, ge=0)
+    erosion_iterations: int | None = Field(None, ge=0)  # None: the reference's H // 25 (2 at 64 px, 3 at 96 px)
     median_size: int = Field(5, ge=1)
     min_component: int = Field(8, ge=1)  # 3-D components smaller than this are removed for Dice
     calibration_fpr: float = Field(0.01, gt=0, lt=1)  # for the calibrated localisation threshold
@@ -278,6 +290,19 @@ class Recipe(Section):
     anoddpm: AnoDDPMConfig = AnoDDPMConfig()
     ae: AEConfig = AEConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fill in the method's own defaults (:data:`METHOD_DEFAULTS`) for fields the recipe leaves out."""
+        if not isinstance(data, dict) or data.get("method") not in METHOD_DEFAULTS:
+            return data
+        data = dict(data)
+        for section, values in METHOD_DEFAULTS[data["method"]].items():
+            given = data.get(section)
+            if given is None or isinstance(given, dict):
+                data[section] = {**values, **(given or {})}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         h, w = self.data.image_hw
@@ -303,9 +328,9 @@ class Recipe(Section):
         if m == "cddpm" and self.encoder.objective != "spark":
             raise ValueError(f"method 'cddpm' pretrains its encoder with SparK only: set encoder.objective=spark "
                              f"(got {self.encoder.objective!r}; the contrastive variants are method cdiff)")
-        if m == "anoddpm" and self.anoddpm.t_start >= self.diffusion.timesteps:
-            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must be below diffusion.timesteps="
-                             f"{self.diffusion.timesteps}")
+        if m == "anoddpm" and self.anoddpm.t_start > self.diffusion.timesteps:
+            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must not exceed diffusion.timesteps="
+                             f"{self.diffusion.timesteps} (the partial reverse starts at index t_start - 1)")
         ch, cw = self.pddpm.cell_hw((h, w))
         if m == "pddpm" and (ch < 1 or cw < 1 or h % ch or w % cw):
             raise ValueError(f"pddpm.cell {ch}x{cw} must tile the {h}x{w} slice exactly (a whole grid of cells)")
@@ -332,6 +357,12 @@ class Recipe(Section):
         """Hash of what a checkpoint depends on (data grid, networks, diffusion, seed), so that a
         run can be resumed with other schedule settings (more steps, another log interval)."""
         d = self.to_dict()
+        for *where, key, value in _ADDED_FIELDS:  # left out at their earlier behaviour: older checkpoints resume
+            node = d
+            for part in where:
+                node = node[part]
+            if node.get(key) == value:
+                del node[key]
         grid = {k: d["data"][k] for k in ("crop", "size", "spacing", "percentiles", "channels", "fold")}
         crops = [s["center_crop"] for s in d["data"]["sources"] if s.get("center_crop")]
         if crops:  # natural images: the crop changes what the pixels are (absent: brain hashes unchanged)
@@ -339,6 +370,13 @@ class Recipe(Section):
         own = {d["method"]: d[d["method"]]} if d["method"] in ("pddpm", "anoddpm", "ae") else {}  # its own section
         return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
                         **{k: d[k] for k in ("encoder", "unet", "diffusion")}, **own})
+
+
+# Fields added after checkpoints were written, with the value that reproduces the behaviour from before them
+_ADDED_FIELDS: tuple[tuple[Any, ...], ...] = (  # (section, ..., field, value)
+    ("diffusion", "simplex", "dims", 3), ("encoder", "normalize_z", True), ("encoder", "spark_norm_pix", True),
+    ("encoder", "spark_fill", 0.5),
+)
 
 
 def _digest(obj: Any) -> str:

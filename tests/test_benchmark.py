@@ -185,3 +185,21 @@ def test_references_are_the_input_and_its_distance_to_the_mean_training_slice(ti
     ms = reference_maps("meanslice", recipe)(vol, mask, 1, 0)
     assert np.allclose(ms.anomaly, np.abs(vol - mean) * (mask > 0), atol=1e-6)
     assert reference_maps("meanslice", recipe)(vol, None, 1, None).anomaly.shape == vol.shape  # 2-D maps
+
+
+def test_every_ablation_resolves_and_reuses_what_it_leaves_alone(tiny_prepared: Path, tmp_path: Path) -> None:
+    from cdiff_cli.eval.ablations import ABLATIONS, parse_ablations
+    from cdiff_cli.eval.benchmark import plan_units
+
+    units = plan_units(tiny_prepared, [], ["ae"], 2, 2, 2, tmp_path, parse_ablations("all"))
+    kinds = {u.label.removeprefix("abl-"): u.kind for u in units if u.seed == 1 and u.label.startswith("abl-")}
+    default = load_recipe(tiny_prepared)  # adagn, x0/l1, infonce, eps 0.5, 3-D simplex, joint: the defaults
+    assert not {"adagn", "x0-l1", "infonce", "eps0.5", "simplex3d", "joint"} & set(kinds)
+    assert kinds == {"concat": "encoder", "eps-l2": "encoder", "simplex2d": "encoder", "frozen": "encoder",
+                     "spark": "train", "spark+infonce": "train", "eps0": "train", "eps1": "train",
+                     "t500": "weights", "t250-500-750": "weights"}, kinds
+    assert tuple(default.infer.timesteps) == (250, 500)  # the tiny recipe's, so both t variants differ
+    assert [u.label for u in units[:2]] == ["cdiff", "cdiff"]  # the default comes first, added when not listed
+    spark = next(u for u in units if u.label == "abl-spark+infonce")
+    assert spark.recipe.encoder.objective == "spark+infonce" and spark.recipe.name == "tiny-abl-spark_infonce-s0"
+    assert set(ABLATIONS) == set(parse_ablations("all"))

@@ -132,3 +132,26 @@ def test_random_overrides_never_crash_unexpectedly(text: str) -> None:
         assert str(e)
     else:
         assert yaml.safe_dump(raw)
+
+
+def test_fields_added_later_keep_older_model_hashes_at_their_earlier_behaviour() -> None:
+    """Checkpoints written before diffusion.simplex.dims and the encoder's z / SparK switches resume."""
+    path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    base = load_recipe(path).model_hash()
+    same = ["diffusion.simplex.dims=3", "encoder.normalize_z=true", "encoder.spark_norm_pix=true",
+            "encoder.spark_fill=0.5"]
+    assert load_recipe(path, same).model_hash() == base
+    for change in ["diffusion.simplex.dims=2", "encoder.normalize_z=false", "encoder.spark_norm_pix=false",
+                   "encoder.spark_fill=0.0"]:
+        assert load_recipe(path, [change]).model_hash() != base, change
+
+
+def test_cddpm_takes_its_codes_encoder_defaults_unless_the_recipe_sets_them() -> None:
+    path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    cddpm = ["method=cddpm", "encoder.objective=spark", "unet.cond_mode=concat"]
+    enc = load_recipe(path, cddpm).encoder
+    assert (enc.normalize_z, enc.spark_norm_pix, enc.spark_fill) == (False, False, 0.0)
+    enc = load_recipe(path, [*cddpm, "encoder.normalize_z=true", "encoder.spark_fill=0.5"]).encoder
+    assert (enc.normalize_z, enc.spark_norm_pix, enc.spark_fill) == (True, False, 0.5)
+    ours = load_recipe(path).encoder
+    assert (ours.normalize_z, ours.spark_norm_pix, ours.spark_fill) == (True, True, 0.5)

@@ -131,6 +131,21 @@ def test_p_sample_step() -> None:
     assert spread.item() == pytest.approx(d.posterior_variance[300].sqrt().item(), rel=0.05)
 
 
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_p_sample_step_variance(variance: str) -> None:
+    d = GaussianDiffusion(DiffusionConfig(noise="gaussian", schedule="linear"))
+    x_t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn_like(x_t)
+    model = _Oracle(torch.zeros_like(x_t))
+    for step in (1, 100, 999):
+        t = torch.full((2,), step)
+        mean, _ = d.p_sample_step(model, x_t, t, noise=torch.zeros_like(x_t), variance=variance)
+        sample, _ = d.p_sample_step(model, x_t, t, noise=noise, variance=variance)
+        var = d.betas[step] if variance == "fixed_large" else d.posterior_variance[step]  # AnoDDPM: beta_t
+        torch.testing.assert_close(sample - mean, var.sqrt() * noise, atol=1e-6, rtol=1e-4)
+    assert d.betas[100] > d.posterior_variance[100]  # the two really differ
+
+
 def test_to_device_keeps_schedule() -> None:
     d = GaussianDiffusion(DiffusionConfig()).to("cpu")
     assert isinstance(d, GaussianDiffusion) and d.alphas_cumprod.device.type == "cpu"

@@ -133,3 +133,33 @@ def test_spark_loss_only_counts_hidden_patches() -> None:
     hidden = ~resize_mask(active, (32, 32))
     expect = (rec - spark.encoder.prepare(x)).square()[hidden].mean()
     torch.testing.assert_close(loss, expect, atol=1e-5, rtol=1e-4)
+
+
+def test_z_is_raw_when_normalize_z_is_off() -> None:
+    torch.manual_seed(0)
+    enc = Encoder(CFG.model_copy(update={"normalize_z": False}))
+    z = enc(batch())
+    assert not torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-3)  # the fc output itself
+    torch.testing.assert_close(z, enc.backbone.fc(enc.features(batch())))
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.5])
+def test_hidden_patches_take_the_fill_intensity_at_the_stem(fill: float) -> None:
+    cfg = CFG.model_copy(update={"spark_fill": fill})
+    torch.manual_seed(0)
+    spark = SparK(Encoder(cfg), cfg, decoder_width=32)
+    x = batch(2, 32) * 0.5 + 0.25
+    active = spark.random_mask(x, torch.Generator().manual_seed(1))
+    seen: list[torch.Tensor] = []
+    spark.encoder.backbone.conv1.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach()))
+    spark(x, active)
+    hidden = ~resize_mask(active, (32, 32))  # (B, 1, H, W)
+    stem_in = seen[0]  # the encoder's [-1, 1] input
+    assert torch.all(stem_in[hidden] == 2 * fill - 1)  # 0: the background (-1), 0.5: mid-grey (0)
+    torch.testing.assert_close(stem_in[~hidden], (2 * x - 1)[~hidden])
+
+
+def test_norm_pix_follows_the_recipe() -> None:
+    assert SparK(make(), CFG, decoder_width=32).norm_pix is True
+    off = CFG.model_copy(update={"spark_norm_pix": False})
+    assert SparK(Encoder(off), off, decoder_width=32).norm_pix is False

@@ -243,9 +243,14 @@ def test_evaluate_writes_metrics_in_range_table_and_plots(evaluated: dict[str, A
     assert doc["threshold_search"] == "exact" and doc["folds"] == 1
     assert set(doc["sets"]) == {"brats"}
     s = doc["sets"]["brats"]
-    for key in ("dice", "auprc", "auroc", "detection_auroc", "fpr"):
+    for key in ("dice", "auprc", "auroc", "detection_auroc", "slice_detection_auroc", "fpr"):
         mean, std = s[key]
         assert 0.0 <= mean <= 1.0 and std is None, (key, s[key])
+    fold = doc["per_fold"][0]["sets"]["brats"]
+    dices = [c["dice"] for c in fold["cases"]]
+    assert fold["n_lesion_free"] == s["n_lesion_free"] and 0 <= s["n_lesion_free"] <= s["n"]
+    assert s["n_dice_undefined"] == [fold["n_dice_undefined"]] == [int(np.isnan(dices).sum())]
+    assert fold["dice"] == pytest.approx(np.nanmean(dices))  # lesion-free volumes without predictions skipped
     assert np.isfinite(s["threshold"][0]) and s["threshold"][0] > 0
     l1, _ = doc["healthy"]["l1"]
     assert 0.0 <= l1 <= 1.0
@@ -282,6 +287,36 @@ def test_evaluate_threshold_is_the_exact_optimum_on_validation(evaluated: dict[s
     assert fold["val_dice"] == pytest.approx(dices.max(), rel=1e-9)
 
 
+def test_evaluate_interval_search_is_the_references_strict_rule(evaluated: dict[str, Any],
+                                                                tiny_prepared: Path) -> None:
+    """`eval.threshold_search: interval` searches and applies the threshold with `>` (the reference)."""
+    from cdiff_cli import load_model
+    from cdiff_cli.data.store import PreparedStore
+    from cdiff_cli.eval import metrics as M
+    from cdiff_cli.infer.postprocess import remove_small_components
+
+    raw = yaml.safe_load(tiny_prepared.read_text())
+    prepared = Path(raw["data"]["prepared"])
+    splits = json.loads((prepared / "splits.json").read_text())["brats"]
+    store = PreparedStore.open(prepared / "brats")
+    model = load_model(evaluated["root"] / "m2_fold0", device="cpu")
+
+    def maps(ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for sid in ids:
+            v = store.subject_index(sid)
+            res = model.anomaly_map(store.volume(v), kind="prepared", mask=np.asarray(store.mask(v)), timesteps=(500,))
+            out.append((res.anomaly, np.asarray(store.seg(v)) > 0))
+        return out
+
+    val, test = maps(splits["val"]), maps(splits["test"])
+    thr, val_dice = M.best_threshold_interval([a for a, _ in val], [g for _, g in val], strict=True)
+    fold = json.loads((evaluated["interval"] / "metrics.json").read_text())["per_fold"][0]["sets"]["brats"]
+    assert (fold["threshold"], fold["val_dice"]) == (thr, val_dice)
+    dices = [M.dice(remove_small_components(a > thr, max_size=7), g) for a, g in test]
+    assert [c["dice"] for c in fold["cases"]] == pytest.approx(dices, nan_ok=True)
+
+
 def test_evaluate_stores_calibration_next_to_the_model(evaluated: dict[str, Any]) -> None:
     cal = json.loads((evaluated["root"] / "m_fold0" / "diffusion" / "calibration.json").read_text())
     doc = json.loads((evaluated["exact"] / "metrics.json").read_text())
@@ -308,6 +343,7 @@ def test_evaluate_interval_search_and_two_folds_give_std(evaluated: dict[str, An
         assert std is not None and std >= 0.0 and np.isfinite(mean)
     assert doc["healthy"]["l1"][1] is not None
     assert doc["sets"]["brats"]["threshold"][1] > 0  # different weights, different thresholds
+    assert len(doc["sets"]["brats"]["n_dice_undefined"]) == 2  # per fold
     assert "interval" in (out / "metrics.md").read_text()
     cal = doc["per_fold"][0]["calibration"]
     assert cal["fpr"] == pytest.approx(0.05)  # the override, not the model's stored 0.01
@@ -366,6 +402,50 @@ def test_localize_t2_filter_changes_scored_images(localized: dict[str, Path], ti
                                                                               .glob("*.png")))
 
 
+def test_localize_settings_recipe_then_paper_protocol_then_flags() -> None:
+    from cdiff_cli.config import LocalizeConfig
+    from cdiff_cli.eval.localize import localize_settings
+
+    own = LocalizeConfig(threshold="calibrated", top_k=3, median_size=3, score="mean", t2_filter=False)
+    settings, origin = localize_settings(own, "recipe r.yaml")
+    assert settings == own and set(origin.values()) == {"recipe r.yaml"}
+    paper, origin = localize_settings(own, "recipe r.yaml", "paper")
+    assert (paper.threshold, paper.top_k, paper.median_size, paper.t2_filter) == (0.5, 5, 5, True)
+    assert paper.score == "mean" and origin["score"] == "recipe r.yaml" and origin["threshold"] == "protocol paper"
+    flags, origin = localize_settings(own, "recipe r.yaml", "paper", top_k=1, threshold="0.25", t2_filter=False)
+    assert (flags.top_k, flags.threshold, flags.t2_filter, flags.median_size) == (1, 0.25, False, 5)
+    assert origin["top_k"] == origin["threshold"] == origin["t2_filter"] == "command line"
+    assert localize_settings(LocalizeConfig(), "model recipe", threshold="calibrated")[0].threshold == "calibrated"
+
+
+def test_localize_reads_the_recipe_and_flags_override_it(models: dict[str, Path], tiny_benchmark: Path,
+                                                          raw_recipe: dict[str, Any], tmp_path: Path) -> None:
+    """`--recipe` replaces the silent defaults: its localize section decides unless a flag is typed."""
+    raw = json.loads(json.dumps(raw_recipe))
+    raw["localize"] = {"threshold": 0.05, "top_k": 2, "median_size": 3, "t2_filter": False}
+    recipe = tmp_path / "loc.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    runs = {"recipe": [], "paper": ["--protocol", "paper"], "flag": ["--protocol", "paper", "--top-k", "1"]}
+    docs = {}
+    for tag, extra in runs.items():
+        code, err = run_cli(["localize", str(tiny_benchmark / "NOVA"), "--model", str(models["fold0"]), "--recipe",
+                             str(recipe), *extra, "--out", str(tmp_path / tag), "--device", "cpu"],
+                            _NoCapture())  # type: ignore[arg-type]
+        assert code == 0, err
+        docs[tag] = json.loads((tmp_path / tag / "localize.json").read_text())
+        boxes = json.loads((tmp_path / tag / "boxes.json").read_text())
+        per_image = [sum(1 for a in boxes["annotations"] if a["image_id"] == im["id"]) for im in boxes["images"]]
+        assert max(per_image) <= docs[tag]["settings"]["top_k"]
+    r, p, f = docs["recipe"], docs["paper"], docs["flag"]
+    assert r["settings"] == {"threshold": 0.05, "top_k": 2, "median_size": 3, "score": "max", "t2_filter": False}
+    assert r["threshold"] == 0.05 and r["settings_from"]["top_k"] == f"recipe {recipe}"
+    assert (p["threshold"], p["settings"]["top_k"], p["settings"]["median_size"], p["settings"]["t2_filter"]) == \
+        (0.5, 5, 5, True)
+    assert p["metrics"]["t2_filter"] is True and r["metrics"]["t2_filter"] is False
+    assert f["settings"]["top_k"] == 1 and f["settings_from"]["top_k"] == "command line"
+    assert f["settings_from"]["threshold"] == "protocol paper"
+
+
 def test_localize_calibrated_without_calibration_is_one_line(models: dict[str, Path], tiny_benchmark: Path,
                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not (models["fold0"] / "diffusion" / "calibration.json").exists()
@@ -413,6 +493,10 @@ def _bad_case(case: str, tmp: Path, models: dict[str, Path], inputs: dict[str, P
                        "elsewhere.png,Axial T2,\"{'x': [1], 'y': [2], 'width': [3], 'height': [4]}\"\n")
         return ["localize", str(tiny_benchmark / "NOVA"), "--model", fold0, "--threshold", "0.5",
                 "--annotations", str(csv)], "match none"
+    if case == "unknown_protocol":
+        return ["localize", str(tiny_benchmark / "NOVA"), "--model", fold0, "--protocol", "papr"], "--protocol"
+    if case == "missing_localize_recipe":
+        return ["localize", str(tiny_benchmark / "NOVA"), "--model", fold0, "--recipe", str(tmp / "no.yaml")], "no.yaml"
     if case == "missing_input":
         return ["reconstruct", str(tmp / "missing.png"), "--model", fold0], "missing.png"
     if case == "timesteps_not_numbers":
@@ -429,7 +513,8 @@ def _bad_case(case: str, tmp: Path, models: dict[str, Path], inputs: dict[str, P
 @pytest.mark.parametrize("case", ["text_as_png", "corrupt_nifti", "wrong_model_path", "no_diffusion_folder",
                                   "corrupt_safetensors", "pickle_as_safetensors", "grid_mismatch",
                                   "grid_mismatch_second_fold",
-                                  "annotations_match_nothing", "missing_input", "timesteps_not_numbers",
+                                  "annotations_match_nothing", "unknown_protocol", "missing_localize_recipe",
+                                  "missing_input", "timesteps_not_numbers",
                                   "timesteps_beyond_schedule", "negative_timestep", "negative_batch_size"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: str, tmp_path: Path, models: dict[str, Path],
                                                           inputs: dict[str, Path], tiny_benchmark: Path,

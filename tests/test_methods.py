@@ -107,7 +107,7 @@ def test_every_method_has_a_spec_and_both_strategies() -> None:
 
 @pytest.mark.parametrize("name,method,passes,encoder", [
     ("quickstart", "cdiff", 3, True), ("ddpm", "ddpm", 1, False), ("pddpm", "pddpm", 4, False),
-    ("cddpm", "cddpm", 3, True), ("anoddpm", "anoddpm", 201, False), ("ae", "ae", 1, False)])
+    ("cddpm", "cddpm", 3, True), ("anoddpm", "anoddpm", 200, False), ("ae", "ae", 1, False)])
 def test_shipped_recipes_and_their_cost(name: str, method: str, passes: int, encoder: bool) -> None:
     recipe = load_recipe(RECIPES / f"{name}.yaml")
     spec = method_spec(recipe.method)
@@ -129,7 +129,7 @@ def test_shipped_recipes_and_their_cost(name: str, method: str, passes: int, enc
     ("anoddpm", {"unet": {"cond_mode": "adagn"}}, "method 'anoddpm' has no encoder"),
     ("cddpm", {"unet": {"cond_mode": "none"}}, "method 'cddpm' needs a conditioned U-Net"),
     ("cddpm", {"encoder": {"objective": "spark+infonce"}}, "method 'cddpm' pretrains its encoder with SparK only"),
-    ("anoddpm", {"anoddpm": {"t_start": 100}}, "anoddpm.t_start=100 must be below diffusion.timesteps=100"),
+    ("anoddpm", {"anoddpm": {"t_start": 101}}, "anoddpm.t_start=101 must not exceed diffusion.timesteps=100"),
     ("pddpm", {"pddpm": {"cell": 12}}, "pddpm.cell 12x12 must tile the 32x32 slice"),
     ("pddpm", {"pddpm": {"cell": 64}}, "pddpm.cell 64x64 must tile the 32x32 slice"),
     ("ae", {"ae": {"channels": [8, 8, 8, 8, 8, 8]}}, "divisible by the autoencoder's downsampling factor 64"),
@@ -258,8 +258,8 @@ def test_exported_model_loads_and_reconstructs_with_the_stated_cost(trained: tup
     assert a.shape == x.shape and a.dtype == np.float32 and np.isfinite(a).all()
     assert 0.0 <= a.min() and a.max() <= 1.0
     assert sum(seen) == spec.passes_per_slice(recipe) * len(x)
-    if recipe.method == "anoddpm":  # t_start + 1 reverse steps, one U-Net call each, per batch
-        assert len(seen) == 2 * (recipe.anoddpm.t_start + 1)
+    if recipe.method == "anoddpm":  # t_start reverse steps, one U-Net call each, per batch
+        assert len(seen) == 2 * recipe.anoddpm.t_start
     assert np.array_equal(a, reconstruct_slices(model, x, seed=1))
     same_for_any_seed = recipe.method == "ae"
     assert np.array_equal(a, reconstruct_slices(model, x, seed=2)) == same_for_any_seed
@@ -274,7 +274,7 @@ def test_push_dry_run_packs_and_describes_each_baseline(trained: tuple[Recipe, d
     assert ("encoder/model.safetensors" in files) == spec.needs_encoder
     card = (tmp_path / "hub" / "README.md").read_text()
     words = {"ddpm": "DDPM baseline", "pddpm": "grid cell with only that cell noised", "cddpm": "SparK",
-             "anoddpm": f"{recipe.anoddpm.t_start + 1} ancestral steps", "ae": "the reconstruction is AE(x)"}
+             "anoddpm": f"{recipe.anoddpm.t_start} ancestral steps", "ae": "the reconstruction is AE(x)"}
     assert words[recipe.method] in card
 
 
@@ -282,7 +282,7 @@ def test_pddpm_cost_follows_the_timesteps_override(tmp_path: Path) -> None:
     recipe = recipe_from_dict(raw_for("pddpm"))
     spec = method_spec("pddpm")
     assert spec.passes_per_slice(recipe) == 8 and spec.passes_per_slice(recipe, (500,)) == 4
-    assert method_spec("anoddpm").passes_per_slice(recipe_from_dict(raw_for("anoddpm")), (1, 2, 3)) == 13
+    assert method_spec("anoddpm").passes_per_slice(recipe_from_dict(raw_for("anoddpm")), (1, 2, 3)) == 12
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -309,3 +309,78 @@ def test_cli_trains_and_reconstructs_a_baseline(tiny_prepared: Path, tiny_benchm
                          "--device", "cpu"], capsys)
     assert code == 0, err
     assert any((tmp_path / "out").rglob("*.png"))
+
+
+def test_cddpm_trains_every_parameter_its_code_trains_including_the_z_head(tmp_path: Path) -> None:
+    """Stage 1 (SparK) trains the backbone and the decoder, not the unused fc; stage 2 trains the
+    U-Net and the whole encoder jointly, so the z head learns; z enters raw."""
+    from cdiff_cli.train.checkpoint import save_weights
+    from cdiff_cli.train.loop import apply_update, make_optimizer
+
+    recipe = recipe_from_dict(raw_for("cddpm", runs_dir=str(tmp_path)))
+    enc = recipe.encoder  # the method's defaults, as its code
+    assert enc.trainable_in_diffusion and not enc.normalize_z and not enc.spark_norm_pix and enc.spark_fill == 0.0
+    x = _Slices(4).images  # (4, 1, 32, 32)
+
+    def missing_grads(net: torch.nn.Module, inputs: Any, cfg: Any) -> list[str]:
+        """Parameter names without gradient on the third step (the first two wake the zero-initialised
+        output conv, then the last conv of each residual block)."""
+        net.train()
+        opt = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+        for step in range(3):
+            loss, _ = net(**inputs(step))
+            loss.backward()
+            if step < 2:
+                apply_update(net, opt, None, 0.0)
+        return [n for n, p in net.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+
+    torch.manual_seed(0)
+    stage1 = EncoderStage(recipe, tmp_path / "encoder")
+    x64 = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear")  # 2x2 patches reach layer4 (2x2)
+    missing = missing_grads(stage1.net, lambda s: stage1.inputs(
+        {"image": x64}, StepRandom(recipe.seed, s, 0, DistInfo(), 4, CPU)), recipe.encoder_train)
+    assert missing == ["encoder.backbone.fc.weight", "encoder.backbone.fc.bias"]  # SparK never uses fc
+
+    save_weights(tmp_path / "encoder" / "model.safetensors", stage1.net.encoder.state_dict())
+    stage2 = DiffusionStage(recipe, tmp_path / "diffusion", tmp_path / "encoder")
+    names = [n for n, _ in stage2.net.named_parameters()]
+    assert "encoder.backbone.fc.weight" in names and all(p.requires_grad for p in stage2.net.parameters())
+    missing = missing_grads(stage2.net, lambda s: stage2.inputs(
+        {"image": x}, StepRandom(recipe.seed, s, 0, DistInfo(), 4, CPU)), recipe.train)
+    assert missing == []
+    z = stage2.net.encoder(x)
+    assert z.shape == (4, 32) and not torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-3)  # raw z
+
+
+@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
+def test_anoddpm_runs_as_its_repository(variance: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noised to index t_start - 1, then exactly t_start U-Net passes at t = t_start - 1, ..., 0, each
+    reverse step with the recipe's variance (the repository's forward_backward with t_distance)."""
+    from cdiff_cli.infer.baselines import reconstruct_partial_reverse
+    from cdiff_cli.models.methods import build_networks
+
+    raw = raw_for("anoddpm")
+    raw["anoddpm"] = {"t_start": 12, "variance": variance}
+    recipe = recipe_from_dict(raw)
+    assert recipe_from_dict(raw_for("anoddpm")).anoddpm.variance == "fixed_large"  # the repository's default
+    torch.manual_seed(0)
+    unet, _ = build_networks(recipe)
+    model = LoadedModel(recipe=recipe, unet=unet.eval(), encoder=None, diffusion=GaussianDiffusion(recipe.diffusion),
+                        device=CPU, folder=Path("."))
+    noised_to, variances, passes = [], [], []
+    q_sample, p_step = model.diffusion.q_sample, model.diffusion.p_sample_step
+    monkeypatch.setattr(model.diffusion, "q_sample",
+                        lambda x0, t, n: noised_to.append(t.tolist()) or q_sample(x0, t, n))
+    monkeypatch.setattr(model.diffusion, "p_sample_step",
+                        lambda *a, **kw: variances.append(kw["variance"]) or p_step(*a, **kw))
+    hook = unet.register_forward_hook(lambda m, inp, out: passes.append(inp[1].tolist()))
+    try:
+        with torch.no_grad():
+            out = reconstruct_partial_reverse(model, _Slices(2).images, (500,), torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert out.shape == (2, 1, 32, 32)
+    assert noised_to == [[11, 11]]
+    assert passes == [[t, t] for t in range(11, -1, -1)] and len(passes) == method_spec("anoddpm").passes_per_slice(
+        recipe) == 12
+    assert variances == [variance] * 12

@@ -17,6 +17,7 @@ from cdiff_cli.eval.metrics import (
     auroc,
     best_threshold_exact,
     best_threshold_interval,
+    binarise,
     detection_auroc,
     dice,
     fpr_at_threshold,
@@ -44,7 +45,7 @@ def test_dice_hand_computed() -> None:
 
 def test_dice_empty_cases() -> None:
     empty = np.zeros((4, 4), bool)
-    assert dice(empty, empty) == 1.0  # documented convention
+    assert np.isnan(dice(empty, empty))  # 0 / 0, as the reference: no Dice for this volume
     some = empty.copy()
     some[1, 1] = True
     assert dice(empty, some) == 0.0
@@ -92,8 +93,8 @@ def test_exact_threshold_all_negative_predicts_nothing() -> None:
     s = np.random.default_rng(0).random(100)
     thr, d = best_threshold_exact(s, np.zeros(100, bool))
     assert thr == np.inf
-    assert d == 1.0
-    assert dice(s >= thr, np.zeros(100, bool)) == 1.0
+    assert np.isnan(d)
+    assert np.isnan(dice(s >= thr, np.zeros(100, bool)))
 
 
 def test_exact_threshold_accepts_list_of_volumes_and_int_scores() -> None:
@@ -132,6 +133,9 @@ def test_exact_threshold_beats_any_threshold(scores, labels, probe) -> None:
     s = np.array(scores[:n], np.float32) / 4  # coarse values -> many ties
     y = np.array(labels[:n])
     thr, d = best_threshold_exact(s, y)
+    if not y.any():  # no lesion: Dice is undefined at every threshold, and nothing is predicted
+        assert thr == np.inf and np.isnan(d)
+        return
     assert dice(s >= thr, y) == d  # exact, not approx
     assert d >= dice(s >= probe / 4, y)
     assert d >= dice(s > probe / 4, y)
@@ -167,8 +171,8 @@ def test_interval_search_strict_matches_reference_semantics() -> None:
     # all positives at exactly the first probe point (0.25 of max 1.0)
     s = np.array([0.25, 0.25, 0.0, 1.0])
     y = np.array([1, 1, 0, 1])
-    _, d_ge = best_threshold_interval(s, y, steps=1)
-    _, d_gt = best_threshold_interval(s, y, steps=1, strict=True)
+    _, d_ge = best_threshold_interval(s, y, steps=1, strict=False)
+    _, d_gt = best_threshold_interval(s, y, steps=1)  # strict is the default: the reference's search
     assert d_ge == 1.0  # >= 0.25 keeps the two 0.25s
     assert d_gt == pytest.approx(2 * 1 / (1 + 3))  # > 0.25 keeps only 1.0
 
@@ -176,9 +180,35 @@ def test_interval_search_strict_matches_reference_semantics() -> None:
 def test_interval_search_all_negative() -> None:
     s = np.array([0.0, 0.5, 1.0])
     thr, d = best_threshold_interval(s, np.zeros(3))
-    # q=.25 -> 2 false positives: 0 ; q=.75 -> 1: 0 ; ... never reaches 'nothing'
-    assert d == 0.0
-    assert dice(s >= thr, np.zeros(3)) == d
+    assert thr == np.inf and np.isnan(d)  # nothing to find: no Dice, as the exact search
+
+
+def test_interval_search_on_quantised_maps_strict_differs_from_non_strict() -> None:
+    """Maps quantised to eighths (as 8-bit or low-precision maps are) put scores exactly on the
+    search's dyadic probe points; the reference's ``>`` then keeps other voxels than ``>=``."""
+    rng = np.random.default_rng(3)
+    y = rng.random(4000) < 0.1
+    raw = np.where(y, rng.normal(0.6, 0.15, y.size), rng.normal(0.3, 0.15, y.size))
+    s = np.clip(np.round(raw * 8) / 8, 0, 1).astype(np.float32)  # values k / 8, max 1.0
+    thr_gt, d_gt = best_threshold_interval(s, y)
+    thr_ge, d_ge = best_threshold_interval(s, y, strict=False)
+    q = float(s.max()) * 0.25  # the first probe point is a score value here
+    assert dice(s > q, y) != dice(s >= q, y)
+    assert d_gt == dice(binarise(s, thr_gt, strict=True), y) == dice(s > thr_gt, y)
+    assert d_ge == dice(s >= thr_ge, y)
+    assert d_gt != d_ge and thr_gt != thr_ge  # the two rules walk to different thresholds
+    # and the reference's search by hand: recursion over 10 steps with `x > q`
+    lo, hi, best = 0.0, float(s.max()), (0.0, 0.0)
+    for _ in range(10):
+        qb, qt, c = lo + (hi - lo) * 0.25, lo + (hi - lo) * 0.75, lo + (hi - lo) * 0.5
+        db, dt = dice(s > qb, y), dice(s > qt, y)
+        if db >= dt:
+            best = (qb, db) if db >= best[1] else best
+            hi = c
+        else:
+            best = (qt, dt) if dt >= best[1] else best
+            lo = c
+    assert (thr_gt, d_gt) == (float(np.float32(best[0])), best[1])
 
 
 @settings(max_examples=40, deadline=None)
@@ -191,9 +221,14 @@ def test_exact_never_worse_than_interval(scores, labels) -> None:
     s = np.array(scores[:n], np.float32)
     y = np.array(labels[:n])
     _, d_e = best_threshold_exact(s, y)
-    thr_i, d_i = best_threshold_interval(s, y)
+    thr_i, d_i = best_threshold_interval(s, y, strict=False)
+    if not y.any():  # no lesion: both undefined
+        assert np.isnan(d_e) and np.isnan(d_i)
+        return
     assert d_e >= d_i
     assert dice(s >= thr_i, y) == d_i
+    thr_s, d_s = best_threshold_interval(s, y)
+    assert d_e >= d_s and dice(s > thr_s, y) == d_s
 
 
 # --- ranking metrics -----------------------------------------------------------------------
@@ -243,6 +278,8 @@ def test_per_volume_dice_uses_one_threshold() -> None:
     # vol 0: P={1,2}, G={1}: 2/3; vol 1: P={0}, G={}: 0
     np.testing.assert_allclose(out, [2 / 3, 0.0])
     assert out.dtype == np.float64
+    strict = per_volume_dice(maps, segs, 0.6, strict=True)  # > 0.6: vol 0 P={2}: 0; vol 1: nothing vs nothing
+    assert strict[0] == 0.0 and np.isnan(strict[1])
 
 
 def test_mean_std_population_and_nan_skipping() -> None:

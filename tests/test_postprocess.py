@@ -16,6 +16,7 @@ from cdiff_cli.infer.postprocess import (
     median_filter_2d,
     median_filter_3d,
     postprocess_volume,
+    reference_erosion_iterations,
     remove_small_components,
 )
 
@@ -108,14 +109,28 @@ def test_postprocess_volume_masks_before_median() -> None:
     residual = rng.random((8, 20, 20)).astype(np.float32)
     brain = np.zeros((8, 20, 20), bool)
     brain[:, 4:16, 4:16] = True
-    out = postprocess_volume(residual, brain)
+    out = postprocess_volume(residual, brain, erosion_iterations=3)
     eroded = erode_mask_slicewise(brain, 3)  # 6 x 6 core per slice
     expected = ndimage.median_filter(residual * eroded, size=5)
     np.testing.assert_allclose(out, expected)
     assert out.dtype == np.float32
     assert (out[:, :5, :] == 0).all()  # far outside the eroded brain stays 0
-    out2d = postprocess_volume(residual[0], brain[0])
+    out2d = postprocess_volume(residual[0], brain[0], erosion_iterations=3)
     np.testing.assert_allclose(out2d, ndimage.median_filter(residual[0] * eroded[0], 5))
+
+
+@pytest.mark.parametrize("height, iterations", [(64, 2), (96, 3), (20, 0), (192, 7)])
+def test_postprocess_default_erosion_is_the_references_h_over_25(height: int, iterations: int) -> None:
+    rng = np.random.default_rng(1)
+    residual = rng.random((3, height, 40)).astype(np.float32)
+    brain = np.zeros(residual.shape, bool)
+    brain[:, 2:-2, 2:-2] = True
+    assert reference_erosion_iterations(height) == iterations
+    np.testing.assert_array_equal(postprocess_volume(residual, brain),
+                                  postprocess_volume(residual, brain, erosion_iterations=iterations))
+    if iterations:  # a recipe value still overrides the rule
+        assert not np.array_equal(postprocess_volume(residual, brain, erosion_iterations=iterations - 1),
+                                  postprocess_volume(residual, brain))
 
 
 # --- boxes --------------------------------------------------------------------------------------

@@ -170,10 +170,13 @@ def test_missing_mask_fails_with_name(datasets: Path) -> None:
     assert not (Path(r.data.prepared) / "ixi").exists()
 
 
-def test_behrendt_leakage_reported(tmp_path: Path) -> None:
-    data = tmp_path / "Data"
-    names = [f"IXI{200 + i}-IOP-{i:04d}" for i in range(5)]
-    for i, name in enumerate(names):
+def test_behrendt_leakage_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The published splits over the real download, in a data folder not called Data: a subject the
+    CSVs list without a T2 image (absent from avail_t2.csv) is dropped and listed; a test subject in
+    the training part of two folds is ONE leaked subject with two entries."""
+    data = tmp_path / "ixi_preprocessed"
+    names = [f"IXI{200 + i}-IOP-{i:04d}" for i in range(6)]
+    for i, name in enumerate(names[:5]):  # IXI205 has no T2 image in the download
         img, brain, _ = head(i)
         save(data / "Train" / "ixi" / "t2" / f"{name}_t2.nii.gz", img)
         save(data / "Train" / "ixi" / "mask" / f"{name}_mask.nii.gz", brain)
@@ -184,16 +187,36 @@ def test_behrendt_leakage_reported(tmp_path: Path) -> None:
         return "\n".join(lines) + "\n"
 
     (data / "splits").mkdir()
-    (data / "splits" / "IXI_test.csv").write_text(rows(names[:1]))
-    (data / "splits" / "IXI_train_fold0.csv").write_text(rows(names[:4]))  # IXI200 leaks into training
-    (data / "splits" / "IXI_val_fold0.csv").write_text(rows(names[4:]))
-    r = recipe(tmp_path, [{"name": "ixi", "layout": "behrendt", "path": str(tmp_path), "subset": "IXI"}], folds=1)
+    (data / "splits" / "IXI_test.csv").write_text(rows([names[0], names[5]]))
+    for k, val in enumerate((names[3], names[4])):  # IXI200 leaks into the training part of both folds
+        (data / "splits" / f"IXI_train_fold{k}.csv").write_text(rows([n for n in names[:5] if n != val]))
+        (data / "splits" / f"IXI_val_fold{k}.csv").write_text(rows([val]))
+    (data / "splits" / "avail_t2.csv").write_text("".join(f"{n}_t2.nii.gz\n" for n in names[:5]))
+    r = recipe(tmp_path, [{"name": "ixi", "layout": "behrendt", "path": str(data), "subset": "IXI"}])
     with pytest.warns(UserWarning, match="leak"):
         summary = prepare(r)
-    assert summary["leakage"] == {"ixi": ["IXI200: in train and test (fold 0)"]}
-    assert summary["sources"]["ixi"]["published_splits"]
+    leak = {"n_subjects": 1, "subjects": ["IXI200"], "test_in_training": ["IXI200"], "n_entries": 2,
+            "entries": ["IXI200: in train and test (fold 0)", "IXI200: in train and test (fold 1)"]}
+    assert summary["leakage"] == {"ixi": leak}
+    dropped = {"subject": "IXI205", "reason": "not in avail_t2.csv", "listed_in": ["IXI_test.csv"],
+               "image": str(data / "Train" / "ixi" / "t2" / "IXI205-IOP-0005_t2.nii.gz")}
+    assert summary["sources"]["ixi"]["dropped"] == [dropped] and summary["dropped"] == [{"source": "ixi", **dropped}]
+    assert summary["sources"]["ixi"]["published_splits"] and summary["volumes"] == 5
+    doc = json.loads((Path(r.data.prepared) / "prepare.json").read_text())
+    assert doc["leakage"] == {"ixi": leak} and doc["dropped"] == summary["dropped"]
     splits = json.loads((Path(r.data.prepared) / "splits.json").read_text())["ixi"]
-    assert splits["test"] == ["IXI200"] and "IXI200" in splits["folds"][0]["train"]
+    assert splits["test"] == ["IXI200"] and "IXI200" in splits["folds"][0]["train"] and "dropped" not in splits
+    # the command's summary names the subjects, not the (subject, fold) entries
+    from test_train import run_cli
+
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(r.to_yaml())
+    with pytest.warns(UserWarning, match="leak"):
+        code, err = run_cli(["prepare", str(recipe_path)], capsys)
+    assert code == 0, err
+    out = " ".join(err.split())  # rich may wrap long lines
+    assert "1 subject(s): IXI205" in out and "leakage: ixi: 1 subject(s) (1 test subject(s) in training folds): " \
+        "IXI200; 2 (subject, fold) entries in prepare.json" in out
 
 
 # --------------------------------------------------------------------------------------

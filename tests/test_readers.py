@@ -137,7 +137,9 @@ def test_behrendt_ixi_splits_rewrite_and_leakage(tmp_path: Path) -> None:
     assert f.image.exists() and f.mask.exists() and f.seg is None
     assert splits["published"] and splits["test"] == ["IXI002", "IXI003"]
     assert len(splits["folds"]) == 2 and splits["folds"][0]["val"] == ["IXI004"]
-    assert splits["leakage"] == ["IXI003: in train and test (fold 0)"]
+    assert splits["leakage"] == {"n_subjects": 1, "subjects": ["IXI003"], "test_in_training": ["IXI003"],
+                                 "n_entries": 1, "entries": ["IXI003: in train and test (fold 0)"]}
+    assert splits["dropped"] == []  # no avail_t2.csv: every row is kept
 
 
 def test_behrendt_brats_subset_no_leak(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
@@ -145,10 +147,71 @@ def test_behrendt_brats_subset_no_leak(tmp_path: Path, recwarn: pytest.WarningsR
     files, splits = read_source_with_splits(src("behrendt", tmp_path / "Data", subset="Brats21", role="lesion"))
     assert [f.subject_id for f in files] == ["BraTS2021_00000", "BraTS2021_00002", "BraTS2021_00003"]
     assert all(f.image.exists() and f.seg.exists() and f.mask.exists() for f in files)
-    assert splits["val"] == ["BraTS2021_00000"] and splits["leakage"] == []
+    assert splits["val"] == ["BraTS2021_00000"] and splits["leakage"] == {}
     assert not [w for w in recwarn if issubclass(w.category, LeakageWarning)]
     with pytest.raises(DataError, match="MSLUB_val.csv"):
         read_source(src("behrendt", tmp_path, subset="MSLUB", role="lesion"))
+
+
+def make_behrendt_download(data: Path) -> None:
+    """The real split CSVs over the real download, in a data folder of any name: IXI007 and IXI008
+    are listed by the CSVs but have no T2 image (absent from avail_t2.csv, whose one column also
+    has a header); IXI003, a test subject, sits in the training part of all three folds; a row is
+    duplicated and one CSV carries the `Local ID` index header of the published files."""
+    ixi = ["IXI002-Guys-0828", "IXI003-Guys-0829", "IXI004-HH-0001", "IXI005-HH-0002", "IXI006-IOP-0003",
+           "IXI007-Guys-0830", "IXI008-HH-0004"]
+    missing = {"IXI007-Guys-0830", "IXI008-HH-0004"}
+    for name in ixi:
+        if name not in missing:
+            touch(data / "Train" / "ixi" / "t2" / f"{name}_t2.nii.gz")
+            touch(data / "Train" / "ixi" / "mask" / f"{name}_mask.nii.gz")
+
+    def row(name: str) -> dict[str, str]:
+        return {"Local ID": "0", "img_name": f"{name}_t1.nii.gz", "img_path": f"/Train/ixi/t1/{name}_t1.nii.gz",
+                "mask_path": f"/Train/ixi/mask/{name}_mask.nii.gz", "seg_path": "", "label": "0"}
+
+    splits = data / "splits"
+    write_csv(splits / "IXI_test.csv", [row(n) for n in ("IXI002-Guys-0828", "IXI003-Guys-0829", "IXI007-Guys-0830")])
+    rest = ["IXI004-HH-0001", "IXI005-HH-0002", "IXI006-IOP-0003"]
+    for k in range(3):
+        train = [n for n in rest if n != rest[k]] + ["IXI003-Guys-0829", "IXI008-HH-0004"]
+        write_csv(splits / f"IXI_train_fold{k}.csv", [row(n) for n in train + train[:1]])  # a duplicated row
+        write_csv(splits / f"IXI_val_fold{k}.csv", [row(rest[k])])
+    (splits / "avail_t2.csv").write_text("0\n" + "".join(f"{n}_t2.nii.gz\n" for n in ixi if n not in missing))
+
+
+def test_behrendt_real_download_avail_t2_leaked_subjects_and_any_folder_name(tmp_path: Path) -> None:
+    data = tmp_path / "preprocessed_v2"  # <DATA_DIR>/{Train,Test,splits} under another name than Data
+    make_behrendt_download(data)
+    with pytest.warns(LeakageWarning, match=r"leak 1 subject\(s\) \(1 test subject\(s\) in training folds\): IXI003; "
+                                            r"3 \(subject, fold\) entries"):
+        files, splits = read_behrendt_with_splits(src("behrendt", data, subset="IXI"))
+    assert [f.subject_id for f in files] == ["IXI002", "IXI003", "IXI004", "IXI005", "IXI006"]
+    assert all(f.image.exists() and f.mask.exists() for f in files)
+    assert files[0].image == data / "Train" / "ixi" / "t2" / "IXI002-Guys-0828_t2.nii.gz"
+    assert splits["test"] == ["IXI002", "IXI003"]
+    assert all("IXI008" not in f["train"] for f in splits["folds"])
+    assert [d["subject"] for d in splits["dropped"]] == ["IXI007", "IXI008"]
+    assert splits["dropped"][0] == {"subject": "IXI007", "reason": "not in avail_t2.csv", "listed_in": ["IXI_test.csv"],
+                                    "image": str(data / "Train" / "ixi" / "t2" / "IXI007-Guys-0830_t2.nii.gz")}
+    assert splits["dropped"][1]["listed_in"] == [f"IXI_train_fold{k}.csv" for k in range(3)]
+    leak = splits["leakage"]  # one SUBJECT, however many folds it leaks in; every entry still listed
+    assert (leak["n_subjects"], leak["subjects"], leak["test_in_training"]) == (1, ["IXI003"], ["IXI003"])
+    assert leak["entries"] == [f"IXI003: in train and test (fold {k})" for k in range(3)] and leak["n_entries"] == 3
+    # the same tree given as its parent folder is not a pDDPM layout; without avail_t2.csv every row is kept
+    with pytest.raises(DataError, match="Data/splits"):
+        read_source(src("behrendt", tmp_path, subset="IXI"))
+    (data / "splits" / "avail_t2.csv").unlink()
+    with pytest.warns(LeakageWarning):
+        files, splits = read_behrendt_with_splits(src("behrendt", data, subset="IXI"))
+    assert "IXI007" in [f.subject_id for f in files] and not files[5].image.exists() and splits["dropped"] == []
+
+
+def test_behrendt_avail_file_without_names_is_one_line(tmp_path: Path) -> None:
+    make_behrendt_download(tmp_path / "Data")
+    (tmp_path / "Data" / "splits" / "avail_t2.csv").write_text("0\nnot a file name\n")
+    with pytest.raises(DataError, match="avail_t2.csv lists no file names"):
+        read_source(src("behrendt", tmp_path, subset="IXI"))
 
 
 def test_manifest(tmp_path: Path) -> None:

@@ -227,7 +227,8 @@ _RESULTS = {
     "timesteps": [250, 500, 750],
     "sets": {
         "brats": {"dice": (0.5097, 0.0125), "auprc": 0.5611, "auroc": 0.9625,
-                  "detection_auroc": (0.875, None), "fpr": 0.0213, "threshold": 0.07341, "n": 12},
+                  "detection_auroc": (0.875, None), "slice_detection_auroc": (0.8125, None), "fpr": 0.0213,
+                  "threshold": 0.07341, "n": 12, "n_lesion_free": 2, "n_dice_undefined": [1, 0]},
         "mslub": {"dice": 0.1008, "auprc": 0.0965, "n": 10},
     },
     "healthy": {"name": "ixi", "l1": (9.92e-3, 4.5e-4), "n": 16},
@@ -262,8 +263,8 @@ def test_segmentation_table_numbers() -> None:
     assert "test volumes: BraTS21 12, MSLUB 10, IXI 16" in md
     # the extra-metrics table: the first "cdiff (ours)" row above is Table 2, so search lines
     extra = [ln for ln in md.splitlines() if ln.startswith("| cdiff (ours) | BraTS21 |")]
-    assert extra == ["| cdiff (ours) | BraTS21 | 12 | 96.25 | 87.50 | 2.13 | 0.07341 |"]
-    assert "| cdiff (ours) | MSLUB | 10 | – | – | – | – |" in md
+    assert extra == ["| cdiff (ours) | BraTS21 | 12 | 2 (1/0) | 96.25 | 87.50 | 81.25 | 2.13 | 0.07341 |"]
+    assert "| cdiff (ours) | MSLUB | 10 | – | – | – | – | – | – |" in md
     assert "paper (" not in md and "Reference" not in md
 
 

@@ -156,3 +156,39 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(
     moved = max(float((a[k].float() - v.float()).abs().max()) for k, v in
                 load_file(str(trained / "diffusion" / "model.safetensors")).items() if k.startswith("unet."))
     assert moved > 0  # the comparison is not vacuous: training changed the weights
+
+
+def test_ema_carries_batchnorm_buffers_with_the_weights() -> None:
+    """The exported running statistics of a jointly trained encoder are averaged like its weights
+    (not the live ones of the last step), and a checkpoint's EMA restores them."""
+    from cdiff_cli.train.loop import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Module()
+    net.encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    net.train()
+    decay = 0.8
+    ema = EMA(net, ("encoder.",), decay)
+    assert {"encoder.1.running_mean", "encoder.1.running_var", "encoder.1.num_batches_tracked"} <= set(ema.shadow)
+    expect = net.encoder[1].running_mean.clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(5):
+        x = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(step)) * (step + 1) + step
+        net.encoder(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update()
+        expect += (1 - decay) * (net.encoder[1].running_mean - expect)
+    out = ema.apply_to(net.state_dict())
+    torch.testing.assert_close(out["encoder.1.running_mean"], expect)
+    assert not torch.allclose(out["encoder.1.running_mean"], net.encoder[1].running_mean)  # not the live one
+    assert int(out["encoder.1.num_batches_tracked"]) == 5
+    # a checkpoint's EMA restores the buffers; one written before buffers had an EMA falls back to the net's
+    fresh = EMA(net, ("encoder.",), decay)
+    fresh.load(dict(ema.shadow))
+    torch.testing.assert_close(fresh.shadow["encoder.1.running_var"], ema.shadow["encoder.1.running_var"])
+    old = EMA(net, ("encoder.",), decay)
+    old.load({k: v for k, v in ema.shadow.items() if "running" not in k and "num_batches" not in k})
+    torch.testing.assert_close(old.shadow["encoder.1.running_mean"], net.encoder[1].running_mean)
+    with pytest.raises(CdiffError, match="checkpoint EMA lacks encoder.0.weight"):
+        EMA(net, ("encoder.",), decay).load({})

@@ -226,12 +226,14 @@ class Model:
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)
 
     def boxes(self, x: InputLike | AnomalyMap, *, threshold: float | Literal["calibrated"] | None = None,
-              top_k: int | None = None, **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
+              top_k: int | None = None, score: Literal["max", "mean"] | None = None,
+              **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
         """Anomaly boxes, largest component first: for an image on its own pixels (a list per image
         for a batch); for a volume per axial slice of the prepared grid (slices with a box only).
 
         ``threshold``: a number, ``"calibrated"`` (stored with the model) or None (the recipe's
-        ``localize.threshold``); ``top_k``: boxes kept (default ``localize.top_k``). ``x`` may be
+        ``localize.threshold``); ``top_k``: boxes kept (default ``localize.top_k``); ``score``: a box's
+        confidence, the ``max`` or ``mean`` map value inside it (default ``localize.score``). ``x`` may be
         a result of :meth:`anomaly_map` (no network pass) or any input (``kw`` as for it).
         """
         from cdiff_cli.infer.postprocess import boxes_from_map
@@ -242,7 +244,7 @@ class Model:
         if k < 1:
             raise CdiffError(f"top_k {k}: must be at least 1")
         find: Callable[[np.ndarray], list[Box]] = lambda m: boxes_from_map(  # noqa: E731
-            m, thr, k, 1, 4, self.recipe.localize.score)
+            m, thr, k, 1, 4, self.recipe.localize.score if score is None else score)
         g = result.grid
         if result.kind == "image":
             per = [find(m) for m in (result.anomaly[None] if result.anomaly.ndim == 2 else result.anomaly)]

@@ -44,6 +44,7 @@ def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
 def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
     recipe = load_recipe(recipe_path, overrides)
     from cdiff_cli.data.prepare import prepare
+    from cdiff_cli.data.splits import leakage_line
 
     summary = prepare(recipe)
     _summary(f"prepared store written to {recipe.data.prepared}", {
@@ -51,8 +52,16 @@ def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
                              f"{v.get('slices', v.get('images'))} slices)"
                              for k, v in summary["sources"].items()),
         "skipped files": len(summary.get("skipped", [])),
-        "leakage": "; ".join(f"{k}: {v}" for k, v in summary.get("leakage", {}).items()) or "none",
+        "dropped (not in the dataset's avail_*.csv)": _dropped(summary.get("dropped", [])),
+        "leakage": "; ".join(f"{k}: {leakage_line(v)}" for k, v in summary.get("leakage", {}).items()) or "none",
         "seconds": summary.get("seconds")})
+
+
+def _dropped(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "none"
+    names = [r["subject"] for r in rows]
+    return f"{len(names)} subject(s): {', '.join(names[:20])}{', ...' if len(names) > 20 else ''} (in prepare.json)"
 
 
 def run_train(kind: str, recipe_path: Path, overrides: list[str], device: str, resume: bool) -> None:
@@ -96,21 +105,30 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
                                     "plots": result["plots"]})
 
 
-def run_localize(input_dir: Path, model: str | None, top_k: int, threshold: str, annotations: Path | None,
-                 t2_filter: bool, out: Path, device: str) -> None:
-    if top_k < 1:
+def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
+                 top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
+                 out: Path, device: str) -> None:
+    if top_k is not None and top_k < 1:
         raise CdiffError(f"--top-k {top_k}: must be at least 1")
-    if threshold != "calibrated":
+    if threshold is not None and threshold != "calibrated":
         try:
             float(threshold)
         except ValueError:
             raise CdiffError(f"--threshold {threshold!r}: expected a number or 'calibrated'") from None
+    if protocol not in (None, "recipe", "paper"):
+        raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
+    recipe = load_recipe(recipe_path) if recipe_path is not None else None
+    if model is None and recipe is not None and (recipe.run_dir / "diffusion").is_dir():
+        model = str(recipe.run_dir)  # the recipe's own run, else the bundled model
     from cdiff_cli.eval.localize import localize
 
-    result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device)
+    result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
+                      recipe=recipe, protocol=protocol or "recipe",  # type: ignore[arg-type]
+                      recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())
     _summary(f"localized {result['n_images']} image(s)", {
+        "settings": ", ".join(f"{k} {v} ({result['settings_from'][k]})" for k, v in result["settings"].items()),
         "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"],
         "metrics": result.get("metrics_json", "no annotations: none computed")})
 

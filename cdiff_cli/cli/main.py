@@ -135,25 +135,35 @@ def evaluate(
 
 @app.command(help="Find anomalies as bounding boxes in a folder of 2-D images (NOVA layout with annotations "
              "found automatically), or NIfTI volumes; writes COCO-style boxes, pictures and, with "
-             "annotations, the NOVA metrics." + _example("cdiff localize data/synthetic/NOVA --top-k 5"))
+             "annotations, the NOVA metrics. Settings come from the `localize` section of --recipe (else the "
+             "model's own recipe); --protocol paper gives the paper's Table 3 settings; flags override both."
+             + _example("cdiff localize data/NOVA --model runs/ixi --protocol paper"))
 def localize(
     input_dir: Annotated[Path, typer.Argument(help="A NOVA folder, a folder of images, or NIfTI volumes.")],
     model: ModelOpt = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Boxes kept per image (largest first).")] = 5,
-    threshold: Annotated[str, typer.Option(help="A number (the reference uses 0.5) or 'calibrated' "
-                                           "(stored with the model, set on healthy validation data).")]
-    = "calibrated",
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="A YAML recipe whose `localize` section "
+                                                   "(threshold, top_k, median_size, score, t2_filter) is used. "
+                                                   "Default: the model's own recipe.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="paper: the paper's Table 3 settings (fixed threshold 0.5, "
+                                                    "top-5 by area, 5x5 median, T2-caption filter) over the "
+                                                    "recipe's; recipe (default): the recipe's own.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Boxes kept per image (largest first). "
+                                                 "Default: the recipe's localize.top_k.")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="A number (the reference uses 0.5) or 'calibrated' "
+                                                     "(stored with the model, set on healthy validation data). "
+                                                     "Default: the recipe's localize.threshold.")] = None,
     annotations: Annotated[Optional[Path], typer.Option(help="Annotation file (parquet/CSV); found "
                                                         "automatically in a NOVA folder.")] = None,
-    t2_filter: Annotated[bool, typer.Option("--t2-filter/--no-t2-filter",
-                                            help="Score only images whose caption mentions T2 (NOVA protocol).")]
-    = True,
+    t2_filter: Annotated[Optional[bool], typer.Option("--t2-filter/--no-t2-filter",
+                                                      help="Score only images whose caption mentions T2 (NOVA "
+                                                      "protocol). Default: the recipe's localize.t2_filter.")]
+    = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("localize"),
     device: DeviceOpt = "auto",
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
-    run_localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device)
+    run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

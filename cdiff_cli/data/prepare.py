@@ -2,7 +2,8 @@
 
 Outputs under ``recipe.data.prepared``: one store per source (see :mod:`store`),
 ``splits.json`` (subject-level splits per source, merged with those of earlier runs) and
-``prepare.json`` (what happened: counts, skipped files, leakage, timings, the recipe).
+``prepare.json`` (what happened: counts, skipped files, subjects dropped by the dataset's
+own availability list, leakage, timings, the recipe).
 
 Nothing is ever half-written: each store is built in a temporary sibling folder and all of
 them are renamed into place only once every source succeeded, so a failing run (a bad file
@@ -23,7 +24,7 @@ from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
 from cdiff_cli.data.nifti import load_volume
 from cdiff_cli.data.preprocess import Prepared, preprocess_volume
 from cdiff_cli.data.readers import SubjectFiles, read_source_with_splits
-from cdiff_cli.data.splits import leakage_report, make_splits
+from cdiff_cli.data.splits import leakage_summary, make_splits
 from cdiff_cli.data.store import StoreWriter, grid_config
 from cdiff_cli.errors import DataError
 from cdiff_cli.fileio import atomic_dir, write_json
@@ -53,6 +54,7 @@ def prepare_source(
     """Prepare one 3-D source into ``out_dir`` (a fresh folder); returns its summary."""
     t0 = time.perf_counter()
     files, published = read_source_with_splits(source)
+    dropped = published.pop("dropped", []) if published is not None else []  # listed in prepare.json only
     has_seg = any(f.seg is not None for f in files)
     d, h, w = cfg.size[2], cfg.size[1], cfg.size[0]
     writer = StoreWriter(out_dir, len(files), (d, h, w), has_seg)
@@ -84,7 +86,7 @@ def prepare_source(
 
     ids = [s["id"] for s in writer.subjects]
     splits = make_splits(ids, source.role, cfg, published=published)
-    leakage = leakage_report(splits)
+    leakage = leakage_summary(splits)
     if published is not None:
         splits["leakage"] = leakage  # recomputed on the subjects actually prepared
     for line in warnings:
@@ -98,6 +100,7 @@ def prepare_source(
         "shape": [d, h, w],
         "lesion_volumes": sum(1 for s in writer.subjects if s["lesion_voxels"]),
         "skipped": skipped,
+        "dropped": dropped,
         "warnings": warnings,
         "published_splits": published is not None,
         "leakage": leakage,
@@ -154,6 +157,7 @@ def prepare(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
             "prepared": str(root),
             "volumes": sum(int(e.get("volumes", e.get("images", 0)) or 0) for e in entries),
             "skipped": [s for e in entries for s in e.get("skipped", [])],
+            "dropped": [{"source": k, **d} for k, e in summary["sources"].items() for d in e.get("dropped", [])],
             "leakage": {k: e["leakage"] for k, e in summary["sources"].items() if e.get("leakage")},
             "seconds": round(time.perf_counter() - t0, 3),
             "recipe": recipe.to_dict(),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cdiff_cli.config import DataSource
 from cdiff_cli.data.nifti import nifti_stem
-from cdiff_cli.data.splits import Splits, leakage_report
+from cdiff_cli.data.splits import Splits, leakage_line, leakage_summary
 from cdiff_cli.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,14 @@ def subject_from_name(name: str) -> str:
 
 
 def _behrendt_root(path: Path) -> Path:
-    if (path / "Data" / "splits").is_dir():
-        return path
-    if path.name == "Data" and (path / "splits").is_dir():
-        return path.parent
+    """The data folder that holds ``splits/`` (and ``Train/``, ``Test/``): ``path`` or ``path/Data``,
+    whatever the data folder is called."""
+    for data_dir in (path, path / "Data"):
+        if (data_dir / "splits").is_dir():
+            return data_dir
     raise DataError(
-        f"no Data/splits/ folder in {path} (expected the pDDPM layout: <path>/Data/splits/IXI_test.csv, ...)"
+        f"no Data/splits/ folder in {path} (expected the pDDPM layout: <path>/Data/splits/IXI_test.csv, ..., "
+        "or a data folder of any name holding splits/, Train/ and Test/)"
     )
 
 
@@ -185,12 +187,13 @@ def _rewrite(p: str, modality: str) -> str:
     return p.replace("/t1/", f"/{mod}/").replace("_t1.", f"_{mod}.")
 
 
-def _resolve(root: Path, p: str) -> Path:
+def _resolve(data_dir: Path, p: str) -> Path:
+    """A split CSV's path (``/Train/ixi/...`` or ``Data/Train/ixi/...``) inside the data folder."""
     q = Path(p)
     if q.is_absolute() and q.exists():
         return q
     rel = p.lstrip("/\\")
-    return root / rel if rel.startswith(("Data/", "Data\\")) else root / "Data" / rel
+    return data_dir / (rel[5:] if rel.startswith(("Data/", "Data\\")) else rel)
 
 
 def _cell(row: dict[str, str], key: str) -> str | None:
@@ -209,12 +212,33 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _available(split_dir: Path, modality: str) -> tuple[set[str], Path] | None:
+    """Subjects of ``splits/avail_<modality>.csv`` (one column of file names such as
+    ``IXI002-Guys-0828_t2.nii.gz``): the reference keeps only these IXI rows, since some IXI
+    subjects of the split CSVs have no image of that modality in the real download."""
+    path = split_dir / f"avail_{modality.lower()}.csv"
+    if not path.is_file():
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            cells = [c.strip() for row in csv.reader(f) for c in row]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    names = [c for c in cells if c.lower().endswith((".nii", ".nii.gz"))]  # a header or index column is skipped
+    if not names:
+        raise DataError(f"{path} lists no file names (expected one column such as IXI002-Guys-0828_t2.nii.gz)")
+    return {subject_from_name(n) for n in names}, path
+
+
 def read_behrendt_with_splits(source: DataSource) -> tuple[list[SubjectFiles], Splits]:
-    """Files of one subset and its published splits; warns when the splits leak."""
+    """Files of one subset and its published splits; warns when the splits leak. IXI rows missing
+    from ``avail_<modality>.csv`` are dropped and listed in ``splits["dropped"]``."""
     root = _behrendt_root(Path(source.path))
     subset = _subset(source)
-    split_dir = root / "Data" / "splits"
+    split_dir = root / "splits"
     files: dict[str, SubjectFiles] = {}
+    available = _available(split_dir, source.modality) if subset == "IXI" else None
+    dropped: dict[str, dict[str, object]] = {}
 
     def load(csv_path: Path) -> list[str]:
         ids = []
@@ -223,6 +247,13 @@ def read_behrendt_with_splits(source: DataSource) -> tuple[list[SubjectFiles], S
             if img is None:
                 continue
             sid = subject_from_name(_cell(row, "img_name") or Path(img).name)
+            if available is not None and sid not in available[0]:
+                image = str(_resolve(root, _rewrite(img, source.modality)))
+                entry = dropped.setdefault(sid, {"subject": sid, "image": image,
+                                                 "reason": f"not in {available[1].name}", "listed_in": []})
+                if csv_path.name not in entry["listed_in"]:  # type: ignore[operator]
+                    entry["listed_in"].append(csv_path.name)  # type: ignore[union-attr]
+                continue
             ids.append(sid)
             if sid not in files:
                 mask, seg = _cell(row, "mask_path"), _cell(row, "seg_path")
@@ -260,16 +291,21 @@ def read_behrendt_with_splits(source: DataSource) -> tuple[list[SubjectFiles], S
             "test": sorted(set(load(test_csv))) if test_csv.is_file() else [],
         }
     if not files:
-        raise DataError(f"the {subset} split files in {split_dir} list no images")
-    leaks = leakage_report(splits)
+        kept = f" that {available[1].name} keeps" if available is not None else ""
+        raise DataError(f"the {subset} split files in {split_dir} list no images{kept}")
+    if dropped:
+        log.warning("%s: dropped %d subject(s) not in avail_%s.csv: %s", subset, len(dropped),
+                    source.modality.lower(), ", ".join(sorted(dropped)))
+    leaks = leakage_summary(splits)
     if leaks:
         msg = (
-            f"published {subset} splits in {split_dir} leak {len(leaks)} subject(s) across splits "
-            f"(first: {leaks[0]}); such subjects are evaluated on data they were trained on"
+            f"published {subset} splits in {split_dir} leak {leakage_line(leaks)}; "
+            "such subjects are evaluated on data they were trained on"
         )
         warnings.warn(msg, LeakageWarning, stacklevel=2)
         log.warning(msg)
     splits["leakage"] = leaks
+    splits["dropped"] = [dropped[k] for k in sorted(dropped)]
     return [files[k] for k in sorted(files)], splits
 
 

@@ -108,6 +108,30 @@ def leakage_report(splits: Splits) -> list[str]:
     return lines
 
 
+def leakage_summary(splits: Splits) -> dict[str, Any]:
+    """Leaked SUBJECTS, counted once however many folds they leak in, with every (subject, fold)
+    entry of :func:`leakage_report`; ``test_in_training``: test subjects that sit in a training
+    fold (the published IXI splits' defect). Empty dict when nothing leaks."""
+    entries = leakage_report(splits)
+    if not entries:
+        return {}
+    trained = {s for f in splits.get("folds", []) for s in f.get("train", [])}
+    subjects = check_leakage(splits)
+    return {"n_subjects": len(subjects), "subjects": subjects,
+            "test_in_training": sorted(trained & set(splits.get("test", []))),
+            "n_entries": len(entries), "entries": entries}
+
+
+def leakage_line(summary: dict[str, Any], shown: int = 20) -> str:
+    """'15 subject(s) (9 test subjects in training folds): IXI012, ...; 53 (subject, fold) entries'."""
+    names = summary["subjects"]
+    more = f", ... (+{len(names) - shown})" if len(names) > shown else ""
+    in_train = f" ({len(summary['test_in_training'])} test subject(s) in training folds)" \
+        if summary["test_in_training"] else ""
+    return (f"{summary['n_subjects']} subject(s){in_train}: {', '.join(names[:shown])}{more}; "
+            f"{summary['n_entries']} (subject, fold) entries in prepare.json")
+
+
 def check_leakage(splits: Splits) -> list[str]:
     """Sorted ids of subjects that sit in more than one split of any one fold."""
     return sorted({line.split(":", 1)[0] for line in leakage_report(splits)})

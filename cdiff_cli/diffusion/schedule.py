@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from cdiff_cli.config import DiffusionConfig
+from cdiff_cli.config import DiffusionConfig, Variance
 from cdiff_cli.diffusion.simplex import simplex_noise
 
 
@@ -63,6 +63,8 @@ class GaussianDiffusion:
             "posterior_variance": posterior_variance,
             # the variance is 0 at t = 0: log-clip it with the next one, as guided-diffusion does
             "posterior_log_variance_clipped": torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])),
+            # guided-diffusion's "fixed large" variance, beta_t (AnoDDPM's reverse steps): same clip at t = 0
+            "log_variance_fixed_large": torch.log(torch.cat([posterior_variance[1:2], betas[1:]])),
             "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
             "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
         }
@@ -135,12 +137,15 @@ class GaussianDiffusion:
         return self.predict_x0_from_eps(x_t, t, model_out)
 
     # ---- reverse process ----------------------------------------------------------------
-    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(x_{t-1} | x_t, x0)."""
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                    variance: Variance = "fixed_small") -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean of q(x_{t-1} | x_t, x0) and the log-variance of a reverse step: the posterior's
+        (``fixed_small``) or beta_t (``fixed_large``, AnoDDPM's)."""
         coef1 = self._extract(self.posterior_mean_coef1, t, x_t)
         coef2 = self._extract(self.posterior_mean_coef2, t, x_t)
         mean = coef1 * x0 + coef2 * x_t
-        return mean, self._extract(self.posterior_log_variance_clipped, t, x_t)
+        log_var = self.log_variance_fixed_large if variance == "fixed_large" else self.posterior_log_variance_clipped
+        return mean, self._extract(log_var, t, x_t)
 
     @torch.no_grad()
     def p_sample_step(
@@ -152,16 +157,17 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         clip_x0: bool = True,
+        variance: Variance = "fixed_small",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One ancestral DDPM step x_t -> x_{t-1} with ``model(x_t, t, z)``; returns (x_{t-1}, x0_hat).
 
-        The step's noise follows ``cfg.noise`` unless given (AnoDDPM uses simplex noise here);
-        no noise is added at t = 0.
+        The step's noise follows ``cfg.noise`` unless given (AnoDDPM uses simplex noise here),
+        scaled by the ``variance`` of :meth:`q_posterior`; no noise is added at t = 0.
         """
         x0 = self.model_x0(model(x_t, t, z), x_t, t)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        mean, log_var = self.q_posterior(x0, x_t, t)
+        mean, log_var = self.q_posterior(x0, x_t, t, variance)
         if noise is None:
             noise = self.sample_noise(x_t.shape, generator, device=x_t.device, dtype=x_t.dtype)
         nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))

@@ -69,9 +69,11 @@ PAIRED_METRICS = ("dice", "auprc")
 
 
 def per_volume(results: list[dict[str, Any]], label: str, name: str, metric: str) -> dict[tuple[int, str], float]:
-    """``{(seed, subject): score}`` of one row label on lesion set ``name``."""
+    """``{(seed, subject): score}`` of one row label on lesion set ``name``; undefined scores (the
+    Dice of a lesion-free volume with nothing predicted) are left out, so they are not paired."""
     return {(int(r["seed"]), subject): float(c[metric]) for r in results if r["method"] == label
-            for subject, c in (r.get("cases") or {}).get(name, {}).items() if c.get(metric) is not None}
+            for subject, c in (r.get("cases") or {}).get(name, {}).items()
+            if c.get(metric) is not None and np.isfinite(float(c[metric]))}
 
 
 def comparisons(results: list[dict[str, Any]], ours: str, others: list[str], resamples: int,

@@ -33,11 +33,14 @@ if TYPE_CHECKING:
 # The overrides that turn the base recipe into each method; everything else stays shared.
 PRESETS: dict[str, list[str]] = {
     "cdiff": ["method=cdiff"],
-    "ddpm": ["method=ddpm", "unet.cond_mode=none", "infer.timesteps=[500]"],
-    "pddpm": ["method=pddpm", "unet.cond_mode=none", "infer.timesteps=[500]"],
-    "cddpm": ["method=cddpm", "encoder.objective=spark", "encoder.z_dim=512", "unet.cond_mode=concat"],
+    # the simplex noise of each baseline's own code: 2-D octaves (pDDPM/cDDPM code), 3-D slices (AnoDDPM)
+    "ddpm": ["method=ddpm", "unet.cond_mode=none", "infer.timesteps=[500]", "diffusion.simplex.dims=2"],
+    "pddpm": ["method=pddpm", "unet.cond_mode=none", "infer.timesteps=[500]", "diffusion.simplex.dims=2"],
+    # cddpm as its code trains it: the encoder joins stage 2 (SparK settings and raw z: METHOD_DEFAULTS)
+    "cddpm": ["method=cddpm", "encoder.objective=spark", "encoder.z_dim=512", "unet.cond_mode=concat",
+              "encoder.trainable_in_diffusion=true", "diffusion.simplex.dims=2"],
     "anoddpm": ["method=anoddpm", "unet.cond_mode=none", "diffusion.objective=eps", "diffusion.schedule=linear",
-                "diffusion.loss=l2"],
+                "diffusion.loss=l2", "diffusion.simplex.dims=3"],
     "ae": ["method=ae", "unet.cond_mode=none"],
 }
 
@@ -75,7 +78,8 @@ def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: in
     check_method(method)
     base = load_recipe(recipe_path, overrides)
     label = method if ablation is None else f"abl-{ablation}"
-    extra = [f"name={base.name}-{label}-s{seed}", f"seed={base.seed + seed}", f"runs_dir={out / 'runs'}"]
+    safe = label.replace("+", "_")  # run names are [A-Za-z0-9_.-]
+    extra = [f"name={base.name}-{safe}-s{seed}", f"seed={base.seed + seed}", f"runs_dir={out / 'runs'}"]
     if budget is not None:
         extra.append(f"train.steps={budget}")
     if encoder_budget is not None:

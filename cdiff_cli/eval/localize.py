@@ -5,17 +5,22 @@ Boxes come from the map on the image's own pixel grid: 5x5 median filter, a thre
 top-k by area, each with a confidence (max or mean map value inside). With annotations,
 both the reference protocol (mAP30/50/50-95, ACC50, TP30, FP30) and standard COCO AP with
 those confidences are reported.
+
+The settings are a recipe's ``localize`` section (the one given, else the model's own),
+then the paper's Table 3 settings with ``protocol="paper"``, then explicit arguments; the
+outputs record each value and where it came from.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from cdiff_cli.api import Input, Model, load_model
+from cdiff_cli.config import EvalConfig, LocalizeConfig, Recipe
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
@@ -27,12 +32,38 @@ from cdiff_cli.infer.reconstruct import output_stem
 from cdiff_cli.train.distributed import derive_seed
 
 
-def _threshold(model: LoadedModel, text: str) -> tuple[float, str]:
-    if text == "calibrated":
-        return model.calibrated_threshold(), f"calibrated at FPR {model.calibration.get('fpr')}"
-    value = float(text)
+Protocol = Literal["recipe", "paper"]
+# the paper's Table 3 (METHOD.md section 6): a fixed 0.5, the top 5 boxes by area, a 5x5 median, T2 captions only
+PAPER_PROTOCOL: dict[str, Any] = {"threshold": 0.5, "top_k": 5, "median_size": 5, "t2_filter": True}
+
+
+def localize_settings(base: LocalizeConfig, base_name: str, protocol: Protocol = "recipe", top_k: int | None = None,
+                      threshold: str | float | None = None, t2_filter: bool | None = None,
+                      ) -> tuple[LocalizeConfig, dict[str, str]]:
+    """The settings of one run, and where each came from: ``base`` (a recipe's section), then the
+    paper's protocol if asked, then every argument that is not None (a flag the user typed)."""
+    values, origin = base.model_dump(), {k: base_name for k in LocalizeConfig.model_fields}
+    if protocol == "paper":
+        values.update(PAPER_PROTOCOL)
+        origin.update({k: "protocol paper" for k in PAPER_PROTOCOL})
+    flags = {"top_k": top_k, "threshold": threshold, "t2_filter": t2_filter}
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = float(value) if key == "threshold" and value != "calibrated" else value
+            origin[key] = "command line"
+    return LocalizeConfig(**values), origin
+
+
+def _threshold(model: LoadedModel, settings: LocalizeConfig) -> tuple[float, str]:
+    if settings.threshold == "calibrated":
+        cal = model.calibration or {}
+        if cal.get("median_size") not in (None, settings.median_size):
+            info(f"the calibrated threshold was set with a {cal['median_size']}x{cal['median_size']} median filter, "
+                 f"these boxes use {settings.median_size}x{settings.median_size}")
+        return model.calibrated_threshold(), f"calibrated at FPR {cal.get('fpr')}"
+    value = float(settings.threshold)
     if not np.isfinite(value):
-        raise CdiffError(f"--threshold {text}: must be a finite number")
+        raise CdiffError(f"--threshold {settings.threshold}: must be a finite number")
     return value, "fixed"
 
 
@@ -61,8 +92,15 @@ def _image_list(input_dir: Path) -> list[Path]:
     return collect_inputs([input_dir])
 
 
-def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str, annotations: Path | None,
-             t2_filter: bool, out: Path, device_spec: str) -> dict[str, Any]:
+def localize(input_dir: Path, model_spec: str | None, top_k: int | None, threshold: str | None,
+             annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
+             recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
+             ) -> dict[str, Any]:
+    """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
+
+    ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
+    of ``recipe``'s ``localize`` section, else of the model's own recipe.
+    """
     from cdiff_cli.data.nova import is_t2
 
     files = _image_list(input_dir)
@@ -74,14 +112,18 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
     if model.channels != 1:
         raise CdiffError(f"{model.folder.parent}: a {model.channels}-channel (colour) model; `cdiff localize` boxes "
                          "anomalies in 1-channel MRI - use `cdiff reconstruct` for its anomaly maps")
-    thr, thr_kind = _threshold(model, threshold)
+    base = recipe if recipe is not None else model.recipe
+    settings, origin = localize_settings(base.localize, recipe_name or ("recipe" if recipe is not None else
+                                                                      "model recipe"), protocol, top_k, threshold,
+                                         t2_filter)
+    thr, thr_kind = _threshold(model, settings)
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
     # images in chunks, volumes one at a time; the next chunk is read and the previous one
     # boxed and drawn while the network runs on this one
     n = _chunk_size(model)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
-    boxer = _Boxer(api, thr, top_k, gold, out / "images")
+    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images")
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
@@ -92,12 +134,14 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int, threshold: str
     write_json(out / "boxes.json", coco)
     result: dict[str, Any] = {"n_images": len(records), "boxes": str(out / "boxes.json"),
                               "pictures": str(out / "images"), "threshold": thr, "threshold_kind": thr_kind,
+                              "settings": settings.model_dump(mode="json"), "settings_from": origin,
                               "seconds": round(seconds, 2), "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
-    scored = [r for r in records if r["record"] is not None and (not t2_filter or is_t2(r["record"].caption))]
+    t2_only = settings.t2_filter
+    scored = [r for r in records if r["record"] is not None and (not t2_only or is_t2(r["record"].caption))]
     if gold:
         if not scored:
             raise DataError("no annotated image passes the T2-caption filter; use --no-t2-filter")
-        result.update(_metrics(out, scored, t2_filter, thr, thr_kind))
+        result.update(_metrics(out, scored, t2_only, thr, thr_kind, result))
     write_json(out / "localize.json", {k: v for k, v in result.items()})
     return result
 
@@ -112,8 +156,10 @@ def _chunk_size(model: LoadedModel) -> int:
 class _Boxer:
     """The three pipeline stages of ``localize`` (see ``infer.pipeline``), each a stage of the API."""
 
-    def __init__(self, model: Model, thr: float, top_k: int, gold: dict[str, Any], pictures: Path) -> None:
-        self.model, self.thr, self.top_k, self.gold, self.pictures = model, thr, top_k, gold, pictures
+    def __init__(self, model: Model, thr: float, settings: LocalizeConfig, eval_cfg: EvalConfig,
+                 gold: dict[str, Any], pictures: Path) -> None:
+        self.model, self.thr, self.gold, self.pictures = model, thr, gold, pictures
+        self.settings, self.eval_cfg = settings, eval_cfg
         self.chunks = 0
 
     def load(self, chunk: list[Path]) -> list[Input]:
@@ -133,20 +179,23 @@ class _Boxer:
         # resized to the image's own pixels, where the components and boxes are found
         for path, inp in zip(chunk, loaded):
             n = len(inp.slices)
-            result = self.model.maps(inp, recon[start : start + n])
+            result = self.model.maps(inp, recon[start : start + n], median_size=self.settings.median_size)
             start += n
-            record = {"file": path, "hw": inp.raw[0].shape, "boxes": self.model.boxes(result, threshold=self.thr,
-                                                                                     top_k=self.top_k),
+            record = {"file": path, "hw": inp.raw[0].shape, "boxes": self._boxes(result),
                       "record": self.gold.get(path.name)}
             _picture(self.pictures, record, inp.raw[0], self.thr)
             found.append(record)
         return found
 
+    def _boxes(self, result: Any) -> Any:
+        return self.model.boxes(result, threshold=self.thr, top_k=self.settings.top_k, score=self.settings.score)
+
     def _volume(self, path: Path, inp: Input, recon: np.ndarray) -> list[dict[str, Any]]:
         """Boxes per axial slice of a volume, on the prepared (D, H, W) grid."""
-        result = self.model.maps(inp, recon)
+        result = self.model.maps(inp, recon, median_size=self.eval_cfg.median_size,
+                                 erosion=self.eval_cfg.erosion_iterations)
         found = []
-        for sb in self.model.boxes(result, threshold=self.thr, top_k=self.top_k):
+        for sb in self._boxes(result):
             image = result.grid.image[sb.slice]
             record = {"file": path, "slice": sb.slice, "hw": image.shape, "boxes": sb.boxes, "record": None}
             _picture(self.pictures, record, image, self.thr)
@@ -182,7 +231,8 @@ def _coco(records: list[dict[str, Any]]) -> dict[str, Any]:
             "gold_annotations": golds}
 
 
-def _metrics(out: Path, scored: list[dict[str, Any]], t2_filter: bool, thr: float, kind: str) -> dict[str, Any]:
+def _metrics(out: Path, scored: list[dict[str, Any]], t2_filter: bool, thr: float, kind: str,
+             run: dict[str, Any]) -> dict[str, Any]:
     from cdiff_cli.eval.report import localization_table
 
     pairs = [([b.xywh() for b in r["boxes"]], list(r["record"].gold_boxes)) for r in scored]
@@ -191,7 +241,7 @@ def _metrics(out: Path, scored: list[dict[str, Any]], t2_filter: bool, thr: floa
     coco = coco_ap([(np.array(p, dtype=float).reshape(-1, 5), np.array(g, dtype=float).reshape(-1, 4))
                     for p, g in scored_pairs])
     doc = {"reference": reference, "coco": coco, "t2_filter": t2_filter, "threshold": thr, "threshold_kind": kind,
-           "n_scored_images": len(scored)}
+           "n_scored_images": len(scored), "settings": run["settings"], "settings_from": run["settings_from"]}
     write_json(out / "metrics.json", doc)
     write_text(out / "metrics.md", localization_table(reference, coco))
     return {"metrics": doc, "metrics_json": str(out / "metrics.json"), "markdown": str(out / "metrics.md")}

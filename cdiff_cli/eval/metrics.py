@@ -4,12 +4,14 @@ Pure numpy: arrays in, floats/arrays out; nothing here imports from ``cdiff_cli`
 
 Conventions used by every function in this module:
 
-- A threshold ``thr`` predicts a voxel as anomalous when ``score >= thr`` (non-strict).
-  The reference code uses ``score > thr``; :func:`best_threshold_interval` can reproduce
-  that with ``strict=True``. The exact search returns thresholds that are actual score
-  values, so the convention matters and is honoured exactly.
-- Dice of an empty prediction against an empty ground truth is 1.0 (nothing to find,
-  nothing found). The reference returns NaN there (0 / 0).
+- A threshold ``thr`` predicts a voxel as anomalous when ``score >= thr`` (non-strict),
+  or ``score > thr`` with ``strict=True`` (:func:`binarise`). The exact search returns
+  thresholds that are actual score values and goes with ``>=``; the reference's interval
+  search (:func:`best_threshold_interval`) binarises with ``>`` as the reference code does,
+  and the Dice at its threshold must then be taken with ``>`` too.
+- Dice of an empty prediction against an empty ground truth is NaN (0 / 0), as in the
+  reference: a lesion-free volume where nothing is predicted has no Dice and drops out of
+  the mean (``np.nanmean``); a lesion-free volume with false positives scores 0.
 - Ranking metrics (AUPRC, AUROC) are NaN when they are undefined (no positive, or only
   one class); :func:`mean_std` skips NaNs, so undefined volumes drop out of the mean.
 
@@ -25,6 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "binarise",
     "dice",
     "best_threshold_exact",
     "best_threshold_interval",
@@ -65,21 +68,32 @@ def _check_pair(s: NDArray, y: NDArray) -> None:
         raise ValueError("scores must be finite (no NaN or inf)")
 
 
+def binarise(scores: ArrayLike, thr: float, strict: bool = False) -> NDArray[np.bool_]:
+    """``scores > thr`` when ``strict`` (the reference code), else ``scores >= thr``.
+
+    >>> binarise(np.array([0.25, 0.5]), 0.25), binarise(np.array([0.25, 0.5]), 0.25, strict=True)
+    (array([ True,  True]), array([False,  True]))
+    """
+    s = np.asarray(scores)
+    return s > thr if strict else s >= thr
+
+
 def _dice_from_counts(tp: int, n_pred: int, n_gt: int) -> float:
     """Dice from counts; the single formula every Dice here goes through (exact equality)."""
     denom = n_pred + n_gt
-    return 1.0 if denom == 0 else 2.0 * tp / denom
+    return float("nan") if denom == 0 else 2.0 * tp / denom
 
 
 def dice(pred: ArrayLike, gt: ArrayLike) -> float:
     """Dice = 2|P & G| / (|P| + |G|) of two binary masks of the same shape.
 
-    Both empty -> 1.0 (a perfect answer to "no lesion"); the reference gives NaN there.
+    Both empty -> NaN, as the reference (0 / 0): nothing to score, so a lesion-free volume
+    without predictions is left out of the mean over volumes rather than counted as 1.
 
     >>> dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))  # 2*1 / (2+1)
     0.6666666666666666
     >>> dice(np.zeros(3, bool), np.zeros(3, bool))
-    1.0
+    nan
     >>> dice(np.ones(2, bool), np.zeros(2, bool))
     0.0
     """
@@ -103,7 +117,7 @@ def best_threshold_exact(scores: Pooled, labels: Pooled) -> tuple[float, float]:
     The returned threshold is one of the score values (as a Python float, exact), and the
     returned Dice equals ``dice(scores >= thr, labels)`` bit for bit. Several thresholds
     with the same best Dice -> the highest one (fewest predicted voxels). No positive
-    voxel at all -> ``(inf, 1.0)``: predict nothing.
+    voxel at all -> ``(inf, nan)``: predict nothing; Dice is undefined.
     Scores may be any float dtype (kept as is, so the comparison is exact); a list of
     arrays is pooled.
 
@@ -118,7 +132,7 @@ def best_threshold_exact(scores: Pooled, labels: Pooled) -> tuple[float, float]:
     pos = np.sort(s[y])  # (G,) ascending
     n_gt = pos.size
     if n_gt == 0:
-        return float("inf"), 1.0
+        return float("inf"), float("nan")
     all_sorted = np.sort(s)  # (n,) ascending
     first = np.empty(n_gt, dtype=bool)
     first[0] = True
@@ -136,7 +150,7 @@ def best_threshold_interval(
     labels: Pooled,
     steps: int = 10,
     val_range: tuple[float, float] | None = None,
-    strict: bool = False,
+    strict: bool = True,
 ) -> tuple[float, float]:
     """The reference's interval-halving threshold search (Zimmerer's ``find_best_val``).
 
@@ -147,9 +161,12 @@ def best_threshold_interval(
     are ever tried, all on a dyadic grid, so it can miss the optimum by a lot when Dice is
     not unimodal in the threshold; :func:`best_threshold_exact` is never worse.
     Reference quirks kept: initial best is (thr 0, Dice 0); ``lo == hi`` resets hi to 1.
-    ``strict=True`` predicts ``score > thr`` as the reference does; the default ``>=``
-    matches the rest of this module. Returns ``(threshold, dice)``, where dice equals
-    ``dice(scores >= thr, labels)`` (or ``>`` if strict).
+    ``strict=True`` (the default) predicts ``score > thr`` as the reference does, in the
+    search and therefore also when the threshold is applied (``binarise(..., strict=True)``);
+    the probe points are dyadic fractions of the maximum, so on quantised maps they often
+    equal a score and ``>`` and ``>=`` then pick different voxels. ``strict=False`` is the
+    ``>=`` variant. Returns ``(threshold, dice)``, where dice equals
+    ``dice(binarise(scores, thr, strict), labels)``. No positive voxel -> ``(inf, nan)``.
 
     >>> s = np.array([0.0, 0.29, 0.3, 1.0]); y = np.array([0, 0, 1, 0])
     >>> best_threshold_interval(s, y)  # drifts low: P={0.29, 0.3, 1.0}, 2*1 / (3+1)
@@ -162,6 +179,8 @@ def best_threshold_interval(
     _check_pair(s, y)
     pos = s[y]  # (G,)
     n_gt = pos.size
+    if n_gt == 0:
+        return float("inf"), float("nan")
 
     def _eval(q: float) -> float:
         if strict:
@@ -258,8 +277,9 @@ def fpr_at_threshold(
     labels: Pooled | None,
     thr: float,
     mask: Pooled | None = None,
+    strict: bool = False,
 ) -> float:
-    """Fraction of healthy voxels with ``score >= thr`` (false-positive rate).
+    """Fraction of healthy voxels with ``score >= thr`` (``>`` if strict): the false-positive rate.
 
     Healthy = ``labels == 0``, or every voxel when ``labels`` is None (healthy-only data);
     ``mask`` (e.g. the brain mask) further restricts the voxels counted, since zeros
@@ -277,16 +297,18 @@ def fpr_at_threshold(
     n = int(np.count_nonzero(healthy))
     if n == 0:
         return float("nan")
-    return int(np.count_nonzero(s[healthy] >= thr)) / n
+    return int(np.count_nonzero(binarise(s[healthy], thr, strict))) / n
 
 
 def per_volume_dice(
-    maps: Sequence[ArrayLike] | NDArray, segs: Sequence[ArrayLike] | NDArray, thr: float
+    maps: Sequence[ArrayLike] | NDArray, segs: Sequence[ArrayLike] | NDArray, thr: float,
+    strict: bool = False,
 ) -> NDArray[np.float64]:
-    """Dice of ``map >= thr`` against each volume's segmentation -> (V,) array.
+    """Dice of ``map >= thr`` (``>`` if strict) against each volume's segmentation -> (V,) array.
 
     The test protocol: one threshold (from validation) for all volumes, Dice per volume,
-    then the mean over volumes (not a pooled Dice).
+    then the NaN-skipping mean over volumes (not a pooled Dice; NaN: lesion-free and
+    nothing predicted).
 
     >>> per_volume_dice([np.array([0.2, 0.9]), np.array([0.1, 0.1])],
     ...                 [np.array([0, 1]), np.array([1, 0])], 0.5)
@@ -295,7 +317,7 @@ def per_volume_dice(
     if len(maps) != len(segs):
         raise ValueError(f"{len(maps)} maps but {len(segs)} segmentations")
     return np.array(
-        [dice(np.asarray(m) >= thr, np.asarray(g) != 0) for m, g in zip(maps, segs)],
+        [dice(binarise(m, thr, strict), np.asarray(g) != 0) for m, g in zip(maps, segs)],
         dtype=np.float64,
     )
 

@@ -1,10 +1,12 @@
 """``cdiff evaluate``: the segmentation protocol of the paper's Table 2 (METHOD.md section 5).
 
 Per lesion set: the Dice threshold is chosen on the VALIDATION volumes (pooled voxels,
-exact search or the reference's interval search), then applied to each test volume after
-removing small 3-D components; AUPRC/AUROC per test volume on the masked, median-filtered
-map; l1 on healthy test volumes from the raw reconstruction; detection AUROC from the mean
-map in the brain; the healthy false-positive rate at the threshold. Several models (one per
+exact search with ``>=``, or the reference's interval search with ``>``, then also applied
+with ``>``), then applied to each test volume after removing small 3-D components; Dice is
+NaN for a lesion-free volume without predictions and the mean skips it (``np.nanmean``, as
+the reference); AUPRC/AUROC per test volume on the masked, median-filtered map; l1 on
+healthy test volumes from the raw reconstruction; volume- and slice-level detection AUROC
+from the mean map in the brain; the healthy false-positive rate at the threshold. Several models (one per
 fold) give mean and std of the fold means.
 """
 
@@ -115,25 +117,31 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
                             f"test {len(test)}); change data.lesion_val_fraction")
         vs = np.concatenate([r.anomaly.ravel() for _, r in val])
         vl = np.concatenate([np.asarray(store.seg(v)).ravel() > 0 for v, _ in val])
-        search = M.best_threshold_exact if ecfg.threshold_search == "exact" else M.best_threshold_interval
+        strict = ecfg.threshold_search == "interval"  # the reference's search binarises with `>`
+        search = M.best_threshold_interval if strict else M.best_threshold_exact
         thr, val_dice = search(vs, vl)
-        dices, auprcs, aurocs, per_case = [], [], [], []
+
+        def segment(anomaly: np.ndarray) -> np.ndarray:
+            return remove_small_components(M.binarise(anomaly, thr, strict), max_size=ecfg.min_component - 1)
+
+        dices, auprcs, aurocs, per_case, lesion_free = [], [], [], [], 0
         for v, r in test:
             seg = np.asarray(store.seg(v)) > 0
-            binary = remove_small_components(r.anomaly >= thr, max_size=ecfg.min_component - 1)
-            d = M.dice(binary, seg)
+            lesion_free += not seg.any()
+            d = M.dice(segment(r.anomaly), seg)  # NaN: lesion-free and nothing predicted (as the reference)
             dices.append(d)
             auprcs.append(M.auprc(r.anomaly.ravel(), seg.ravel()))
             aurocs.append(M.auroc(r.anomaly.ravel(), seg.ravel()))
             per_case.append({"subject": store.subjects[v]["id"], "dice": d, "auprc": auprcs[-1]})
         l_scores = [float(r.anomaly[np.asarray(store.mask(v)) > 0].mean()) for v, r in test]
-        fp = [float((remove_small_components(r.anomaly >= thr, max_size=ecfg.min_component - 1)
-                     [np.asarray(hstore.mask(v)) > 0]).mean()) for v, r in h_test]
+        fp = [float(segment(r.anomaly)[np.asarray(hstore.mask(v)) > 0].mean()) for v, r in h_test]
         result["sets"][src.name] = {
-            "dice": float(np.mean(dices)), "auprc": float(np.nanmean(auprcs)), "auroc": float(np.nanmean(aurocs)),
+            "dice": _nanmean(dices), "auprc": _nanmean(auprcs), "auroc": _nanmean(aurocs),
             "detection_auroc": M.detection_auroc(np.array(h_scores + l_scores),
                                                  np.array([False] * len(h_scores) + [True] * len(l_scores))),
+            "slice_detection_auroc": _slice_detection_auroc(h_test, hstore, test, store),
             "fpr": float(np.mean(fp)), "threshold": float(thr), "val_dice": float(val_dice), "n": len(test),
+            "n_lesion_free": lesion_free, "n_dice_undefined": int(np.isnan(dices).sum()),
             "prevalence": float(np.mean([np.asarray(store.seg(v)).mean() for v, _ in test])),
             "cases": per_case,
         }
@@ -142,6 +150,27 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
                                        localize_median)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean over volumes skipping the undefined ones (``np.nanmean``), NaN when none is defined."""
+    return M.mean_std(values)[0]
+
+
+def _slice_detection_auroc(h_test: list[tuple[int, Any]], hstore: PreparedStore,
+                           test: list[tuple[int, Any]], store: PreparedStore) -> float:
+    """Slice-level detection AUROC (METHOD.md section 5): the score of an axial slice is the mean
+    anomaly map over its brain pixels; positives are the slices with lesion voxels, negatives the
+    other brain slices of the lesion volumes and every brain slice of the healthy test volumes."""
+    scores, labels = [], []
+    for vols, st, lesion in ((h_test, hstore, False), (test, store, True)):
+        for v, r in vols:
+            brain = np.asarray(st.mask(v)) > 0  # (D, H, W)
+            seg = np.asarray(st.seg(v)) > 0 if lesion else np.zeros_like(brain)
+            for z in np.flatnonzero(brain.any(axis=(1, 2))):
+                scores.append(float(r.anomaly[z][brain[z]].mean()))
+                labels.append(bool(seg[z].any()))
+    return M.detection_auroc(np.array(scores), np.array(labels))
 
 
 def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
@@ -174,10 +203,11 @@ def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     sets = {}
     for name in first["sets"]:
         rows = [f["sets"][name] for f in per_fold if name in f["sets"]]
-        sets[name] = {k: ms([r[k] for r in rows]) for k in ("dice", "auprc", "auroc", "detection_auroc", "fpr",
-                                                           "threshold", "prevalence")}
-        sets[name]["n"] = rows[0]["n"]
-    l1s = [f["healthy"]["l1"] for f in per_fold if f["healthy"]["l1"] is not None]
+        sets[name] = {k: ms([r[k] for r in rows]) for k in ("dice", "auprc", "auroc", "detection_auroc",
+                                                           "slice_detection_auroc", "fpr", "threshold", "prevalence")}
+        sets[name].update({k: rows[0][k] for k in ("n", "n_lesion_free")})
+        sets[name]["n_dice_undefined"] = [r["n_dice_undefined"] for r in rows]  # per fold
+    l1s = [f["healthy"]["l1"] for f in per_fold if f["healthy"]["l1"] is not None]  # None: a map without recon
     healthy = {"name": first["healthy"]["name"], "l1": ms(l1s) if l1s else None,
                "n": first["healthy"]["n"]}
     return {"sets": sets, "healthy": healthy}

@@ -175,26 +175,39 @@ def segmentation_table(
     out += [markdown_table(header, rows), ""]
 
     out += ["### Extra metrics", ""]
-    out.append("AUROC per volume, volume-level detection AUROC (mean residual in the brain), "
-               "false-positive rate on healthy voxels at the Dice threshold: all in %; "
-               "threshold in residual units.")
+    out.append("AUROC per volume, volume- and slice-level detection AUROC (mean residual in the brain "
+               "of a volume / an axial slice), false-positive rate on healthy voxels at the Dice threshold: "
+               "all in %; threshold in residual units. Lesion-free: test volumes without lesion voxels; "
+               "those where nothing is predicted either have no Dice and are left out of its mean "
+               "(as the reference), shown in brackets.")
     out.append("")
     extra_rows = []
     for run in runs:
         for k, s in run.get("sets", {}).items():
             extra_rows.append([
                 str(run.get("method", "cdiff (ours)")), _set_name(k),
-                str(s["n"]) if s.get("n") is not None else MISSING,
-                _pct(s.get("auroc")), _pct(s.get("detection_auroc")), _pct(s.get("fpr")),
-                format_value(s.get("threshold"), 1.0, "{:.4g}"),
+                str(s["n"]) if s.get("n") is not None else MISSING, _lesion_free(s),
+                _pct(s.get("auroc")), _pct(s.get("detection_auroc")), _pct(s.get("slice_detection_auroc")),
+                _pct(s.get("fpr")), format_value(s.get("threshold"), 1.0, "{:.4g}"),
             ])
     out.append(markdown_table(
-        ["Method", "Set", "Test volumes", "AUROC", "Detection AUROC",
-         "Healthy FPR @ threshold", "Threshold"], extra_rows))
+        ["Method", "Set", "Test volumes", "Lesion-free (no Dice)", "AUROC", "Detection AUROC",
+         "Slice detection AUROC", "Healthy FPR @ threshold", "Threshold"], extra_rows))
     out.append("")
     if include_paper:
         out += _paper_segmentation_section()
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _lesion_free(s: Mapping[str, Any]) -> str:
+    """'2 (1)': lesion-free test volumes and, in brackets, those without a Dice (per fold: 1/0/1)."""
+    if s.get("n_lesion_free") is None:
+        return MISSING
+    undefined = s.get("n_dice_undefined")
+    if undefined is None:
+        return str(s["n_lesion_free"])
+    per_fold = undefined if isinstance(undefined, (list, tuple)) else [undefined]
+    return f"{s['n_lesion_free']} ({'/'.join(str(int(u)) for u in per_fold)})"
 
 
 def _run_line(run: Mapping[str, Any]) -> str:

@@ -271,8 +271,9 @@ def _inference(recipe: Recipe) -> str:
         return (f"per noise level t in {ts}, one U-Net pass per {ch}x{cw} grid cell with only that cell noised; "
                 f"the cells' predictions stitched, reconstructions averaged")
     if spec.inference == "partial_reverse":
-        return (f"noised to t = {recipe.anoddpm.t_start}, then {recipe.anoddpm.t_start + 1} ancestral steps "
-                "back to t = 0 (one U-Net pass each)")
+        a = recipe.anoddpm
+        return (f"noised to t = {a.t_start - 1}, then {a.t_start} ancestral steps back to t = 0 (one U-Net pass "
+                f"each, {a.variance.replace('_', ' ')} variance)")
     return f"one U-Net pass per noise level t in {ts}, reconstructions averaged"
 
 

@@ -37,18 +37,19 @@ def reconstruct_patched(model: LoadedModel, chunk: torch.Tensor, timesteps: tupl
 
 def reconstruct_partial_reverse(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
                                 generator: torch.Generator) -> torch.Tensor:
-    """AnoDDPM: noise x0 to ``anoddpm.t_start`` with the recipe's noise (simplex), then ancestral
-    steps t_start, ..., 0 (t_start + 1 U-Net passes); the step at t = 0 returns x0_hat.
+    """AnoDDPM as its repository (``forward_backward`` with ``t_distance = anoddpm.t_start``): noise
+    x0 to index t_start - 1 with the recipe's noise (simplex), then ancestral steps t_start - 1, ...,
+    0 with ``anoddpm.variance`` (t_start U-Net passes); the step at t = 0 returns x0_hat.
     ``timesteps`` is ignored: the cost is set by the recipe."""
-    d, device = model.diffusion, model.device
-    b, t_start = chunk.shape[0], model.recipe.anoddpm.t_start
+    d, device, cfg = model.diffusion, model.device, model.recipe.anoddpm
+    b, first = chunk.shape[0], cfg.t_start - 1
     x0 = to_model_range(chunk)  # (B, C, H, W)
-    x = d.q_sample(x0, torch.full((b,), t_start, device=device), d.sample_noise(tuple(x0.shape), generator,
-                                                                                  device=device))
-    for step in range(t_start, -1, -1):
+    x = d.q_sample(x0, torch.full((b,), first, device=device), d.sample_noise(tuple(x0.shape), generator,
+                                                                                device=device))
+    for step in range(first, -1, -1):
         t = torch.full((b,), step, device=device)
         last = torch.zeros_like(x) if step == 0 else None  # no noise is added at t = 0: do not draw it
-        x, _ = d.p_sample_step(model.unet, x, t, None, noise=last, generator=generator)
+        x, _ = d.p_sample_step(model.unet, x, t, None, noise=last, generator=generator, variance=cfg.variance)
     return from_model_range(x.float().clamp(-1, 1))
 
 

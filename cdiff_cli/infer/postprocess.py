@@ -18,6 +18,7 @@ from scipy import ndimage
 __all__ = [
     "Box",
     "erode_mask_slicewise",
+    "reference_erosion_iterations",
     "median_filter_3d",
     "median_filter_2d",
     "remove_small_components",
@@ -34,7 +35,7 @@ def erode_mask_slicewise(mask: ArrayLike, iterations: int = 3) -> NDArray[np.boo
     """Erode a brain mask in 2-D per axial slice with a cross, ``iterations`` times.
 
     Why: the residual is high along the skull-stripping border, which is not anomaly;
-    the reference erodes each slice (never across slices) by 3 px at 96 px. Pixels on the
+    the reference erodes each slice (never across slices), ``H // 25`` times (3 at 96 px). Pixels on the
     image border count as outside (scipy's ``border_value=0``, as the reference).
     (D, H, W) -> slices along axis 0; (H, W) -> one image. ``iterations <= 0`` -> copy
     (scipy would read 0 as "erode until nothing changes").
@@ -49,6 +50,12 @@ def erode_mask_slicewise(mask: ArrayLike, iterations: int = 3) -> NDArray[np.boo
     else:
         raise ValueError(f"mask must be (H, W) or (D, H, W), got shape {m.shape}")
     return ndimage.binary_erosion(m, structure=structure, iterations=iterations)
+
+
+def reference_erosion_iterations(height: int) -> int:
+    """The reference's erosion of the brain mask: ``H // 25`` iterations (3 at 96 px, 2 at 64 px),
+    so that the rim removed stays about the same fraction of the brain at any grid."""
+    return int(height) // 25
 
 
 def median_filter_3d(volume: ArrayLike, size: int = 5) -> NDArray[np.float32]:
@@ -102,11 +109,12 @@ def remove_small_components(
 def postprocess_volume(
     residual: ArrayLike,
     brain_mask: ArrayLike,
-    erosion_iterations: int = 3,
+    erosion_iterations: int | None = None,
     median_size: int = 5,
 ) -> NDArray[np.float32]:
     """Residual -> anomaly map: mask by the slice-wise eroded brain mask, then median.
 
+    ``erosion_iterations`` None: :func:`reference_erosion_iterations` of the slice height.
     Order as METHOD.md sec 4 and the reference: multiply first, so the zeros outside the
     eroded brain enter the median filter. (D, H, W) -> size^3 median; (H, W) -> size^2.
     The small-component filter is not applied here: it acts on the binarised map and
@@ -115,6 +123,8 @@ def postprocess_volume(
     r = np.asarray(residual, dtype=np.float32)
     if np.shape(brain_mask) != r.shape:
         raise ValueError(f"residual {r.shape} and mask {np.shape(brain_mask)} differ")
+    if erosion_iterations is None:
+        erosion_iterations = reference_erosion_iterations(r.shape[-2])
     masked = r * erode_mask_slicewise(brain_mask, erosion_iterations)
     if r.ndim == 3:
         return median_filter_3d(masked, median_size)

@@ -1,6 +1,7 @@
 """The target-invariant encoder f of stage 1: a ResNet with a 1-channel stem and a z head.
 
-``Encoder(cfg)(x) -> z``: x (B, C, H, W) slices in [0, 1], z (B, z_dim) L2-normalised.
+``Encoder(cfg)(x) -> z``: x (B, C, H, W) slices in [0, 1], z (B, z_dim), L2-normalised unless
+``cfg.normalize_z`` is off (cDDPM's code passes z raw).
 Torchvision ResNet-18/34/50 built with ``weights=None`` (never downloads anything), conv1
 replaced for ``in_channels``, fc replaced by ``Linear(feature_dim, z_dim)``.
 """
@@ -40,12 +41,13 @@ class Encoder(nn.Module):
     def stages(self, x: torch.Tensor, input_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Feature maps of layer1..layer4 (strides 4, 8, 16, 32) for x in [0, 1].
 
-        ``input_mask`` (B, 1, H, W), 1 = visible, zeroes the prepared input (SparK).
+        ``input_mask`` (B, 1, H, W), 1 = visible, fills the hidden input with the intensity
+        ``cfg.spark_fill`` (SparK; 0.5 is the zero of the [-1, 1] input, 0 the background).
         """
         n = self.backbone
         h = self.prepare(x)
         if input_mask is not None:
-            h = h * input_mask
+            h = h * input_mask + self.prepare(torch.tensor(self.cfg.spark_fill)) * (1 - input_mask)
         h = n.maxpool(n.relu(n.bn1(n.conv1(h))))  # (B, 64, H/4, W/4)
         feats = []
         for s in STAGES:
@@ -58,4 +60,5 @@ class Encoder(nn.Module):
         return torch.flatten(self.backbone.avgpool(self.stages(x)[-1]), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone.fc(self.features(x)), dim=1)  # (B, z_dim)
+        z = self.backbone.fc(self.features(x))  # (B, z_dim)
+        return F.normalize(z, dim=1) if self.cfg.normalize_z else z

@@ -43,7 +43,7 @@ class MethodSpec:
         """Reconstruction-network evaluations per slice that ``reconstruct_slices`` spends.
 
         ``timesteps`` overrides ``recipe.infer.timesteps`` as ``reconstruct_slices`` does; anoddpm
-        and ae ignore it (their cost is ``anoddpm.t_start + 1`` and 1 pass).
+        and ae ignore it (their cost is ``anoddpm.t_start`` and 1 pass).
         """
         n_t = len(tuple(timesteps or recipe.infer.timesteps))
         if self.inference == "one_pass":
@@ -52,7 +52,7 @@ class MethodSpec:
             (h, w), (ch, cw) = recipe.data.image_hw, recipe.pddpm.cell_hw(recipe.data.image_hw)
             return (h // ch) * (w // cw) * n_t
         if self.inference == "partial_reverse":
-            return recipe.anoddpm.t_start + 1
+            return recipe.anoddpm.t_start
         return 1
 
 

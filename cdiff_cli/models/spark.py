@@ -3,13 +3,14 @@ public cDDPM code uses it.
 
 A random subset of patches (``cfg.spark_mask_ratio``, patch ``cfg.spark_patch`` px, shrunk
 so that an image holds at least 2 x 2 patches) is hidden, and the ResNet runs as a *sparse*
-CNN: the masked input is zeroed, and during the pass every Conv2d / MaxPool2d output is
-multiplied by the mask at its resolution while every BatchNorm2d normalises over the visible
+CNN: the hidden input pixels take one fill value, and during the pass every Conv2d / MaxPool2d
+output is multiplied by the mask at its resolution while every BatchNorm2d normalises over the visible
 positions only (SparK's sparse BN) and writes zeros elsewhere. Nothing leaks from hidden
 patches into visible ones at any layer. A light UNet-like decoder fills the hidden positions
 of each stage with a learned mask token, fuses the stages top-down and reconstructs the
-image; the loss is the MSE on the hidden patches only (per-patch normalised targets, as in
-SparK, unless ``norm_pix=False``).
+image; the loss is the MSE on the hidden patches only (per-patch normalised targets unless
+``cfg.spark_norm_pix`` is off, as in the cDDPM code). Hidden input pixels take the intensity
+``cfg.spark_fill`` (the cDDPM code: 0, the background).
 """
 
 from __future__ import annotations
@@ -99,12 +100,13 @@ class LightDecoder(nn.Module):
 class SparK(nn.Module):
     """``SparK(encoder, cfg).loss(x) -> (loss, logs)``; ``masked_view(x)`` for the contrastive pair."""
 
-    def __init__(self, encoder: Encoder, cfg: EncoderConfig, norm_pix: bool = True, decoder_width: int = 256) -> None:
+    def __init__(self, encoder: Encoder, cfg: EncoderConfig, norm_pix: bool | None = None,
+                 decoder_width: int = 256) -> None:
         super().__init__()
         self.encoder = encoder
         self.mask_ratio = cfg.spark_mask_ratio
         self.patch = cfg.spark_patch
-        self.norm_pix = norm_pix
+        self.norm_pix = cfg.spark_norm_pix if norm_pix is None else norm_pix
         self.decoder = LightDecoder(encoder.stage_channels, encoder.in_channels, decoder_width)
 
     def random_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

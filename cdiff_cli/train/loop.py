@@ -60,23 +60,38 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
 
 
 class EMA:
-    """Exponential moving average of selected float parameters (kept in float32)."""
+    """Exponential moving average of the selected trainable parameters and of the persistent buffers
+    under the same prefixes (float ones kept in float32).
+
+    Float buffers (BatchNorm running mean and variance) are averaged with the same decay as the
+    weights, so that the exported running statistics go with the exported (averaged) weights of a
+    jointly trained encoder; integer buffers (``num_batches_tracked``) follow the live ones.
+    """
 
     def __init__(self, net: torch.nn.Module, prefixes: tuple[str, ...], decay: float) -> None:
         self.decay = decay
         self.params = {n: p for n, p in net.named_parameters() if n.startswith(prefixes) and p.requires_grad}
-        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
+        persistent = set(net.state_dict())
+        self.buffers = {n: b for n, b in net.named_buffers() if n.startswith(prefixes) and n in persistent}
+        self.shadow = {n: t.detach().float().clone() if t.is_floating_point() else t.detach().clone()
+                       for n, t in {**self.params, **self.buffers}.items()}
 
     @torch.no_grad()
     def update(self) -> None:
-        for name, p in self.params.items():
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+        for name, t in {**self.params, **self.buffers}.items():
+            if t.is_floating_point():
+                self.shadow[name].lerp_(t.detach().float(), 1.0 - self.decay)
+            else:
+                self.shadow[name].copy_(t)
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         for name in self.shadow:
-            if name not in state:
+            if name in state:
+                self.shadow[name].copy_(state[name])
+            elif name in self.buffers:  # a checkpoint from before buffers had an EMA: the net's loaded ones
+                self.shadow[name].copy_(self.buffers[name])
+            else:
                 raise CdiffError(f"checkpoint EMA lacks {name}")
-            self.shadow[name].copy_(state[name])
 
     def apply_to(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(state)

@@ -182,7 +182,7 @@ TRAINING_NETS: dict[str, type[nn.Module]] = {"denoise": DiffusionNet, "patch": P
 
 class DiffusionStage:
     name = "diffusion"
-    ema_prefixes: tuple[str, ...] = ("unet.", "encoder.", "ae.")  # EMA keeps only trainable parameters
+    ema_prefixes: tuple[str, ...] = ("unet.", "encoder.", "ae.")  # EMA: the trainable parameters and the buffers
 
     def __init__(self, recipe: Recipe, out_dir: Path, encoder_dir: Path | None) -> None:
         self.recipe, self.out_dir = recipe, out_dir
