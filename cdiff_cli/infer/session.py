@@ -257,7 +257,7 @@ class Session:
 def _analyze_image(model: LoadedModel, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
     from cdiff_cli.data.images2d import foreground_mask, load_image_2d
     from cdiff_cli.infer.maps import grid_maps, read_images
-    from cdiff_cli.infer.natural import analyze_natural_image, is_natural_model
+    from cdiff_cli.natural.infer import analyze_natural_image, is_natural_model
     from cdiff_cli.infer.reconstruct import reconstruct_slices
 
     report(0.15, "reading the image")
@@ -447,7 +447,7 @@ def make_examples(folder: Path, model: LoadedModel) -> list[Path]:
 
 def example_files(model: LoadedModel, cache_dir: Path | None = None, extra_dir: Path | None = None) -> list[Path]:
     """Files under ``extra_dir`` (e.g. ``examples/``) if any, then the generated phantoms."""
-    from cdiff_cli.infer.natural import is_natural_model
+    from cdiff_cli.natural.infer import is_natural_model
 
     found: list[Path] = []
     if extra_dir is not None and extra_dir.is_dir():
@@ -459,7 +459,7 @@ def example_files(model: LoadedModel, cache_dir: Path | None = None, extra_dir: 
                                 Path.home() / ".cache" / "cdiff" / "app-examples")) / key
     make = make_examples
     if is_natural_model(model):  # faces from the CelebA fixture generator, with and without glasses
-        from cdiff_cli.data.synthetic_celeba import example_faces as make  # type: ignore[assignment]
+        from cdiff_cli.natural.synthetic import example_faces as make  # type: ignore[assignment]
     try:
         return found + make(folder, model)
     except (OSError, CdiffError):  # a read-only home: fall back to the temp dir
