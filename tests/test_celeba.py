@@ -398,7 +398,8 @@ def test_evaluate_contrastive(celeba_run: dict[str, Path], capsys: pytest.Captur
 
 def test_app_session_shows_rgb(celeba_run: dict[str, Path]) -> None:
     from cdiff_cli.errors import DataError
-    from cdiff_cli.infer.session import Session, example_files
+    from cdiff_cli.app.examples import example_files
+    from cdiff_cli.app.session import Session
 
     session = Session(str(celeba_run["run"]), "cpu")
     a = session.analyze(str(celeba_run["fixture"] / "img_align_celeba" / "000002.jpg"))

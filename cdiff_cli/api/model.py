@@ -1,6 +1,6 @@
 """``load_model`` and :class:`Model`: the path from an input to its reconstruction, anomaly map
 and boxes, for notebooks and for ``cdiff reconstruct``, ``cdiff localize``, ``cdiff evaluate``
-and ``cdiff benchmark`` alike (the app's session takes the same steps, ``infer/maps.py``).
+and ``cdiff benchmark`` alike, and for the app (``cdiff_cli/app/``).
 
 The path has three stages, each a method, so that command-line pipelines can overlap them
 (read the next input while the network runs): :meth:`Model.read` brings an input onto the
