@@ -131,7 +131,7 @@ def prepare(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
 
                 entry = prepare_ca(source, cfg, tmp, progress)
             elif source.layout in _2D_LAYOUTS:
-                from cdiff_cli.data.images2d import prepare_2d
+                from cdiff_cli.data.store2d import prepare_2d
 
                 result = prepare_2d(source, cfg, tmp)
                 entry = dict(result) if isinstance(result, dict) else {"result": result}
