@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cdiff_cli.infer.postprocess import Box
+
+if TYPE_CHECKING:
+    from cdiff_cli.app.analysis import Analysis
 
 MIN_DISPLAY_SIDE = 384  # small grids are enlarged (nearest) so boxes stay visible
 
@@ -23,7 +27,19 @@ class Rendered:
     total_scores: dict[str, float] = field(default_factory=dict)
 
 
+def panels(analysis: Analysis, index: int, boxes: list[Box]) -> Rendered:
+    """Input, reconstruction and heatmap overlay (with ``boxes``) of slice ``index``, enlarged
+    so that small grids stay legible."""
+    factor = display_factor(analysis.image.shape[1:3])
+    image = upscale(gray(analysis.image[index]), factor)
+    recon = upscale(gray(analysis.recon[index]), factor)
+    heatmap = heat(analysis.image[index], analysis.anomaly[index], analysis.vmax)
+    overlay = draw_boxes(upscale(heatmap, factor), boxes, factor)
+    return Rendered(image, recon, overlay, boxes, analysis.scores(index), analysis.scores())
+
+
 def display_factor(hw: tuple[int, ...]) -> int:
+    """The integer enlargement that brings the longer side to at least ``MIN_DISPLAY_SIDE``."""
     return max(1, int(np.ceil(MIN_DISPLAY_SIDE / max(hw))))
 
 
@@ -46,10 +62,12 @@ def heat(img: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: float = 0
 
 
 def upscale(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement: every pixel stays a crisp block."""
     return rgb if factor == 1 else np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
 def draw_boxes(rgb: np.ndarray, boxes: list[Box], factor: int) -> np.ndarray:
+    """Boxes (in the analysis' pixels) drawn on the enlarged panel, each with its rank and score."""
     from PIL import Image, ImageDraw, ImageFont
 
     if not boxes:

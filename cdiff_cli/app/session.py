@@ -22,7 +22,7 @@ import numpy as np
 
 from cdiff_cli.app.analysis import Analysis, Progress, analyze_image, analyze_volume
 from cdiff_cli.app.examples import IMAGE_SUFFIXES
-from cdiff_cli.app.render import Rendered, display_factor, draw_boxes, gray, heat, upscale
+from cdiff_cli.app.render import Rendered, panels
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.infer.postprocess import boxes_from_map
 
@@ -122,6 +122,7 @@ class Session:
 
     @property
     def model(self) -> Model:
+        """The model, loaded on first use."""
         if self._model is not None:  # no lock: rendering must not wait for a running analysis
             return self._model
         with self._lock:
@@ -188,15 +189,11 @@ class Session:
             return result
 
     def render(self, analysis: Analysis, index: int | None, threshold: float, top_k: int) -> Rendered:
+        """One slice as panels, with its top-k boxes at ``threshold``: no model pass, milliseconds."""
         i = analysis.default_slice if index is None else int(np.clip(int(index), 0, analysis.depth - 1))
         if not 1 <= int(top_k) <= 50:
             raise DataError(f"top-k {top_k}: choose 1 to 50")
         boxes = boxes_from_map(analysis.anomaly[i], threshold, int(top_k), median_size=1, connectivity=4,
                                score=self.model.recipe.localize.score)
-        factor = display_factor(analysis.image.shape[1:3])
-        image = upscale(gray(analysis.image[i]), factor)
-        recon = upscale(gray(analysis.recon[i]), factor)
-        overlay = draw_boxes(upscale(heat(analysis.image[i], analysis.anomaly[i], analysis.vmax), factor),
-                              boxes, factor)
-        return Rendered(image, recon, overlay, boxes, analysis.scores(i), analysis.scores())
+        return panels(analysis, i, boxes)
 

@@ -204,7 +204,8 @@ def read_source_with_splits(source: DataSource) -> tuple[list[SubjectFiles], Spl
     if source.layout == "behrendt":
         return read_behrendt_with_splits(source)
     if source.layout not in READERS:
-        raise DataError(f"layout {source.layout!r} holds 2-D images; it is prepared by cdiff_cli.data.store2d")
+        raise DataError(f"layout {source.layout!r} holds 2-D images; it is prepared by cdiff_cli.data.store2d "
+                        "(images2d.py)")
     files = READERS[source.layout](source)
     published = manifest_splits(files, source.role, Path(source.path)) if source.layout == "manifest" else None
     return files, published
