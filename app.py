@@ -4,7 +4,7 @@ where it differs (the anomaly map), with the top-k anomaly boxes.
 Runs as a Hugging Face Space (``python app.py`` serves on 0.0.0.0:7860, or
 ``GRADIO_SERVER_PORT``). The model is ``CDIFF_MODEL`` (a run directory or a Hub repo id,
 ``USER/NAME[@rev]``), else the bundled ``cdiff_cli/assets/reference``. All inference lives in
-:mod:`cdiff_cli.infer.session`; this file only lays out the page and maps errors to messages.
+:mod:`cdiff_cli.app` (through the Python API); this file only lays out the page and maps errors to messages.
 NOT FOR CLINICAL USE.
 """
 
@@ -19,7 +19,10 @@ from typing import Any, Callable
 import gradio as gr
 
 from cdiff_cli.errors import CdiffError
-from cdiff_cli.infer.session import MAX_UPLOAD_BYTES, Analysis, Rendered, Session, default_model_spec, example_files
+from cdiff_cli.app.analysis import Analysis
+from cdiff_cli.app.examples import example_files
+from cdiff_cli.app.render import Rendered
+from cdiff_cli.app.session import MAX_UPLOAD_BYTES, Session, default_model_spec
 
 log = logging.getLogger("cdiff.app")
 HERE = Path(__file__).resolve().parent
@@ -123,9 +126,9 @@ def build_demo() -> gr.Blocks:
         model_text = SESSION.describe()
         model = SESSION.model
         examples = [str(p) for p in example_files(model, extra_dir=HERE / "examples")]
-        has_cal = "threshold" in model.calibration
-        default_thr = float(model.calibration.get("threshold", model.recipe.localize.threshold
-                                                  if isinstance(model.recipe.localize.threshold, float) else 0.5))
+        has_cal = model.threshold is not None
+        default_thr = float(model.threshold if model.threshold is not None else model.recipe.localize.threshold
+                            if isinstance(model.recipe.localize.threshold, float) else 0.5)
         default_steps = ",".join(map(str, model.recipe.infer.timesteps))
         ready = True
     except CdiffError as e:

@@ -30,9 +30,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def volume_file(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Path:
-    from cdiff_cli.infer.session import make_examples
+    from cdiff_cli.app.examples import make_examples
 
-    return make_examples(tmp_path_factory.mktemp("examples"), tiny.loaded)[1]
+    return make_examples(tmp_path_factory.mktemp("examples"), tiny)[1]
 
 
 def test_docstring_examples_run() -> None:
@@ -58,12 +58,12 @@ def test_readme_python_block_runs_on_what_make_demo_writes(tmp_path: Path, monke
     import matplotlib
     from PIL import Image
 
-    from cdiff_cli.infer.session import _phantom
+    from cdiff_cli.app.examples import phantom
 
     matplotlib.use("Agg")
     images = tmp_path / "demo" / "synthetic" / "NOVA" / "images"
     images.mkdir(parents=True)
-    slice_ = _phantom((120, 100), lesion=True, seed=3).T[::-1]  # (rows, cols) = (100, 120)
+    slice_ = phantom((120, 100), lesion=True, seed=3).T[::-1]  # (rows, cols) = (100, 120)
     Image.fromarray(np.round(slice_ * 255).astype(np.uint8), "L").save(images / "case0001.png")
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_python_block(), "README.md", "exec"), {"__name__": "__main__"})

@@ -189,7 +189,7 @@ def test_bad_uploads_show_a_message_and_the_server_stays_up(client: Any, server:
 
 def test_session_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cdiff_cli.errors import CdiffError, DataError
-    from cdiff_cli.infer import session as S
+    from cdiff_cli.app import session as S
 
     assert S.parse_timesteps(" 250, 500,750 ", 1000) == (250, 500, 750)
     assert S.parse_timesteps("", 1000) is None
@@ -208,17 +208,18 @@ def test_session_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_session_reuses_maps_for_slices_and_settings(tiny_run: Path, tmp_path: Path) -> None:
-    from cdiff_cli.infer import session as S
+    from cdiff_cli.app import session as S
+    from cdiff_cli.app.examples import make_examples
 
     sess = S.Session(str(tiny_run), "cpu")
-    _, nii = S.make_examples(tmp_path, sess.model)
+    _, nii = make_examples(tmp_path, sess.model)
     a = sess.analyze(nii, "250")
     assert a.kind == "volume" and a.image.shape == (8, 32, 32)
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the U-Net ran again")
 
-    sess.model.unet.forward = boom  # type: ignore[method-assign]
+    sess.model.loaded.unet.forward = boom  # type: ignore[method-assign]
     assert sess.analyze(nii, " 250 ") is a  # same content, same noise levels: from the cache
     frames = [sess.render(a, i, thr, k) for i in range(a.depth) for thr, k in ((0.1, 1), (0.5, 5))]
     assert all(f.overlay.shape == (384, 384, 3) for f in frames)

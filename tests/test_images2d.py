@@ -22,10 +22,10 @@ from cdiff_cli.data.images2d import (
     from_model_grid,
     list_images,
     load_image_2d,
-    prepare_2d,
     to_model_grid,
     to_model_input,
 )
+from cdiff_cli.data.store2d import prepare_2d
 from cdiff_cli.errors import DataError
 
 

@@ -1,4 +1,5 @@
-"""Imports only point down the layers (ARCHITECTURE.md), and nothing user-supplied is unpickled."""
+"""Imports only point down the layers (docs/ARCHITECTURE.md), there is no import cycle, and nothing
+user-supplied is unpickled."""
 
 from __future__ import annotations
 
@@ -8,18 +9,35 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cdiff_cli"
 # lower index = lower layer; a module may import its own layer or any layer below it
-LAYERS = ["errors", "fileio", "console", "config", "data", "models", "diffusion", "train", "infer", "api", "eval",
-          "hub", "cli"]
+LAYERS = ["errors", "fileio", "console", "config", "data", "models", "diffusion", "train", "infer", "api", "app",
+          "eval", "hub", "cli"]
+# feature packages: each module keeps the layer of what it does (the natural-image contrastive analysis)
+FEATURE_LAYERS = {
+    "natural": {"attributes": "data", "grid": "data", "store": "data", "synthetic": "data", "infer": "infer",
+                "metrics": "eval", "probes": "eval", "report": "eval", "evaluate": "eval"},
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.parts[-1] == "__init__" else rel.parts)
 
 
 def layer_of(module: str) -> int | None:
     parts = module.split(".")
     if parts[0] != "cdiff_cli" or len(parts) < 2:
         return None
+    if parts[1] in FEATURE_LAYERS:
+        if len(parts) == 2:  # the package itself: a docstring, no imports
+            return 0
+        layer = FEATURE_LAYERS[parts[1]].get(parts[2])
+        return None if layer is None else LAYERS.index(layer)
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else None
 
 
 def imports(path: Path) -> list[str]:
+    """Every absolute import in the file, at module level and inside functions alike;
+    ``from pkg import mod`` counts as an import of ``pkg.mod`` when that is a module."""
     tree = ast.parse(path.read_text())
     found = []
     for node in ast.walk(tree):
@@ -27,14 +45,17 @@ def imports(path: Path) -> list[str]:
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append(node.module)
+            found += [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES]
     return found
+
+
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
 
 
 def test_every_module_belongs_to_a_layer() -> None:
     for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE.parent).with_suffix("")
-        name = ".".join(rel.parts)
-        if name in {"cdiff_cli.__init__", "cdiff_cli.__main__"}:
+        name = module_name(path)
+        if name in {"cdiff_cli", "cdiff_cli.__main__"}:
             continue
         assert layer_of(name) is not None, f"{name} is in no layer of {LAYERS}"
 
@@ -42,8 +63,7 @@ def test_every_module_belongs_to_a_layer() -> None:
 def test_imports_only_point_down() -> None:
     upward = []
     for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE.parent).with_suffix("")
-        name = ".".join(rel.parts)
+        name = module_name(path)
         own = layer_of(name)
         if own is None:
             continue
@@ -52,6 +72,28 @@ def test_imports_only_point_down() -> None:
             if layer is not None and layer > own:
                 upward.append(f"{name} imports {target}")
     assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle() -> None:
+    """No module reaches itself through imports, lazy (function-level) ones included."""
+    graph = {module_name(p): {t for t in imports(p) if t in MODULES and t != module_name(p)}
+             for p in PACKAGE.rglob("*.py")}
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(path[path.index(nxt):] + [node, nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
 def test_no_unpickling_and_safe_yaml() -> None:

@@ -1,6 +1,6 @@
 """``load_model`` and :class:`Model`: the path from an input to its reconstruction, anomaly map
 and boxes, for notebooks and for ``cdiff reconstruct``, ``cdiff localize``, ``cdiff evaluate``
-and ``cdiff benchmark`` alike (the app's session takes the same steps, ``infer/maps.py``).
+and ``cdiff benchmark`` alike, and for the app (``cdiff_cli/app/``).
 
 The path has three stages, each a method, so that command-line pipelines can overlap them
 (read the next input while the network runs): :meth:`Model.read` brings an input onto the
@@ -164,7 +164,7 @@ class Model:
         a nibabel image is a volume, arrays 2-D an image, 3-D a volume, 4-D a batch of images.
         """
         from cdiff_cli.infer.maps import read_input
-        from cdiff_cli.infer.natural import is_natural_model
+        from cdiff_cli.natural.infer import is_natural_model
 
         if is_natural_model(self.loaded):
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "

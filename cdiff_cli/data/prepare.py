@@ -127,11 +127,11 @@ def prepare(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
         for source in cfg.sources:
             tmp = stack.enter_context(atomic_dir(root / source.name))
             if source.layout in CA_LAYOUTS:
-                from cdiff_cli.data.ca_store import prepare_ca
+                from cdiff_cli.natural.store import prepare_ca
 
                 entry = prepare_ca(source, cfg, tmp, progress)
             elif source.layout in _2D_LAYOUTS:
-                from cdiff_cli.data.images2d import prepare_2d
+                from cdiff_cli.data.store2d import prepare_2d
 
                 result = prepare_2d(source, cfg, tmp)
                 entry = dict(result) if isinstance(result, dict) else {"result": result}

@@ -3,8 +3,8 @@
 :func:`read_input` brings a path, a nibabel image or an array onto the model grid exactly as
 ``cdiff prepare`` prepares training data; the network reconstructs ``Input.slices``
 (``infer/reconstruct.py``); :func:`grid_maps` post-processes the residual; and
-``Input.to_input_grid`` maps any result back. The public API (``cdiff_cli/api``) and the app's
-session are built on these three steps, so every entry point gives the same maps.
+``Input.to_input_grid`` maps any result back. The public API (``cdiff_cli/api``) is built on
+these three steps, and the CLI and the app go through it, so every entry point gives the same maps.
 """
 
 from __future__ import annotations

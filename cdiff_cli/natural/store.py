@@ -28,11 +28,11 @@ import torch
 from torch.utils.data import Dataset
 
 from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
-from cdiff_cli.data.attributes import assign_roles, read_table, seeded_splits, target_and_exclude
 from cdiff_cli.data.images2d import load_image_2d
-from cdiff_cli.data.natural import to_natural_input
 from cdiff_cli.errors import DataError
 from cdiff_cli.fileio import write_json
+from cdiff_cli.natural.attributes import assign_roles, read_table, seeded_splits, target_and_exclude
+from cdiff_cli.natural.grid import to_natural_input
 
 log = logging.getLogger(__name__)
 FORMAT = "cdiff-ca2d-store"

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdiff_cli.data.ca_store import CAStore
-from cdiff_cli.eval import ca_metrics as C
-from cdiff_cli.infer.natural import embed
+from cdiff_cli.natural import metrics as C
+from cdiff_cli.natural.infer import embed
+from cdiff_cli.natural.store import CAStore
 
 K = 3
 
