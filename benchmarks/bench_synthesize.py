@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdiff_cli.data.synthetic import PRESETS, synthesize  # noqa: E402
+from cdiff_cli.synthetic.benchmark import PRESETS, synthesize  # noqa: E402
 
 
 def main() -> None:

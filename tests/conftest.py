@@ -92,7 +92,7 @@ def tiny_run(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded synthetic benchmark, tiny preset, generated once per test session."""
-    from cdiff_cli.data.synthetic import synthesize
+    from cdiff_cli.synthetic.benchmark import synthesize
 
     out = tmp_path_factory.mktemp("bench") / "synthetic"
     synthesize(out, seed=0, preset="tiny")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cdiff_cli"
 # lower index = lower layer; a module may import its own layer or any layer below it
-LAYERS = ["errors", "fileio", "console", "config", "data", "models", "diffusion", "train", "infer", "eval",
+LAYERS = ["errors", "fileio", "console", "config", "data", "synthetic", "models", "diffusion", "train", "infer", "eval",
           "hub", "cli"]
 
 

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cdiff_cli.data import synthetic as syn
-from cdiff_cli.data import synthetic_anatomy as anat
-from cdiff_cli.data import synthetic_lesions as les
-from cdiff_cli.data import synthetic_nova as nova
+from cdiff_cli.synthetic import benchmark as syn
+from cdiff_cli.synthetic import anatomy as anat
+from cdiff_cli.synthetic import lesions as les
+from cdiff_cli.synthetic import nova
 from cdiff_cli.errors import CdiffError
 
 

@@ -31,7 +31,7 @@ def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
         return
     if preset not in {"tiny", "small", "default"}:
         raise CdiffError(f"--preset {preset!r}: expected tiny, small, default, celeba or celeba-tiny")
-    from cdiff_cli.data.synthetic import synthesize
+    from cdiff_cli.synthetic.benchmark import synthesize
 
     with console.status(f"synthesizing the {preset} benchmark into {out_dir} ..."):
         summary = synthesize(out_dir, seed=seed, preset=preset)  # type: ignore[arg-type]

@@ -35,9 +35,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cdiff_cli.data import synthetic_anatomy as anat
-from cdiff_cli.data import synthetic_lesions as les
-from cdiff_cli.data import synthetic_nova as nova
+from cdiff_cli.synthetic import anatomy as anat
+from cdiff_cli.synthetic import lesions as les
+from cdiff_cli.synthetic import nova
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.fileio import write_bytes, write_json
 

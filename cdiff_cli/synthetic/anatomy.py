@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cdiff_cli.data.synthetic_lesions import Lesion, burn_in
+from cdiff_cli.synthetic.lesions import Lesion, burn_in
 
 _FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

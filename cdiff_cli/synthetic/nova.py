@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cdiff_cli.data import synthetic_anatomy as anat
-from cdiff_cli.data import synthetic_lesions as les
+from cdiff_cli.synthetic import anatomy as anat
+from cdiff_cli.synthetic import lesions as les
 
 MIN_BOX_PIXELS = 8  # smaller slivers of a lesion cut at its pole get no gold box
 TILE = 192
