@@ -41,6 +41,18 @@ def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
         "preview": out_dir / "preview.png"})
 
 
+def run_fetch_anatomy(only: list[str], force: bool) -> None:
+    from cdiff_cli.synthetic.fetch import fetch
+    from cdiff_cli.synthetic.sources import cache_root
+
+    result = fetch(only or None, force=force, log=info)
+    failed = [k for k, v in result.items() if v.startswith("failed")]
+    if failed:
+        raise CdiffError(f"{len(failed)} of {len(result)} anatomy package(s) failed ({', '.join(failed)}); "
+                         "the others are in " + str(cache_root()))
+    _summary(f"anatomy cache ready in {cache_root()}", {k: v for k, v in result.items()})
+
+
 def run_prepare(recipe_path: Path, overrides: list[str]) -> None:
     recipe = load_recipe(recipe_path, overrides)
     from cdiff_cli.data.prepare import prepare
