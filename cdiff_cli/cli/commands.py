@@ -34,11 +34,13 @@ def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
     from cdiff_cli.synthetic.benchmark import synthesize
 
     with console.status(f"synthesizing the {preset} benchmark into {out_dir} ..."):
-        summary = synthesize(out_dir, seed=seed, preset=preset)  # type: ignore[arg-type]
+        summary = synthesize(out_dir, seed=seed, preset=preset, log=info)  # type: ignore[arg-type]
     counts = summary.get("counts", {})
+    anatomies = summary.get("anatomies", [])
     _summary(f"wrote the synthetic benchmark to {out_dir}", {
-        **{k: v for k, v in counts.items()}, "seconds": summary.get("seconds"),
-        "preview": out_dir / "preview.png"})
+        **{k: v for k, v in counts.items()}, "anatomies": f"{len(anatomies)} ({', '.join(anatomies)})",
+        "seconds": summary.get("seconds"), "preview": out_dir / "preview.png",
+        "one subject per anatomy": out_dir / "anatomies.png"})
 
 
 def run_fetch_anatomy(only: list[str], force: bool) -> None:
