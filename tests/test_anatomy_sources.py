@@ -238,6 +238,9 @@ def test_ms_lesions_point_away_from_the_ventricles():
         g = les._vent_gradient(tpl, m.centre)
         assert abs(m.rot[:, 0] @ g / np.linalg.norm(g)) > 0.99  # long axis along the gradient
         assert m.radii[0] == m.radii.max()
+    d = np.array([2 * np.prod(m.radii) ** (1 / 3) for m in les.place_ms(rng, tpl, 200)])
+    assert d.min() >= 3 - 1e-6 and d.max() <= 15 + 1e-6 and d.min() < 6
+    assert 0.55 < (d >= 10).mean() < 0.8  # most survive the 5x5x5 median on the 2 mm grid
 
 
 # ----------------------------------------------------------------------------- splits
