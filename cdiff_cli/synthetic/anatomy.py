@@ -1,8 +1,9 @@
-"""Synthetic subjects from the MNI152 2009 template that ships inside nilearn (no download).
+"""Synthetic subjects from one anatomy (:mod:`cdiff_cli.synthetic.template`; MNI152 by default).
 
-A subject is the template seen through a random affine (rotation, scale, translation) plus a
-smooth elastic displacement, with a random T2-like contrast (CSF > GM > WM), a smooth bias
-field, noise and, for raw (not skull-stripped) data, a scalp/skull shell around the brain.
+A subject is the anatomy seen through a random affine (rotation, scale, translation) plus a
+smooth elastic displacement, with a random SynthSeg-style T2 contrast (CSF > GM > deep GM >
+WM) or a real averaged image, a smooth bias field, the blur of a random acquired resolution,
+noise and, for raw (not skull-stripped) data, a scalp/skull shell around the brain.
 
 Everything is computed by pulling template values back into an output grid: each output
 voxel is mapped to template coordinates and read with ``torch.nn.functional.grid_sample``
@@ -11,7 +12,7 @@ evaluated at the corners of 4-voxel blocks and interpolated inside them, and onl
 can hold the head are sampled.
 
 Coordinates: "template coordinates" ``c`` are voxel indices of the cropped template in mm
-(the template is 1 mm isotropic, RAS), so ``MNI world = c + Template.origin``.
+(the template is 1 mm isotropic, RAS), so ``world = c + Template.origin`` (MNI-like).
 """
 
 from __future__ import annotations
