@@ -287,9 +287,12 @@ def test_groups_come_from_subjects_json(tmp_path):
     (tmp_path / "subjects.json").write_text(json.dumps(doc))
     assert read_groups([("IXI002", img)], tmp_path / "IXI") == {"IXI002": "cat12"}
     assert read_groups([("IXI002", img)], tmp_path / "elsewhere" / "deeper" / "still") is None
-    (tmp_path / "subjects.json").write_text("{not json")
-    with pytest.raises(DataError):
+    (tmp_path / "subjects.json").write_text('{"format": "cdiff-subjects-v1", "files": []}')
+    with pytest.raises(DataError):  # ours but broken: one line
         read_groups([("IXI002", img)], tmp_path / "IXI")
+    for other in ("{not json", '{"subjects": []}'):  # another tool's file of that name: ignored
+        (tmp_path / "subjects.json").write_text(other)
+        assert read_groups([("IXI002", img)], tmp_path / "IXI") is None
 
 
 def test_synthesize_records_the_anatomy_of_every_file(tiny_benchmark):

@@ -41,11 +41,13 @@ def read_groups(files: Iterable[tuple[str, Path]], source_root: Path) -> dict[st
             continue
         try:
             doc = json.loads(doc_path.read_text(encoding="utf-8"))
-            table = doc["files"] if doc.get("format") == "cdiff-subjects-v1" else None
-        except (OSError, ValueError, KeyError, AttributeError):
-            table = None
+        except (OSError, ValueError):
+            continue  # not ours (another tool's file of that name, or unreadable): no groups from it
+        if not isinstance(doc, dict) or doc.get("format") != "cdiff-subjects-v1":
+            continue
+        table = doc.get("files")
         if not isinstance(table, dict):
-            raise DataError(f"{doc_path} is not a readable subjects.json (cdiff-subjects-v1)")
+            raise DataError(f"{doc_path} (cdiff-subjects-v1) has no 'files' table; rerun `cdiff synthesize`")
         out = {}
         for sid, image in files:
             try:
