@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CDIFF := $(VENV)/bin/cdiff
 
-.PHONY: demo quickstart test install clean-demo
+.PHONY: demo quickstart test install clean-demo anatomy
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+# the anatomies of the synthetic benchmark (once, into $${CDIFF_CACHE:-~/.cache/cdiff}); offline, demo runs with MNI152 only
+anatomy: $(VENV)/.installed
+	-$(CDIFF) fetch-anatomy
+
+demo: $(VENV)/.installed anatomy
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
-quickstart: $(VENV)/.installed
+quickstart: $(VENV)/.installed anatomy
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/quickstart.sh
 
 test: $(VENV)/.installed

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdiff_cli.data.synthetic import PRESETS, synthesize  # noqa: E402
+from cdiff_cli.synthetic.benchmark import PRESETS, synthesize  # noqa: E402
 
 
 def main() -> None:
@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--preset", choices=list(PRESETS), default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="write here instead of a temp dir (kept)")
+    ap.add_argument("--prepare", type=Path, default=None,
+                    help="then time `cdiff prepare` of this recipe (e.g. recipes/quickstart.yaml) on the output")
     args = ap.parse_args()
 
     stages: dict[str, float] = {}
@@ -39,10 +41,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cdiff-bench-") as tmp:
         out = args.keep or Path(tmp) / "synthetic"
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        res = synthesize(out, seed=args.seed, preset=args.preset, progress=progress)
+        res = synthesize(out, seed=args.seed, preset=args.preset, progress=progress, log=print)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        kept = args.keep.parent / f"{args.keep.name}-prepared" if args.keep else Path(tmp) / "prepared"
+        prep = _time_prepare(args.prepare, out, kept) if args.prepare else None
     c = res["counts"]
+    print(f"anatomies: {len(res['anatomies'])} ({', '.join(res['anatomies'])})")
     n3d = c["IXI"] + c["BraTS2021"] + c["MSLUB"]
     print(f"preset={args.preset} counts={c} cores={os.cpu_count()} load_before={load:.2f}")
     writer = res["writer_cpu_seconds"]
@@ -54,6 +59,25 @@ def main() -> None:
         n = c.get(stage)
         per = f"  ({sec / n:.3f} s each)" if n else ""
         print(f"  {stage:10s} {sec:7.1f} s{per}")
+    if prep is not None:
+        print(f"prepare ({args.prepare}): wall {prep[0]:.1f} s   cpu {prep[1]:.1f} s   {prep[2]}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _time_prepare(recipe_path: Path, data: Path, prepared: Path) -> tuple[float, float, str]:
+    """(wall, cpu, volumes per source) of ``cdiff prepare`` with the recipe pointed at ``data``."""
+    from cdiff_cli.config import load_recipe
+    from cdiff_cli.data.prepare import prepare
+
+    folders = {"ixi": "IXI", "brats": "BraTS2021", "mslub": "MSLUB"}
+    base = load_recipe(recipe_path)
+    sets = [f"data.prepared={prepared}"] + [f"data.sources.{i}.path={data / folders[s.layout]}"
+                                           for i, s in enumerate(base.data.sources) if s.layout in folders]
+    recipe = load_recipe(recipe_path, sets)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    summary = prepare(recipe)
+    counts = ", ".join(f"{k} {v.get('volumes')}" for k, v in summary["sources"].items())
+    return time.perf_counter() - wall0, time.process_time() - cpu0, counts
 
 
 if __name__ == "__main__":

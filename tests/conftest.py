@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 
 os.environ.setdefault("CDIFF_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# hermetic anatomy cache: the tests never see a user's fetched anatomies (MNI152 only, from nilearn)
+os.environ["CDIFF_CACHE"] = tempfile.mkdtemp(prefix="cdiff-test-cache-")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -92,7 +95,7 @@ def tiny_run(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded synthetic benchmark, tiny preset, generated once per test session."""
-    from cdiff_cli.data.synthetic import synthesize
+    from cdiff_cli.synthetic.benchmark import synthesize
 
     out = tmp_path_factory.mktemp("bench") / "synthetic"
     synthesize(out, seed=0, preset="tiny")

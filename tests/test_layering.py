@@ -9,8 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cdiff_cli"
 # lower index = lower layer; a module may import its own layer or any layer below it
-LAYERS = ["errors", "fileio", "console", "config", "data", "models", "diffusion", "train", "infer", "api", "app",
-          "eval", "hub", "cli"]
+LAYERS = ["errors", "fileio", "console", "config", "data", "synthetic", "models", "diffusion", "train", "infer",
+          "api", "app", "eval", "hub", "cli"]
 # feature packages: each module keeps the layer of what it does (the natural-image contrastive analysis)
 FEATURE_LAYERS = {
     "natural": {"attributes": "data", "grid": "data", "store": "data", "synthetic": "data", "infer": "infer",

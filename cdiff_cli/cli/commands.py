@@ -31,14 +31,28 @@ def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
         return
     if preset not in {"tiny", "small", "default"}:
         raise CdiffError(f"--preset {preset!r}: expected tiny, small, default, celeba or celeba-tiny")
-    from cdiff_cli.data.synthetic import synthesize
+    from cdiff_cli.synthetic.benchmark import synthesize
 
     with console.status(f"synthesizing the {preset} benchmark into {out_dir} ..."):
-        summary = synthesize(out_dir, seed=seed, preset=preset)  # type: ignore[arg-type]
+        summary = synthesize(out_dir, seed=seed, preset=preset, log=info)  # type: ignore[arg-type]
     counts = summary.get("counts", {})
+    anatomies = summary.get("anatomies", [])
     _summary(f"wrote the synthetic benchmark to {out_dir}", {
-        **{k: v for k, v in counts.items()}, "seconds": summary.get("seconds"),
-        "preview": out_dir / "preview.png"})
+        **{k: v for k, v in counts.items()}, "anatomies": f"{len(anatomies)} ({', '.join(anatomies)})",
+        "seconds": summary.get("seconds"), "preview": out_dir / "preview.png",
+        "one subject per anatomy": out_dir / "anatomies.png"})
+
+
+def run_fetch_anatomy(only: list[str], force: bool) -> None:
+    from cdiff_cli.synthetic.fetch import fetch
+    from cdiff_cli.synthetic.sources import cache_root
+
+    result = fetch(only or None, force=force, log=info)
+    failed = [k for k, v in result.items() if v.startswith("failed")]
+    if failed:
+        raise CdiffError(f"{len(failed)} of {len(result)} anatomy package(s) failed ({', '.join(failed)}); "
+                         "the others are in " + str(cache_root()))
+    _summary(f"anatomy cache ready in {cache_root()}", {k: v for k, v in result.items()})
 
 
 def run_prepare(recipe_path: Path, overrides: list[str]) -> None:

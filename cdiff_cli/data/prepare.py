@@ -24,7 +24,7 @@ from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
 from cdiff_cli.data.nifti import load_volume
 from cdiff_cli.data.preprocess import Prepared, preprocess_volume
 from cdiff_cli.data.readers import SubjectFiles, read_source_with_splits
-from cdiff_cli.data.splits import leakage_summary, make_splits
+from cdiff_cli.data.splits import leakage_summary, make_splits, read_groups
 from cdiff_cli.data.store import StoreWriter, grid_config
 from cdiff_cli.errors import DataError
 from cdiff_cli.fileio import atomic_dir, write_json
@@ -85,7 +85,8 @@ def prepare_source(
     doc = writer.close(header)
 
     ids = [s["id"] for s in writer.subjects]
-    splits = make_splits(ids, source.role, cfg, published=published)
+    groups = read_groups([(f.subject_id, f.image) for f in files], source.path)
+    splits = make_splits(ids, source.role, cfg, published=published, groups=groups)
     leakage = leakage_summary(splits)
     if published is not None:
         splits["leakage"] = leakage  # recomputed on the subjects actually prepared
@@ -104,9 +105,19 @@ def prepare_source(
         "warnings": warnings,
         "published_splits": published is not None,
         "leakage": leakage,
+        "anatomies": _count(groups, ids),
         "splits": splits,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _count(groups: dict[str, str] | None, ids: list[str]) -> dict[str, int]:
+    """Prepared subjects per original brain (synthetic data only)."""
+    out: dict[str, int] = {}
+    for s in ids:
+        if groups and s in groups:
+            out[groups[s]] = out.get(groups[s], 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _read_splits(path: Path) -> dict[str, Any]:

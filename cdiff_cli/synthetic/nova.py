@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cdiff_cli.data import synthetic_anatomy as anat
-from cdiff_cli.data import synthetic_lesions as les
+from cdiff_cli.synthetic import anatomy as anat
+from cdiff_cli.synthetic import lesions as les
 
 MIN_BOX_PIXELS = 8  # smaller slivers of a lesion cut at its pole get no gold box
 TILE = 192
@@ -58,28 +58,44 @@ def _slice_geometry(rng: np.random.Generator, height_mm: float) -> anat.Geometry
     return anat.Geometry(shape, a, anchor=np.zeros(3))
 
 
+_EXTRA = {"wmh": "scattered white matter hyperintensities of presumed small-vessel origin",
+          "haemorrhage": "a hypointense focus compatible with blood products",
+          "lacune": "a small CSF-isointense lacune"}
+
+
 def _caption(rng: np.random.Generator, kind: str, flair: bool, where: tuple[str, str] | None,
-             necrotic: bool) -> str:
+             core: str, extra: list[str]) -> str:
     seq = "FLAIR" if flair else str(rng.choice(["T2-weighted", "T2"]))
+    also = "".join(f"; also {_EXTRA[k]}" for k in extra)
     if kind == "tumour":
         side, lobe = where or ("left", "frontal")
-        core = "centrally necrotic " if necrotic else ""
-        return (f"Axial {seq} image: heterogeneous {core}mass in the {side} {lobe} lobe "
-                "with surrounding vasogenic oedema.")
+        word = {"necrotic": "centrally necrotic ", "cystic": "cystic ", "haemorrhagic": "haemorrhagic "}.get(core, "")
+        return (f"Axial {seq} image: heterogeneous {word}mass in the {side} {lobe} lobe "
+                f"with surrounding vasogenic oedema{also}.")
     if kind == "ms":
         return (f"Axial {seq} image: multiple ovoid periventricular white matter "
-                "hyperintensities, compatible with demyelinating disease.")
+                f"hyperintensities, compatible with demyelinating disease{also}.")
     return f"Axial {seq} image of the brain without focal abnormality."
 
 
-def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int) -> dict:
+def _extras(rng: np.random.Generator, tpl, points: np.ndarray) -> list:
+    """A second pathology now and then (NOVA images often show several)."""
+    if rng.random() >= 0.4:
+        return []
+    kind = str(rng.choice(["wmh", "haemorrhage", "lacune"]))
+    if kind == "wmh":
+        return les.place_wmh(rng, tpl, int(rng.integers(1, 4)), points)
+    return les.place_focal(rng, tpl, kind, points)
+
+
+def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int, anatomy: str = "mni152") -> dict:
     """One NOVA record: 8-bit image (rows, cols), lesion mask, boxes, caption and meta."""
     rng = seed_rng(idx, 0)
     kind = KINDS[idx % 3]
     flair = idx % 7 == 3
-    warp = anat.random_warp(rng)
-    con = anat.random_contrast(rng, skull=True, level=rng.uniform(0.9, 1.1))
-    tpl = anat.template()
+    warp = anat.random_warp(rng, anatomy=anatomy)
+    tpl = anat.template(anatomy)
+    con = anat.random_contrast(rng, skull=True, level=rng.uniform(0.9, 1.1), real=tuple(sorted(tpl.real or ())))
     for _attempt in range(6):
         lo, hi = {"tumour": (-10, 35), "ms": (2, 24), "healthy": (-25, 45)}[kind]
         geom = _slice_geometry(rng, rng.uniform(lo, hi))
@@ -95,6 +111,7 @@ def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int) ->
                     lesions = les.place_ms(rng, tpl, int(rng.integers(3, 13)), points)
             except ValueError:
                 continue
+            lesions += _extras(rng, tpl, points)
             for lesion in lesions:  # cut the lesion off its equator now and then
                 lesion.centre[2] += rng.uniform(-0.35, 0.35) * float(lesion.radii.mean())
         r = anat.render(geom, warp, con, seed_rng(idx, 1 + _attempt), lesions=lesions)
@@ -115,13 +132,15 @@ def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int) ->
                               "height": int(min(max(1, b["height"] + j[3]), image.shape[0] - y)),
                               "source": "rater1"})
     where = les.describe(lesions[0].centre + tpl.origin) if kind == "tumour" else None
-    necrotic = bool(kind == "tumour" and lesions[0].core > 0)
+    core = lesions[0].core_kind if kind == "tumour" and lesions[0].core > 0 else "none"
+    extra = sorted({x.kind for x in lesions if getattr(x, "kind", "ms") != "ms"})
     case = f"case{idx + 1:04d}"
-    meta = {"synthetic": True, "kind": kind, "sequence": "FLAIR" if flair else "T2",
+    meta = {"synthetic": True, "kind": kind, "sequence": "FLAIR" if flair else "T2", "anatomy": anatomy,
+            "contrast": con.real or "synthetic", "pathologies": [kind, *extra] if kind != "healthy" else [],
             "age": int(rng.integers(18, 80)), "sex": str(rng.choice(["F", "M"])),
             "pixel_spacing_mm": round(float(abs(geom.affine[0, 0])), 4)}
     return {"filename": f"syn{idx + 1:04d}.png", "case_id": case, "scan_id": f"{case}_ax",
-            "caption_text": _caption(rng, kind, flair, where, necrotic), "meta": json.dumps(meta, sort_keys=True),
+            "caption_text": _caption(rng, kind, flair, where, core, extra), "meta": json.dumps(meta, sort_keys=True),
             "bboxes": all_boxes, "image": image, "mask": mask, "kind": kind}
 
 
@@ -158,25 +177,26 @@ def csv_bytes(records: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def write_nova(writer, seed_rng: Callable[[int, int], np.random.Generator], n: int, tiles: list,
-               tick: Callable[[str, int, int], None]) -> list[dict]:
-    """Write ``n`` images plus the parquet and CSV annotations; return per-image summaries."""
-    records, infos = [], []
-    for i in range(n):
-        rec = nova_image(seed_rng, i)
-        image, mask, kind = rec.pop("image"), rec.pop("mask"), rec.pop("kind")
-        rec["image_path"] = f"images/{rec['filename']}"
-        writer.put(f"NOVA/{rec['image_path']}", lambda im=image: png_bytes(im))
-        if len(tiles) < 3 and kind != "healthy":
-            tiles.append((image / 255.0, mask, [b for b in rec["bboxes"] if b["source"] == "gold"]))
-        records.append(rec)
-        infos.append({"filename": rec["filename"], "kind": kind,
-                      "gold_boxes": sum(b["source"] == "gold" for b in rec["bboxes"]),
-                      "t2_caption": "T2" in rec["caption_text"]})
-        tick("NOVA", i + 1, n)
+def write_image(writer, seed_rng: Callable[[int, int], np.random.Generator], i: int, anatomy: str,
+                tiles: list) -> tuple[dict, dict]:
+    """Write image ``i``; returns its annotation record and its summary."""
+    rec = nova_image(seed_rng, i, anatomy)
+    image, mask, kind = rec.pop("image"), rec.pop("mask"), rec.pop("kind")
+    rec["image_path"] = f"images/{rec['filename']}"
+    writer.put(f"NOVA/{rec['image_path']}", lambda im=image: png_bytes(im))
+    if len(tiles) < 3 and kind != "healthy":
+        tiles.append((image / 255.0, mask, [b for b in rec["bboxes"] if b["source"] == "gold"]))
+    meta = json.loads(rec["meta"])
+    info = {"filename": rec["filename"], "kind": kind, "anatomy": anatomy, "pathologies": meta["pathologies"],
+            "gold_boxes": sum(b["source"] == "gold" for b in rec["bboxes"]),
+            "t2_caption": "T2" in rec["caption_text"]}
+    return rec, info
+
+
+def write_annotations(writer, records: list[dict]) -> None:
+    """The parquet and CSV annotations of all images (in file order)."""
     writer.put("NOVA/data/nova-v1.parquet", lambda: parquet_bytes(records))
     writer.put("NOVA/data/nova-v1.csv", lambda: csv_bytes(records))
-    return infos
 
 
 # ----------------------------------------------------------------------------- preview
@@ -239,6 +259,24 @@ def preview_png(tiles: dict[str, list]) -> bytes:
         draw.text((pad, y), names[key], fill=(230, 230, 230))
         for c, (image, mask, boxes) in enumerate(tiles[key][:3]):
             sheet.paste(_tile(image, mask, boxes), (pad + c * (TILE + pad), y + label))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def anatomy_png(per_anatomy: dict[str, list]) -> bytes:
+    """One labelled tile per anatomy (its first subject), four to a row."""
+    from PIL import Image, ImageDraw
+
+    names = list(per_anatomy)
+    pad, label, cols = 4, 14, 4
+    rows = max(1, -(-len(names) // cols))
+    sheet = Image.new("RGB", (cols * (TILE + pad) + pad, rows * (TILE + label + pad) + pad), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for k, name in enumerate(names):
+        x, y = pad + (k % cols) * (TILE + pad), pad + (k // cols) * (TILE + label + pad)
+        draw.text((x, y), name, fill=(230, 230, 230))
+        sheet.paste(_tile(*per_anatomy[name][0]), (x, y + label))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return buf.getvalue()

@@ -1,8 +1,9 @@
-"""Synthetic subjects from the MNI152 2009 template that ships inside nilearn (no download).
+"""Synthetic subjects from one anatomy (:mod:`cdiff_cli.synthetic.template`; MNI152 by default).
 
-A subject is the template seen through a random affine (rotation, scale, translation) plus a
-smooth elastic displacement, with a random T2-like contrast (CSF > GM > WM), a smooth bias
-field, noise and, for raw (not skull-stripped) data, a scalp/skull shell around the brain.
+A subject is the anatomy seen through a random affine (rotation, scale, translation) plus a
+smooth elastic displacement, with a random SynthSeg-style T2 contrast (CSF > GM > deep GM >
+WM) or a real averaged image, a smooth bias field, the blur of a random acquired resolution,
+noise and, for raw (not skull-stripped) data, a scalp/skull shell around the brain.
 
 Everything is computed by pulling template values back into an output grid: each output
 voxel is mapped to template coordinates and read with ``torch.nn.functional.grid_sample``
@@ -11,31 +12,27 @@ evaluated at the corners of 4-voxel blocks and interpolated inside them, and onl
 can hold the head are sampled.
 
 Coordinates: "template coordinates" ``c`` are voxel indices of the cropped template in mm
-(the template is 1 mm isotropic, RAS), so ``MNI world = c + Template.origin``.
+(the template is 1 mm isotropic, RAS), so ``world = c + Template.origin`` (MNI-like).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cdiff_cli.data.synthetic_lesions import Lesion, burn_in
+from cdiff_cli.synthetic import template as tp
+from cdiff_cli.synthetic.lesions import Lesion, burn_in
+from cdiff_cli.synthetic.template import Template, _inner, load_mni152, template
 
-_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
-MARGIN = 24  # mm around the brain: room for the shell, and sdist > any reach at the crop edge
-BRAIN_CENTRE_MNI = np.array([0.0, -17.0, 5.0])  # centre of the template brain's bounding box
+__all__ = ["Template", "load_mni152", "template", "Geometry", "Contrast", "Warp", "Rendered", "render"]
+
+MARGIN = tp.MARGIN
+BRAIN_CENTRE_MNI = tp.BRAIN_CENTRE_MNI
 
 
 @dataclass(frozen=True)
@@ -61,151 +58,6 @@ class Geometry:
         return np.sqrt((self.affine[:3, :3] ** 2).sum(0))
 
 
-@dataclass
-class Template:
-    """Cropped, pre-blurred tissue maps (torch, (X, Y, Z)) and 2 mm helper maps (numpy)."""
-
-    gm: torch.Tensor
-    wm: torch.Tensor
-    csf: torch.Tensor
-    mask: torch.Tensor  # brain probability (binary mask, slightly blurred)
-    sdist: torch.Tensor  # signed distance to the brain surface in mm (> 0 outside)
-    origin: np.ndarray  # MNI world of crop voxel (0, 0, 0)
-    depth2: np.ndarray  # 2 mm grid: distance inside the brain (mm), 0 outside
-    ventdist2: np.ndarray  # 2 mm grid: distance to the lateral ventricles (mm)
-    wm2: np.ndarray  # 2 mm grid: WM probability
-    points2: np.ndarray  # template coordinates (N, 3) of the 2 mm nodes inside the brain
-    shell_index: torch.Tensor  # flat indices of voxels that may belong to a scalp/skull shell
-    shell_sdist: torch.Tensor  # their signed distances
-    buffer: torch.Tensor | None = None  # (1, 2, X, Y, Z) sampling source, reused per subject
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.gm.shape)  # type: ignore[return-value]
-
-    def lookup2(self, grid2: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Nearest-neighbour value of a 2 mm helper map at template coordinates ``c`` (N, 3)."""
-        idx = np.clip(np.rint(np.asarray(c) / 2.0).astype(int), 0, np.array(grid2.shape) - 1)
-        return grid2[idx[:, 0], idx[:, 1], idx[:, 2]]
-
-
-def _template_files() -> dict[str, Path] | None:
-    spec = importlib.util.find_spec("nilearn")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    paths = {k: data / v for k, v in _FILES.items()}
-    return paths if all(p.is_file() for p in paths.values()) else None
-
-
-def load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(t1, gm, wm, mask, affine) exactly as nilearn's ``load_mni152_*(resolution=1)`` give them.
-
-    Reads nilearn's bundled files with nibabel (importing ``nilearn.datasets`` costs ~3 s)
-    and applies the same rescaling (divide by max) and mask threshold (t1 > 0.2); falls back
-    to the nilearn functions if the files are not where this nilearn version keeps them.
-    """
-    import nibabel as nib
-
-    paths = _template_files()
-    if paths is not None:
-        imgs = {k: nib.load(p) for k, p in paths.items()}
-        arrs = {k: np.asarray(im.dataobj, dtype=np.float32) for k, im in imgs.items()}
-        arrs = {k: a / a.max() for k, a in arrs.items()}
-        affine = imgs["t1"].affine
-        mask = (arrs["t1"] > 0.2).astype(np.float32)
-        return arrs["t1"], arrs["gm"], arrs["wm"], mask, affine
-    from nilearn import datasets  # another nilearn layout: the (slower) public functions
-
-    imgs = [datasets.load_mni152_template(resolution=1), datasets.load_mni152_gm_template(resolution=1),
-            datasets.load_mni152_wm_template(resolution=1), datasets.load_mni152_brain_mask(resolution=1)]
-    t1, gm, wm, mask = (np.asarray(im.get_fdata(), dtype=np.float32) for im in imgs)
-    return t1, gm, wm, mask, imgs[0].affine
-
-
-@functools.lru_cache(maxsize=1)
-def template() -> Template:
-    """Load, crop (brain bounding box + margin) and prepare the template once per process."""
-    from scipy import ndimage
-
-    _, gm, wm, mask, affine = load_mni152()
-    nz = np.nonzero(mask > 0)
-    lo = np.array([a.min() for a in nz]) - MARGIN
-    hi = np.array([a.max() for a in nz]) + MARGIN + 1
-    pad = [(max(0, -lo[d]), max(0, hi[d] - mask.shape[d])) for d in range(3)]
-    sl = tuple(slice(lo[d] + pad[d][0], hi[d] + pad[d][0]) for d in range(3))
-    crop = lambda a: np.pad(a, pad)[sl]  # noqa: E731
-    gm, wm, mask = (crop(a) for a in (gm, wm, mask))
-    # the T1 threshold leaves some CSF cisterns out of the mask: close it and fill its holes
-    # (at 2 mm: these are coarse fixes and 1 mm morphology costs seconds)
-    m = mask > 0
-    h = ndimage.binary_closing(m[::2, ::2, ::2], iterations=2)
-    h = ndimage.binary_fill_holes(h) | np.stack([ndimage.binary_fill_holes(h[:, :, k])
-                                                 for k in range(h.shape[2])], 2)
-    for d in range(3):
-        h = np.repeat(h, 2, axis=d)
-    mask = (m | h[: m.shape[0], : m.shape[1], : m.shape[2]]).astype(np.float32)
-    origin = affine[:3, 3] + lo  # 1 mm, axis-aligned template
-    inner = _inner(gm.shape)  # everything but the distance map is 0 outside the brain's box
-
-    def t(a: np.ndarray, times: int = 1) -> torch.Tensor:
-        out = torch.zeros(a.shape, dtype=torch.float32)
-        x = torch.from_numpy(np.ascontiguousarray(a[inner], dtype=np.float32))
-        for _ in range(times):
-            x = _blur(x)
-        out[inner] = x
-        return out
-
-    gm, wm, mask_t = t(gm), t(wm), t(mask, 2)  # the mask twice: a smoother brain surface
-    csf = (mask_t - gm - wm).clamp_(0.0, 1.0)  # CSF = clip(mask - GM - WM, 0, 1)
-
-    # 2 mm helper maps (2 mm voxel k = template coordinate 2k): distances are cheap there
-    m2 = mask[::2, ::2, ::2] > 0.5
-    out2 = ndimage.distance_transform_edt(~m2) * 2.0
-    in2 = ndimage.distance_transform_edt(m2) * 2.0
-    sd2 = (out2 - in2 + np.where(m2, 1.0, -1.0)).astype(np.float32)  # boundary at 0
-    csf2 = csf.numpy()[::2, ::2, ::2]
-    wm2 = np.ascontiguousarray(wm.numpy()[::2, ::2, ::2])
-    xyz = np.stack(np.meshgrid(*[np.arange(n) * 2.0 for n in m2.shape], indexing="ij"), -1) + origin
-    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    # lateral ventricles: deep CSF off the midline (which holds the interhemispheric fissure)
-    vent = (csf2 > 0.5) & (in2 > 12) & (np.abs(x) >= 3) & (np.abs(x) < 30) & (y > -50) & (y < 30)
-    vent = ndimage.binary_opening(vent & (z > 0) & (z < 35))
-    comp, n = ndimage.label(vent)
-    sizes = ndimage.sum(vent, comp, range(1, n + 1))
-    vent = np.isin(comp, 1 + np.nonzero(sizes >= 50)[0])
-    ventdist2 = (ndimage.distance_transform_edt(~vent) * 2.0).astype(np.float32)
-    size = tuple(2 * (n - 1) + 1 for n in m2.shape)  # 1 mm lattice through the 2 mm nodes
-    sdist = F.interpolate(torch.from_numpy(sd2)[None, None], size=size, mode="trilinear", align_corners=True)
-    pad = [0, gm.shape[2] - size[2], 0, gm.shape[1] - size[1], 0, gm.shape[0] - size[0]]
-    sdist = F.pad(sdist, pad, mode="replicate")[0, 0].contiguous()
-    shell_index = torch.nonzero(((sdist > -0.6) & (sdist < 18.0)).view(-1))[:, 0]
-    return Template(gm=gm, wm=wm, csf=csf, mask=mask_t, sdist=sdist, origin=origin.astype(np.float64),
-                    depth2=in2.astype(np.float32), ventdist2=ventdist2, wm2=wm2,
-                    points2=np.argwhere(m2).astype(np.float64) * 2.0,
-                    shell_index=shell_index, shell_sdist=sdist.view(-1)[shell_index])
-
-
-def _inner(shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """The brain's bounding box inside the template crop, plus room for the blur's tail."""
-    return tuple(slice(MARGIN - 5, n - MARGIN + 5) for n in shape)
-
-
-def _blur(x: torch.Tensor, sigma: float = 0.6) -> torch.Tensor:
-    """Separable 3-tap Gaussian blur of a (X, Y, Z) tensor (a slight point-spread function)."""
-    side = math.exp(-1.0 / (2 * sigma**2))
-    w0, w1 = 1.0 / (1 + 2 * side), side / (1 + 2 * side)
-    for d in range(3):
-        y = x * w0
-        n = x.shape[d]
-        y.narrow(d, 1, n - 1).add_(x.narrow(d, 0, n - 1), alpha=w1)
-        y.narrow(d, 0, n - 1).add_(x.narrow(d, 1, n - 1), alpha=w1)
-        y.narrow(d, 0, 1).add_(x.narrow(d, 0, 1), alpha=w1)  # replicate the edges
-        y.narrow(d, n - 1, 1).add_(x.narrow(d, n - 1, 1), alpha=w1)
-        x = y
-    return x.contiguous()
-
-
 # ----------------------------------------------------------------------------- subjects
 @dataclass
 class Contrast:
@@ -218,6 +70,9 @@ class Contrast:
     shell: tuple[float, float, float] | None  # (CSF rim, skull, scalp) outer edges in mm
     scalp: float = 0.0
     bias: np.ndarray = field(default_factory=lambda: np.zeros(9))  # log-bias polynomial coeffs
+    deep: float = 0.0  # deep grey matter (between GM and WM in T2)
+    real: str | None = None  # use the anatomy's real averaged image of this name (t2, pd) instead
+    acquired_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in-plane x2 and slice thickness; 0: native
 
 
 @dataclass
@@ -227,28 +82,43 @@ class Warp:
     matrix: np.ndarray  # (3, 3)
     shift: np.ndarray  # (3,) mm
     elastic: torch.Tensor  # (1, 3, a, b, c) displacement in mm on the template crop
+    anatomy: str = "mni152"  # which anatomy (sources.ANATOMIES) the subject is drawn from
 
 
-def random_warp(rng: np.random.Generator, elastic_mm: float = 2.5) -> Warp:
+def random_warp(rng: np.random.Generator, elastic_mm: float = 2.5, anatomy: str = "mni152") -> Warp:
+    """Random rotation, scale, shift and smooth elastic field. Population templates are bigger
+    than most brains (subjects 0-15 % smaller); an individual keeps its size (+-7 %)."""
     from scipy.spatial.transform import Rotation
 
+    from cdiff_cli.synthetic.sources import BY_ID
+
     rot = Rotation.from_euler("xyz", rng.uniform(-5, 5, 3), degrees=True).as_matrix()
-    scale = rng.uniform(1.0, 1.15) * rng.uniform(0.97, 1.03, 3)  # > 1: smaller than MNI152 (a big brain)
+    lo, hi = (1.0, 1.15) if BY_ID[anatomy].template else (0.93, 1.07)
+    scale = rng.uniform(lo, hi) * rng.uniform(0.97, 1.03, 3)  # > 1: smaller than the source
     shift = rng.uniform(-4, 4, 3)
     field_ = rng.normal(0.0, elastic_mm, (1, 3, 5, 6, 5)).clip(-3 * elastic_mm, 3 * elastic_mm)
-    return Warp(rot @ np.diag(scale), shift, torch.from_numpy(field_.astype(np.float32)))
+    return Warp(rot @ np.diag(scale), shift, torch.from_numpy(field_.astype(np.float32)), anatomy)
 
 
-def random_contrast(rng: np.random.Generator, skull: bool, level: float = 1.0) -> Contrast:
+def random_contrast(rng: np.random.Generator, skull: bool, level: float = 1.0, real: tuple[str, ...] = (),
+                    clinical: float = 0.25) -> Contrast:
+    """SynthSeg-style per-class intensities in T2 order (CSF > GM > deep GM > WM) with a wide
+    spread; with ``real`` choices, 35 % of subjects take a real averaged image instead; a
+    ``clinical`` share is acquired with 3-6 mm slices, the rest at 0.9-1.3 mm."""
     wm = rng.uniform(330, 480) * level
-    gm = wm * rng.uniform(1.30, 1.60)
-    csf = gm * rng.uniform(1.55, 2.10)
+    gm = wm * rng.uniform(1.25, 1.70)
+    csf = gm * rng.uniform(1.45, 2.20)
+    deep = wm + (gm - wm) * rng.uniform(0.15, 0.6)
     noise = wm * rng.uniform(0.015, 0.04)
     shell, scalp = None, 0.0
     if skull:  # outer edges (mm from the brain) of the CSF rim, the skull and the scalp
         edges = np.cumsum([rng.uniform(0.8, 2.0), rng.uniform(3.0, 6.0), rng.uniform(3.0, 6.5)])
         shell, scalp = tuple(float(e) for e in edges), gm * rng.uniform(0.8, 1.15)
-    return Contrast(csf, gm, wm, noise, shell, scalp, rng.normal(0.0, 0.07, 9))
+    bias = rng.normal(0.0, 0.07, 9)
+    pick = str(rng.choice(real)) if real and rng.random() < 0.35 else None
+    inplane = float(rng.uniform(0.9, 1.3))
+    thick = float(rng.uniform(3.0, 6.0)) if rng.random() < clinical else float(rng.uniform(0.9, 1.3))
+    return Contrast(csf, gm, wm, noise, shell, scalp, bias, deep, pick, (inplane, inplane, thick))
 
 
 def _norm(c: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -259,7 +129,7 @@ def _norm(c: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
 
 def map_points(warp: Warp, geom: Geometry, vox: np.ndarray) -> torch.Tensor:
     """Output voxel indices (N, 3) -> template coordinates (N, 3) after affine and elastic."""
-    tpl = template()
+    tpl = template(warp.anatomy)
     t64 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
     world = t64(vox) @ t64(geom.affine[:3, :3].T) + t64(geom.affine[:3, 3] - geom.centre_world)
     c = (world @ t64(warp.matrix.T) + t64(BRAIN_CENTRE_MNI + warp.shift - tpl.origin)).float()
@@ -291,19 +161,26 @@ def _bias(coef: np.ndarray, vox: np.ndarray, shape: tuple[int, int, int]) -> np.
     return np.exp(terms @ coef)
 
 
-def contrast_image(con: Contrast, out: torch.Tensor) -> torch.Tensor:
+def contrast_image(con: Contrast, out: torch.Tensor, tpl: Template) -> torch.Tensor:
     """Write the subject's noise-free T2-like image in template space into ``out`` (X, Y, Z).
 
     Only the brain's bounding box and the shell voxels are touched, so ``out`` may hold the
-    previous subject's image: everything outside those stays zero.
+    previous subject's image: everything outside those stays zero. A real averaged image is
+    scaled so that its white matter has the subject's WM intensity.
     """
-    tpl = template()
     flat = out.view(-1)
     flat.index_fill_(0, tpl.shell_index, 0.0)
     box = _inner(tpl.shape)
     img = out[box]
-    torch.mul(tpl.csf[box], con.csf, out=img)
-    img.add_(tpl.gm[box], alpha=con.gm).add_(tpl.wm[box], alpha=con.wm)
+    if con.real is not None and tpl.real and con.real in tpl.real:
+        real = tpl.real[con.real]
+        wm_level = float(real[tpl.wm > 0.9].median())
+        torch.mul(real[box], con.wm / max(wm_level, 1e-6), out=img)
+    else:
+        torch.mul(tpl.csf[box], con.csf, out=img)
+        img.add_(tpl.gm[box], alpha=con.gm).add_(tpl.wm[box], alpha=con.wm)
+        if tpl.deep is not None:
+            img.add_(tpl.deep[box], alpha=con.deep)
     if con.shell is not None:  # only the voxels near the brain surface can be shell
         a, b, c = con.shell
         s = tpl.shell_sdist
@@ -314,21 +191,39 @@ def contrast_image(con: Contrast, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _blur_voxels(con: Contrast, geom: Geometry) -> tuple[float, ...]:
+    """Gaussian sigma (voxels) per output axis that turns the rendered grid's resolution into
+    the acquired one (``con.acquired_mm``: x, y in-plane and z the slice thickness, as FWHM)."""
+    out = []
+    for d, zoom in enumerate(geom.zooms):
+        world = int(np.argmax(np.abs(geom.affine[:3, d])))
+        extra = con.acquired_mm[world] ** 2 - zoom**2
+        out.append(float(np.sqrt(extra) / 2.355 / zoom) if extra > 0 else 0.0)
+    return tuple(out)
+
+
 @dataclass
 class Rendered:
     image: np.ndarray  # float32, output shape; 0 outside the head (or brain when stripped)
     brain: np.ndarray  # bool brain mask
     labels: np.ndarray | None  # uint8 lesion labels (0 = none), or None without lesions
     tissue: dict[str, np.ndarray] | None = None  # deformed gm/wm/csf maps when asked for
-    pending: tuple | None = None  # (noise std, rng, strip) until finish() has run
+    pending: tuple | None = None  # (noise std, rng, strip, blur) until finish() has run
 
     def finish(self) -> Rendered:
-        """Add the noise (folded Gaussian ~ Rician at low SNR) inside the head, then strip
-        the skull if asked; idempotent. Split from ``render`` so another thread can do it."""
+        """Blur to the acquired resolution, add the noise (folded Gaussian ~ Rician at low
+        SNR) inside the head, then strip the skull if asked; idempotent. Split from
+        ``render`` so another thread can do it."""
         if self.pending is not None:
-            sigma, rng, strip = self.pending
+            sigma, rng, strip, blur = self.pending
             self.pending = None
             img = self.image
+            if any(b > 0.25 for b in blur):
+                from scipy import ndimage
+
+                for axis, b in enumerate(blur):
+                    if b > 0.25 and img.shape[axis] > 1:
+                        ndimage.gaussian_filter1d(img, b, axis=axis, output=img, truncate=3.0)
             head = img > 1e-3
             img[head] = np.abs(img[head] + rng.standard_normal(int(head.sum()), dtype=np.float32) * sigma)
             if strip:
@@ -348,7 +243,7 @@ def render(geom: Geometry, warp: Warp, con: Contrast, rng: np.random.Generator, 
     (or brain) are sampled: the signed distance to the brain is 1-Lipschitz, so a block with
     no corner within ``reach`` of the brain holds no head voxel.
     """
-    tpl = template()
+    tpl = template(warp.anatomy)
     shape = geom.shape
     steps = tuple(step if n > 1 else 1 for n in shape)
     nb = tuple(-(-n // st) for n, st in zip(shape, steps))  # blocks per axis
@@ -377,7 +272,7 @@ def render(geom: Geometry, warp: Warp, con: Contrast, rng: np.random.Generator, 
     grid = dense[:3].permute(1, 2, 0)[None, :, :, None]  # (1, M, V, 1, 3); strided is fine
     if tpl.buffer is None:
         tpl.buffer = torch.stack([torch.zeros_like(tpl.csf), tpl.mask])[None]
-    contrast_image(con, out=tpl.buffer[0, 0])
+    contrast_image(con, out=tpl.buffer[0, 0], tpl=tpl)
     out = F.grid_sample(tpl.buffer, grid, align_corners=True)[0, :, :, :, 0]  # (2, M, V)
     out[0].mul_(dense[3])
     bi = tuple(blocks.numpy().T)
@@ -404,5 +299,5 @@ def render(geom: Geometry, warp: Warp, con: Contrast, rng: np.random.Generator, 
     crop = tuple(slice(0, n) for n in shape)
     out = Rendered(np.ascontiguousarray(img[crop]), np.ascontiguousarray(brn[crop]),
                    None if lab is None else np.ascontiguousarray(lab[crop]), maps,
-                   pending=(np.float32(con.noise), rng, strip))
+                   pending=(np.float32(con.noise), rng, strip, _blur_voxels(con, geom)))
     return out.finish() if finish else out

@@ -6,7 +6,9 @@ and can be evaluated on any set of points (a 3-D volume or a single 2-D slice):
 - :class:`Tumour`: a noise-perturbed ellipsoid with a necrotic core (label 1, very bright
   in T2), an enhancing rim (label 4) and surrounding oedema (label 2, bright), plus an
   optional mild mass effect (tissue pushed radially outwards). BraTS labels.
-- :class:`MSLesion`: a small ovoid periventricular white-matter hyperintensity (label 1).
+  The core is necrotic (bright), cystic (CSF-like) or haemorrhagic (T2-dark).
+- :class:`MSLesion`: a focal ovoid lesion (label 1): bright (MS, white-matter
+  hyperintensities), dark (haemorrhage-like) or at CSF intensity (lacune / cyst-like).
 
 Labels are hard thresholds of a normalised radius ``rho`` (< 1 inside); intensities use a
 soft version of the same radius, so edges have partial-volume blending.
@@ -49,7 +51,8 @@ class Tumour:
     amp: float  # boundary irregularity
     mass: float  # mass-effect strength (0: none)
     noise: torch.Tensor  # (1, 4, n, n, n): three boundaries + intensity texture
-    levels: tuple[float, float, float]  # (core x CSF, rim x GM, oedema fraction of CSF - WM)
+    levels: tuple[float, float, float]  # (core x CSF (x WM if haemorrhagic), rim x GM, oedema fraction of CSF - WM)
+    core_kind: str = "necrotic"  # necrotic | cystic | haemorrhagic
 
     @property
     def bound(self) -> float:
@@ -80,7 +83,7 @@ class Tumour:
     def paint(self, img: np.ndarray, w: np.ndarray, con, inside: np.ndarray) -> np.ndarray:
         wo, ws, wc = (w[i] * inside for i in range(3))
         tex = w[3]
-        core = con.csf * self.levels[0] * (1 + 0.04 * tex)
+        core = (con.wm if self.core_kind == "haemorrhagic" else con.csf) * self.levels[0] * (1 + 0.04 * tex)
         rim = con.gm * self.levels[1] * (1 + 0.10 * tex)
         oed = img + (con.csf - con.wm) * self.levels[2] * (1 + 0.15 * tex)
         solid = rim * (1 - wc) + core * wc
@@ -104,7 +107,9 @@ class MSLesion:
     radii: np.ndarray
     amp: float
     noise: torch.Tensor  # (1, 1, n, n, n)
-    level: float  # position between GM and CSF intensity
+    level: float  # bright: position between GM and CSF; dark: x WM; csf: x CSF
+    mode: str = "bright"  # bright | dark | csf
+    kind: str = "ms"  # ms | wmh | haemorrhage | lacune (for summaries and captions)
 
     @property
     def bound(self) -> float:
@@ -118,9 +123,12 @@ class MSLesion:
         return (rho < 1).to(torch.uint8).numpy(), _soft(rho, float(self.radii.mean()))[None].numpy()
 
     def paint(self, img: np.ndarray, w: np.ndarray, con, inside: np.ndarray) -> np.ndarray:
-        target = con.gm + (con.csf - con.gm) * self.level
         wt = w[0] * inside
-        return np.where(img < target, img + wt * (target - img), img).astype(np.float32)
+        if self.mode == "csf":
+            return (img + wt * (con.csf * self.level - img)).astype(np.float32)
+        target = con.wm * self.level if self.mode == "dark" else con.gm + (con.csf - con.gm) * self.level
+        change = (img > target) if self.mode == "dark" else (img < target)
+        return np.where(change, img + wt * (target - img), img).astype(np.float32)
 
     def displace(self, c: torch.Tensor) -> torch.Tensor:
         return c
@@ -173,8 +181,8 @@ def _candidates(tpl, ok, points: np.ndarray | None) -> np.ndarray:
 
 
 def place_tumour(rng: np.random.Generator, tpl, points: np.ndarray | None = None) -> Tumour:
-    """A tumour of outer (oedema) equivalent diameter ~12-48 mm, centred deep in the cerebrum."""
-    outer = rng.uniform(12.0, 48.0)
+    """A tumour of outer (oedema) equivalent diameter 10-60 mm, centred deep in the cerebrum."""
+    outer = rng.uniform(10.0, 60.0)
     oedema = rng.uniform(1.2, 1.7)
     radii = outer / 2 / oedema * rng.uniform(0.85, 1.15, 3)
     radii *= (outer / 2 / oedema) / np.prod(radii) ** (1 / 3)  # keep the equivalent radius
@@ -182,7 +190,10 @@ def place_tumour(rng: np.random.Generator, tpl, points: np.ndarray | None = None
     amp = rng.uniform(0.10, 0.22)
     mass = rng.uniform(0.08, 0.3) if rng.random() < 0.6 else 0.0
     noise = torch.from_numpy(rng.normal(0, 1, (1, 4, 6, 6, 6)).clip(-2, 2).astype(np.float32))
-    levels = (rng.uniform(0.95, 1.2), rng.uniform(1.0, 1.3), rng.uniform(0.35, 0.65))
+    core_kind = str(rng.choice(["necrotic", "cystic", "haemorrhagic"], p=[0.5, 0.25, 0.25]))
+    core_level = {"necrotic": rng.uniform(0.95, 1.2), "cystic": rng.uniform(0.95, 1.02),
+                  "haemorrhagic": rng.uniform(0.25, 0.6)}[core_kind]
+    levels = (core_level, rng.uniform(1.0, 1.3), rng.uniform(0.35, 0.65))
     cerebrum = lambda p: (p + tpl.origin)[:, 2] > -30  # noqa: E731
     need = max(6.0, 0.45 * outer)
     pts = np.empty((0, 3))
@@ -191,26 +202,85 @@ def place_tumour(rng: np.random.Generator, tpl, points: np.ndarray | None = None
         need -= 4.0
     if len(pts) == 0:
         raise ValueError("no room for a tumour in these points")
-    return Tumour(_pick(rng, pts), _rotation(rng), radii, core, oedema, amp, mass, noise, levels)
+    return Tumour(_pick(rng, pts), _rotation(rng), radii, core, oedema, amp, mass, noise, levels, core_kind)
+
+
+def _axis_frame(axis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A rotation whose first column is ``axis`` (the other two random around it)."""
+    u = axis / max(float(np.linalg.norm(axis)), 1e-6)
+    q, _ = np.linalg.qr(np.stack([u, *rng.normal(size=(2, 3))], 1))
+    return q * np.sign(q[:, 0] @ u)
+
+
+def _vent_gradient(tpl, c: np.ndarray) -> np.ndarray:
+    """Direction away from the nearest ventricle at template point ``c`` (central differences, 2 mm)."""
+    e = np.eye(3) * 2.0
+    g = np.array([tpl.lookup2(tpl.ventdist2, (c + e[d])[None])[0] - tpl.lookup2(tpl.ventdist2, (c - e[d])[None])[0]
+                  for d in range(3)])
+    return g if np.linalg.norm(g) > 0 else np.array([1.0, 0.0, 0.0])
+
+
+def _focal(rng: np.random.Generator, c: np.ndarray, rot: np.ndarray, radii: np.ndarray, level: float,
+           mode: str, kind: str) -> MSLesion:
+    noise = torch.from_numpy(rng.normal(0, 1, (1, 1, 4, 4, 4)).clip(-2, 2).astype(np.float32))
+    return MSLesion(c, rot, radii, rng.uniform(0.05, 0.15), noise, level, mode, kind)
 
 
 def place_ms(rng: np.random.Generator, tpl, count: int, points: np.ndarray | None = None) -> list[MSLesion]:
-    """``count`` periventricular white-matter lesions of equivalent diameter 3-10 mm."""
+    """``count`` periventricular white-matter ovoids of equivalent diameter 3-15 mm whose long
+    axis points away from the ventricle (perpendicular to its wall, Dawson's fingers).
+
+    Sizes lean to the upper half (d = 3 + 12 sqrt(u), median 11.5 mm): on the protocol's 2 mm
+    grid a 5x5x5 median filter removes anything under about 10 mm even from a perfect map,
+    so two thirds of the lesions are sized to survive it and a third test the small end."""
     base = _candidates(tpl, lambda p: (tpl.lookup2(tpl.wm2, p) > 0.6) & (tpl.lookup2(tpl.ventdist2, p) <= 16),
                        points)
     vent, depth = tpl.lookup2(tpl.ventdist2, base), tpl.lookup2(tpl.depth2, base)
     out = []
     for _ in range(count):
-        r = rng.uniform(3.0, 10.0) / 2
-        radii = r * np.array([rng.uniform(1.0, 1.6), 1.0, rng.uniform(0.7, 1.0)])
+        r = (3.0 + 12.0 * np.sqrt(rng.random())) / 2
+        radii = r * np.array([rng.uniform(1.3, 2.0), 1.0, rng.uniform(0.7, 1.0)])
         radii *= r / np.prod(radii) ** (1 / 3)
         pts = base[(vent >= r + 1) & (vent <= r + 10) & (depth >= r + 4)]
         if len(pts) == 0:
             continue
-        noise = torch.from_numpy(rng.normal(0, 1, (1, 1, 4, 4, 4)).clip(-2, 2).astype(np.float32))
-        out.append(MSLesion(_pick(rng, pts), _rotation(rng), radii, rng.uniform(0.05, 0.15), noise,
-                            rng.uniform(0.25, 0.6)))
+        c = _pick(rng, pts)
+        out.append(_focal(rng, c, _axis_frame(_vent_gradient(tpl, c), rng), radii, rng.uniform(0.25, 0.6),
+                          "bright", "ms"))
     return out
+
+
+def place_wmh(rng: np.random.Generator, tpl, count: int, points: np.ndarray | None = None) -> list[MSLesion]:
+    """White-matter hyperintensities: flat periventricular caps along the ventricle wall
+    (8-20 mm) or punctate deep foci (3-6 mm), fainter than MS lesions."""
+    base = _candidates(tpl, lambda p: tpl.lookup2(tpl.wm2, p) > 0.5, points)
+    vent, depth = tpl.lookup2(tpl.ventdist2, base), tpl.lookup2(tpl.depth2, base)
+    out = []
+    for _ in range(count):
+        cap = rng.random() < 0.5
+        r = rng.uniform(4.0, 10.0) if cap else rng.uniform(1.5, 3.0)
+        pts = base[(vent >= 2) & (vent <= 8) & (depth >= r + 3)] if cap else base[(vent > 10) & (depth >= 8)]
+        if len(pts) == 0:
+            continue
+        c = _pick(rng, pts)
+        radii = np.array([0.45, 1.3, 1.3]) * r if cap else np.array([1.0, 1.0, 1.0]) * r
+        rot = _axis_frame(_vent_gradient(tpl, c), rng)  # the short axis away from the ventricle
+        out.append(_focal(rng, c, rot, radii, rng.uniform(0.1, 0.4), "bright", "wmh"))
+    return out
+
+
+def place_focal(rng: np.random.Generator, tpl, kind: str, points: np.ndarray | None = None) -> list[MSLesion]:
+    """One haemorrhage-like (T2-dark, 5-25 mm) or lacune / cyst-like (CSF intensity, 3-15 mm)
+    lesion in white or deep grey matter; [] where it does not fit."""
+    d = rng.uniform(5.0, 25.0) if kind == "haemorrhage" else rng.uniform(3.0, 15.0)
+    r = d / 2
+    pts = _candidates(tpl, lambda p: (tpl.lookup2(tpl.depth2, p) >= r + 6) & (tpl.lookup2(tpl.wm2, p) > 0.3), points)
+    if len(pts) == 0:
+        return []
+    radii = r * rng.uniform(0.85, 1.15, 3)
+    radii *= r / np.prod(radii) ** (1 / 3)
+    mode, level = ("dark", rng.uniform(0.25, 0.6)) if kind == "haemorrhage" else ("csf", rng.uniform(0.92, 1.0))
+    return [_focal(rng, _pick(rng, pts), _rotation(rng), radii, level, mode, kind)]
 
 
 def describe(centre_mni: np.ndarray) -> tuple[str, str]:

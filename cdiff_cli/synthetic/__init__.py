@@ -1,0 +1,1 @@
+"""The embedded synthetic brain-MRI benchmark (``cdiff synthesize``): anatomy, lesions, NOVA-like images."""
