@@ -20,6 +20,7 @@ from cdiff_cli.synthetic import anatomy as anat
 from cdiff_cli.synthetic import lesions as les
 from cdiff_cli.synthetic import nova
 from cdiff_cli.synthetic import template as tmpl
+from cdiff_cli.synthetic import sources
 from cdiff_cli.errors import CdiffError
 
 
@@ -272,9 +273,9 @@ def test_rerun_removes_only_our_stale_files(tmp_path):
 
 def test_template_fast_path_matches_nilearn(monkeypatch):
     """The bundled files read with nibabel == nilearn's load_mni152_*(resolution=1) functions."""
-    fast = tmpl.load_mni152()
-    monkeypatch.setattr(tmpl, "_template_files", lambda: None)  # force the nilearn functions
-    slow = tmpl.load_mni152()
+    fast = sources.load_mni152()
+    monkeypatch.setattr(sources, "_template_files", lambda: None)  # force the nilearn functions
+    slow = sources.load_mni152()
     for a, b in zip(fast, slow):
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-6)
     t1, gm, wm, mask, _ = fast

@@ -9,12 +9,26 @@ the one-hot class maps before they are sampled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from cdiff_cli.synthetic.sources import Maps
+CLASSES = ("csf", "gm", "deep", "wm")  # tissue classes every reader returns, T2: csf > gm > deep > wm
+
+
+@dataclass
+class Maps:
+    """One anatomy as tissue probabilities on a 1 mm RAS grid (``affine`` diagonal 1).
+
+    ``mask`` is the brain; ``vent`` the ventricles (for periventricular lesions);
+    ``real`` holds real averaged images on the same grid (e.g. SPM's avg152T2) if any.
+    """
+
+    classes: dict[str, np.ndarray]  # CLASSES -> float32 in [0, 1]
+    mask: np.ndarray  # bool
+    affine: np.ndarray
+    vent: np.ndarray | None = None
+    real: dict[str, np.ndarray] | None = None
 
 
 def to_ras_1mm(arrays: Sequence[np.ndarray], affine: np.ndarray, order: int) -> list:
@@ -138,9 +152,8 @@ def dk_table(rows: Sequence[dict]) -> dict[int, str]:
 
 # ----------------------------------------------------------------------------- maps
 def maps_from_labels(labels: np.ndarray, affine: np.ndarray, table: dict[int, str]) -> Maps:
-    """A whole-brain label map -> :class:`~cdiff_cli.synthetic.sources.Maps`; brain voxels
+    """A whole-brain label map -> :class:`Maps`; brain voxels
     without a label (sulci, cisterns) are CSF."""
-    from cdiff_cli.synthetic.sources import Maps  # noqa: F811 (sources imports this module)
 
     labels, ras = to_ras_1mm([np.asarray(labels).astype(np.int32)], affine, order=0)
     lut = np.zeros(int(labels.max()) + 1, np.uint8)  # 0 none, 1 csf, 2 gm, 3 deep, 4 wm, 5 vent
@@ -166,7 +179,6 @@ def maps_from_cortical_labels(labels: np.ndarray, affine: np.ndarray, table: dic
     """
     from scipy import ndimage
 
-    from cdiff_cli.synthetic.sources import Maps  # noqa: F811
 
     labels, ras = to_ras_1mm([np.asarray(labels).astype(np.int32)], affine, order=0)
     gm = np.isin(labels, [v for v, c in table.items() if c == "gm"])

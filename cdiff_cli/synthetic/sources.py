@@ -14,6 +14,7 @@ A path inside a zip inside the wheel (SPM's ``_spm.ctf`` is a plain zip) reads
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cdiff_cli.synthetic import labels as lab
-
-CLASSES = ("csf", "gm", "deep", "wm")  # tissue classes every reader returns, T2: csf > gm > deep > wm
+from cdiff_cli.synthetic.labels import CLASSES, Maps  # noqa: F401 (CLASSES re-exported)
 
 
 @dataclass(frozen=True)
@@ -42,21 +42,6 @@ class Package:
     def local(self, member: str) -> str:
         """The member's path relative to the package's cache folder."""
         return member.split("::")[-1]
-
-
-@dataclass
-class Maps:
-    """One anatomy as tissue probabilities on a 1 mm RAS grid (``affine`` diagonal 1).
-
-    ``mask`` is the brain; ``vent`` the ventricles (for periventricular lesions);
-    ``real`` holds real averaged images on the same grid (e.g. SPM's avg152T2) if any.
-    """
-
-    classes: dict[str, np.ndarray]  # CLASSES -> float32 in [0, 1]
-    mask: np.ndarray  # bool
-    affine: np.ndarray
-    vent: np.ndarray | None = None
-    real: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +69,49 @@ def _nib_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj), img.affine
 
 
+_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+def _template_files() -> dict[str, Path] | None:
+    spec = importlib.util.find_spec("nilearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    paths = {k: data / v for k, v in _FILES.items()}
+    return paths if all(p.is_file() for p in paths.values()) else None
+
+
+def load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(t1, gm, wm, mask, affine) exactly as nilearn's ``load_mni152_*(resolution=1)`` give them.
+
+    Reads nilearn's bundled files with nibabel (importing ``nilearn.datasets`` costs ~3 s)
+    and applies the same rescaling (divide by max) and mask threshold (t1 > 0.2); falls back
+    to the nilearn functions if the files are not where this nilearn version keeps them.
+    """
+    import nibabel as nib
+
+    paths = _template_files()
+    if paths is not None:
+        imgs = {k: nib.load(p) for k, p in paths.items()}
+        arrs = {k: np.asarray(im.dataobj, dtype=np.float32) for k, im in imgs.items()}
+        arrs = {k: a / a.max() for k, a in arrs.items()}
+        affine = imgs["t1"].affine
+        mask = (arrs["t1"] > 0.2).astype(np.float32)
+        return arrs["t1"], arrs["gm"], arrs["wm"], mask, affine
+    from nilearn import datasets  # another nilearn layout: the (slower) public functions
+
+    imgs = [datasets.load_mni152_template(resolution=1), datasets.load_mni152_gm_template(resolution=1),
+            datasets.load_mni152_wm_template(resolution=1), datasets.load_mni152_brain_mask(resolution=1)]
+    t1, gm, wm, mask = (np.asarray(im.get_fdata(), dtype=np.float32) for im in imgs)
+    return t1, gm, wm, mask, imgs[0].affine
+
+
 def read_mni152(_root: Path | None = None) -> Maps:
     """nilearn's MNI152 2009a GM/WM maps; CSF is the rest of the (T1 > 0.2, closed) brain."""
-    from cdiff_cli.synthetic.template import load_mni152
-
     _, gm, wm, mask, affine = load_mni152()
     gm, wm, mask, affine = lab.to_ras_1mm([gm, wm, mask], affine, order=1)
     brain = lab.close_brain(mask > 0.5)

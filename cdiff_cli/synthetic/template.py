@@ -9,7 +9,6 @@ does, which keeps the MNI-based rules (ventricle box, lobes, cerebrum) roughly v
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,8 @@ import torch.nn.functional as F
 
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.synthetic import sources as src
+from cdiff_cli.synthetic.sources import load_mni152  # noqa: F401 (re-exported)
 
-_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
 MARGIN = 24  # mm around the brain: room for the shell, and sdist > any reach at the crop edge
 BRAIN_CENTRE_MNI = np.array([0.0, -17.0, 5.0])  # centre of the MNI152 brain's bounding box
 
@@ -59,40 +54,6 @@ class Template:
         """Nearest-neighbour value of a 2 mm helper map at template coordinates ``c`` (N, 3)."""
         idx = np.clip(np.rint(np.asarray(c) / 2.0).astype(int), 0, np.array(grid2.shape) - 1)
         return grid2[idx[:, 0], idx[:, 1], idx[:, 2]]
-
-
-def _template_files() -> dict[str, Path] | None:
-    spec = importlib.util.find_spec("nilearn")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    paths = {k: data / v for k, v in _FILES.items()}
-    return paths if all(p.is_file() for p in paths.values()) else None
-
-
-def load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(t1, gm, wm, mask, affine) exactly as nilearn's ``load_mni152_*(resolution=1)`` give them.
-
-    Reads nilearn's bundled files with nibabel (importing ``nilearn.datasets`` costs ~3 s)
-    and applies the same rescaling (divide by max) and mask threshold (t1 > 0.2); falls back
-    to the nilearn functions if the files are not where this nilearn version keeps them.
-    """
-    import nibabel as nib
-
-    paths = _template_files()
-    if paths is not None:
-        imgs = {k: nib.load(p) for k, p in paths.items()}
-        arrs = {k: np.asarray(im.dataobj, dtype=np.float32) for k, im in imgs.items()}
-        arrs = {k: a / a.max() for k, a in arrs.items()}
-        affine = imgs["t1"].affine
-        mask = (arrs["t1"] > 0.2).astype(np.float32)
-        return arrs["t1"], arrs["gm"], arrs["wm"], mask, affine
-    from nilearn import datasets  # another nilearn layout: the (slower) public functions
-
-    imgs = [datasets.load_mni152_template(resolution=1), datasets.load_mni152_gm_template(resolution=1),
-            datasets.load_mni152_wm_template(resolution=1), datasets.load_mni152_brain_mask(resolution=1)]
-    t1, gm, wm, mask = (np.asarray(im.get_fdata(), dtype=np.float32) for im in imgs)
-    return t1, gm, wm, mask, imgs[0].affine
 
 
 def read_maps(anatomy_id: str, root: Path | None = None) -> src.Maps:
