@@ -161,6 +161,12 @@ def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> Loa
         load_into(encoder, enc, where)
         encoder.to(device).eval()
     unet.to(device).eval()
+    if recipe.infer.threads:
+        torch.set_num_threads(recipe.infer.threads)
+    if recipe.infer.channels_last:  # speed only: the same weights in NHWC memory format
+        for net in (unet, encoder):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
     calibration: dict[str, Any] = {}
     cal = folder / "calibration.json"
     if cal.is_file():
