@@ -69,3 +69,12 @@ def test_inference_channels_last_gives_the_same_maps(tiny_run: Path) -> None:
     assert next(p for p in model.unet.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
     assert torch.get_num_threads() == 1
     assert np.abs(reconstruct_slices(model, x, seed=1) - ref).max() < 1e-4
+
+
+def test_bf16_autocast_on_the_cpu_only_when_asked() -> None:
+    from cdiff_cli.train.loop import autocast_for
+
+    cpu = torch.device("cpu")
+    for amp, expect in (("bf16", torch.bfloat16), ("auto", torch.float32), ("off", torch.float32)):
+        with autocast_for(cpu, amp):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == expect

@@ -48,9 +48,10 @@ class TrainingInterrupted(CdiffError):
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (``auto`` or ``bf16``); full precision on the CPU."""
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); on the CPU only when asked (``bf16``): whether it
+    is faster there depends on the processor (benchmarks/bench_train.py measures it)."""
+    if (device.type == "cuda" and amp in ("auto", "bf16")) or (device.type == "cpu" and amp == "bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
