@@ -25,9 +25,16 @@ main() {
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   PY=${GPU_PYTHON:-python3}
   if [ "$DRY" != 1 ]; then  # (a) the image's torch (no registry is reachable there) + this working tree
-    "$PY" -m venv --system-site-packages "$WORK/venv" && PY=$WORK/venv/bin/python || return 1
-    if [ -d .whl ]; then "$PY" -m pip install -q --no-index --no-deps .whl/*.whl || return 1; fi
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
+    VPY=$WORK/venv/bin/python
+    if "$PY" -m venv --system-site-packages "$WORK/venv" && "$VPY" -c "import torch" 2>/dev/null \
+       && { [ ! -d .whl ] || "$VPY" -m pip install -q --no-index --no-deps .whl/*.whl; } \
+       && "$VPY" -m pip install -q --no-index --no-deps --no-build-isolation -e .; then
+      PY=$VPY
+    else  # the image's python may itself be a venv, whose packages a new venv does not see
+      say "no venv with the image's torch: the wheels go to $WORK/site, the working tree on PYTHONPATH"
+      if [ -d .whl ]; then "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl; fi
+      export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    fi
   fi
   "$PY" -c "import cdiff_cli.config, cdiff_cli.data.nifti, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     || { say "missing packages: carry .whl (benchmarks/GPU.md)"; return 1; }
