@@ -245,6 +245,10 @@ class TrainConfig(Section):
     ckpt_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
     num_workers: int = Field(0, ge=0)
+    # speed only (weights, checkpoints and numbers unchanged); benchmarks/bench_train.py measures each
+    channels_last: bool = False  # NHWC memory format: faster for large U-Nets, slower for ResNet-18 on a CPU
+    compile: bool = False  # torch.compile the U-Net / encoder in place: pays off only on long runs
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default (one per core)
 
 
 def _encoder_train_defaults() -> TrainConfig:
@@ -256,6 +260,8 @@ class InferConfig(Section):
     batch_size: int = Field(32, ge=1)
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: bool = False  # NHWC memory format of the networks (speed only; benchmarks/bench_infer.py)
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default (one per core)
 
 
 class EvalConfig(Section):

@@ -139,3 +139,13 @@ def test_identity_affine_and_flip() -> None:
     flipped = [torch.allclose(flips[i], x[i].flip(-1), atol=1e-5) for i in range(8)]
     assert all(k or f for k, f in zip(kept, flipped)) and any(kept) and any(flipped)
     assert (train_augment(x, rotate_deg=0.0, scale=0.0, translate=0.0) - x).abs().max() < 1e-5  # no flip by default
+
+
+def test_eps_info_nce_is_float32_under_bf16_autocast() -> None:
+    """bf16 autocast (the CUDA default) must not quantise the temperature-scaled similarities."""
+    z1, z2 = (t.float() for t in _pairs(32, 128, seed=3))
+    full = eps_info_nce(z1, z2, eps=0.5, temperature=0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = eps_info_nce(z1, z2, eps=0.5, temperature=0.07)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(full.item(), abs=1e-4)

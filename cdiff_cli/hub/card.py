@@ -221,7 +221,8 @@ def _results(eval_metrics: dict[str, Any] | None, localize_metrics: dict[str, An
     parts: list[str] = []
     sets = (eval_metrics or {}).get("sets") or {}
     if sets:
-        folds = len((eval_metrics or {}).get("folds") or []) or 1
+        n_folds = (eval_metrics or {}).get("folds") or 1  # `cdiff evaluate` writes a count (older files: a list)
+        folds = n_folds if isinstance(n_folds, int) else len(n_folds) or 1
         parts.append(f"Segmentation on the test splits (volumes on the prepared grid; "
                      f"{'mean ± std over ' + str(folds) + ' folds' if folds > 1 else 'one fold'}; "
                      f"Dice at the threshold chosen on the validation split, "

@@ -112,7 +112,10 @@ def collect(run_dir: Path, repo_id: str) -> UploadFolder:
     missing = [rel for rel, src in required if not src.is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} is incomplete: missing {', '.join(missing)}")
-    _check_weights(diffusion / "model.safetensors", (spec.network, "encoder") if spec.needs_encoder else (spec.network,))
+    # a frozen encoder may be stored once, as the stage-1 file (infer/model.py): the bundled reference does
+    shared = spec.needs_encoder and not recipe.encoder.trainable_in_diffusion
+    _check_weights(diffusion / "model.safetensors",
+                   (spec.network, "encoder") if spec.needs_encoder and not shared else (spec.network,))
     if spec.needs_encoder:
         _check_weights(run_dir / "encoder" / "model.safetensors", ())  # readable safetensors, never a pickle
     try:

@@ -4,6 +4,10 @@ A model folder holds ``diffusion/model.safetensors`` (the U-Net as ``unet.*`` or
 ``ae`` baseline, the autoencoder as ``ae.*``, and for methods with an encoder (cdiff, cddpm)
 the encoder as ``encoder.*``), ``diffusion/config.json`` (the resolved recipe) and, once
 calibrated, ``diffusion/calibration.json``. Weights are read only from safetensors.
+
+A bundle whose encoder stayed frozen in stage 2 may store it once, in ``encoder/model.safetensors``
+(the stage-1 file, identical to the frozen copy), and leave it out of the diffusion file: the
+bundled reference model does, to stay small.
 """
 
 from __future__ import annotations
@@ -102,6 +106,21 @@ def _from_hub(spec: str) -> Path:
         ) from e
 
 
+def _shared_encoder(root: Path, spec: str | os.PathLike[str] | None) -> Path:
+    """``encoder/model.safetensors`` of a bundle that stores its frozen encoder only there."""
+    path = root / "encoder" / "model.safetensors"
+    if not path.is_file() and spec is not None and not Path(spec).exists() and HUB_ID.match(str(spec)):
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = str(spec).partition("@")
+        try:
+            return Path(hf_hub_download(repo_id, "encoder/model.safetensors", revision=revision or None))
+        except Exception as e:  # offline, missing file, network: one line
+            raise CheckpointError(f"{spec}: the frozen encoder encoder/model.safetensors could not be fetched "
+                                  f"({type(e).__name__})") from e
+    return path
+
+
 def read_config(folder: Path) -> Recipe:
     path = folder / "config.json"
     if not path.is_file():
@@ -136,9 +155,18 @@ def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> Loa
     weights = load_weights(folder / "model.safetensors")
     load_into(unet, split_prefixed(weights, method.network), f"{folder} ({method.network})")
     if encoder is not None:
-        load_into(encoder, split_prefixed(weights, "encoder"), f"{folder} (encoder)")
+        enc, where = split_prefixed(weights, "encoder"), f"{folder} (encoder)"
+        if not enc and not recipe.encoder.trainable_in_diffusion:  # stored once, as the stage-1 file
+            enc, where = load_weights(_shared_encoder(root, spec)), f"{root / 'encoder'} (frozen encoder)"
+        load_into(encoder, enc, where)
         encoder.to(device).eval()
     unet.to(device).eval()
+    if recipe.infer.threads:
+        torch.set_num_threads(recipe.infer.threads)
+    if recipe.infer.channels_last:  # speed only: the same weights in NHWC memory format
+        for net in (unet, encoder):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
     calibration: dict[str, Any] = {}
     cal = folder / "calibration.json"
     if cal.is_file():

@@ -129,7 +129,8 @@ def save_checkpoint(
         for stale in ckpt_root.glob(f".{STEP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final) as tmp:
-        save_file({k: v.detach().cpu().clone() for k, v in prefixed(modules).items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format)  # channels_last: refused
+                   for k, v in prefixed(modules).items()}, str(tmp / "model.safetensors"))
         if ema:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         opt_tensors, opt_meta = optimizer_to_files(optimizer)

@@ -48,10 +48,29 @@ class TrainingInterrupted(CdiffError):
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (``auto`` or ``bf16``); full precision on the CPU."""
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); on the CPU only when asked (``bf16``): whether it
+    is faster there depends on the processor (benchmarks/bench_train.py measures it)."""
+    if (device.type == "cuda" and amp in ("auto", "bf16")) or (device.type == "cpu" and amp == "bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def speed_up(net: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Apply the recipe's speed options to a stage net in place (weights and results unchanged).
+
+    Only the ``unet`` / ``encoder`` / ``ae`` submodules are compiled, in place (``Module.compile``,
+    so parameter names stay as they are): compiling the whole stage net returned a loss without
+    grad in torch 2.14.1. Checkpoints are written contiguous, so channels_last weights save too.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)  # 4-D weights only; the rest is unchanged
+    if cfg.compile:
+        for name in ("unet", "encoder", "ae"):
+            module = getattr(net, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.compile()
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -229,6 +248,7 @@ def fit(
     """
     net = stage.net.to(device)
     net.train()
+    speed_up(net, cfg)
     ckpt_root = out_dir / "checkpoints"
     per_step = cfg.batch_size * dist_info.world_size * cfg.grad_accum
     n_batches = len(train_ds) // (cfg.batch_size * dist_info.world_size)

@@ -21,14 +21,17 @@ def eps_info_nce(z1: torch.Tensor, z2: torch.Tensor, eps: float = 0.5, temperatu
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"eps_info_nce: expected two (B, D) tensors, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)  # (2B, D)
-    sim = z @ z.T / temperature  # (2B, 2B)
-    idx = torch.arange(2 * b, device=z.device)
-    pos = (idx + b) % (2 * b)  # (2B,) the pair of each view
-    s_pos = sim[idx, pos]  # (2B,)
-    logits = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-    logits = logits.index_put((idx, pos), s_pos - eps)  # the positive enters the denominator with the margin
-    return (torch.logsumexp(logits, dim=1) - s_pos).mean()
+    # float32 even under bf16 autocast: the similarities are divided by a small temperature, and bf16's
+    # 8-bit mantissa would quantise the loss (-0.5000 for fp32's -0.4997) and make the training curve drift
+    with torch.autocast(z1.device.type, enabled=False):
+        z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)  # (2B, D)
+        sim = z @ z.T / temperature  # (2B, 2B)
+        idx = torch.arange(2 * b, device=z.device)
+        pos = (idx + b) % (2 * b)  # (2B,) the pair of each view
+        s_pos = sim[idx, pos]  # (2B,)
+        logits = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+        logits = logits.index_put((idx, pos), s_pos - eps)  # the positive enters the denominator with the margin
+        return (torch.logsumexp(logits, dim=1) - s_pos).mean()
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, kind: Literal["l1", "l2"] = "l1") -> torch.Tensor:

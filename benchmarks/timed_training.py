@@ -1,0 +1,162 @@
+"""Training for a wall-clock budget and scoring on the validation split, with the project's own functions.
+
+Shared by ``scaling.py`` (every configuration gets the same seconds) and ``gpu_train.py`` (the
+prepared GPU run). A stage trains through ``cdiff_cli.train.run.train_stage``; when its seconds
+are spent, a timer asks the loop to stop exactly as Ctrl-C does (a checkpoint at the step
+boundary), and the stage is then resumed with ``steps`` set to the step it reached, which
+exports the model without another step: ``cdiff train-* --resume`` with ``*.steps=N`` would do
+the same. The seconds spent per stage are kept in ``RUN/timing.json``, so a killed driver
+resumes where it stopped (finished stages are skipped, a cut-off one continues from its last
+checkpoint with the seconds it has left).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cdiff_cli.config import Recipe
+from cdiff_cli.fileio import write_json
+from cdiff_cli.train.checkpoint import list_checkpoints
+from cdiff_cli.train.loop import TrainingInterrupted
+from cdiff_cli.train.run import train_stage
+
+Stage = Literal["encoder", "diffusion"]
+
+
+def _timing(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class _StopIn:
+    """After ``seconds``, SIGINT to this process while the training loop runs: its Ctrl-C handler then
+    stops at the next step boundary with a checkpoint. Before the loop has begun (data loading) the
+    signal waits for it, so a stage always makes at least one step; after the loop it is not sent."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired, self._done = threading.Event(), threading.Event()
+        self._deadline = time.monotonic() + max(seconds, 0.0)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(max(min(self._deadline - time.monotonic(), 0.05), 0.0)):
+            if time.monotonic() < self._deadline:
+                continue
+            handler = signal.getsignal(signal.SIGINT)
+            if type(getattr(handler, "__self__", None)).__name__ == "_StopFlag":  # the loop is running
+                self.fired.set()
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def cancel(self) -> None:
+        self._done.set()
+
+
+def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto") -> dict[str, Any]:
+    """Train one stage for at most ``seconds`` of wall-clock (or ``steps``, whichever ends first)."""
+    run_dir = recipe.run_dir
+    timing = _timing(run_dir)
+    done = timing.get(kind, {})
+    if done.get("finished") and (run_dir / kind / "model.safetensors").is_file():
+        return done
+    left = seconds - float(done.get("seconds", 0.0))
+    resume = bool(list_checkpoints(run_dir / kind / "checkpoints"))
+    t0 = time.perf_counter()
+    timer = _StopIn(left)
+    try:
+        result = train_stage(kind, recipe, device, resume=resume)
+    except (TrainingInterrupted, KeyboardInterrupt):  # the latter: the timer fired just after the loop ended
+        timer.cancel()
+        if not timer.fired.is_set():
+            raise  # a real Ctrl-C: stop the driver (the checkpoint is kept; run it again to resume)
+        ckpts = list_checkpoints(run_dir / kind / "checkpoints")
+        if not ckpts:
+            raise RuntimeError(f"{kind}: stopped before any checkpoint was written; run again to resume")
+        step = int(ckpts[-1].name.split("_")[-1])
+        section = "encoder_train" if kind == "encoder" else "train"
+        capped = recipe.model_copy(update={section: getattr(recipe, section).model_copy(update={"steps": step})})
+        result = train_stage(kind, capped, device, resume=True)  # no step left: exports the model
+    finally:
+        timer.cancel()
+    spent = float(done.get("seconds", 0.0)) + time.perf_counter() - t0
+    record = {"seconds": round(spent, 2), "steps": result["steps"], "images_per_s": result["images_per_s"],
+              "finished": True}
+    timing[kind] = record
+    write_json(run_dir / "timing.json", timing)
+    return record
+
+
+def training_flops_per_image(recipe: Recipe, kind: Stage, device: torch.device, batch: int = 2) -> float:
+    """FLOPs of one training step (forward + backward) per image, counted by ``torch.utils.flop_counter``."""
+    import tempfile
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cdiff_cli.train.checkpoint import save_weights
+    from cdiff_cli.train.distributed import DistInfo, StepRandom
+    from cdiff_cli.train.stages import DiffusionStage, EncoderStage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = EncoderStage(recipe, Path(tmp) / "encoder")
+        if kind == "encoder":
+            stage: Any = enc
+        else:
+            save_weights(Path(tmp) / "encoder" / "model.safetensors", enc.net.encoder.state_dict())
+            stage = DiffusionStage(recipe, Path(tmp) / "diffusion", Path(tmp) / "encoder")
+        net = stage.net.to(device).train()
+        c, (h, w) = recipe.data.channels, recipe.data.image_hw
+        rnd = StepRandom(recipe.seed, 0, 0, DistInfo(), batch, device)
+        inputs = stage.inputs({"image": torch.rand(batch, c, h, w)}, rnd)
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = net(**inputs)
+            loss.backward()
+        return counter.get_total_flops() / batch
+
+
+def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
+    """Healthy l1 and per-volume lesion AUPRC on the VALIDATION split of fold ``data.fold`` (the test
+    split stays untouched for the final numbers), with the reference post-processing."""
+    from cdiff_cli.data.dataset import load_splits, training_source
+    from cdiff_cli.data.splits import fold_subjects
+    from cdiff_cli.data.store import PreparedStore
+    from cdiff_cli.eval import metrics as M
+    from cdiff_cli.infer.model import load_model
+    from cdiff_cli.infer.reconstruct import anomaly_volume
+    from cdiff_cli.train.distributed import resolve_device
+
+    model = load_model(recipe.run_dir, resolve_device(device))
+    splits, prepared, fold = load_splits(recipe), Path(recipe.data.prepared), recipe.data.fold
+    healthy = training_source(recipe)
+    store = PreparedStore.open(prepared / healthy)
+    l1 = []
+    for sid in fold_subjects(splits[healthy], "val", fold):
+        v = store.subject_index(sid)
+        vol = np.asarray(store.volume(v))
+        l1.append(float(np.abs(anomaly_volume(model, vol, np.asarray(store.mask(v))).recon - vol).mean()))
+    scores: dict[str, Any] = {"healthy_l1": float(np.mean(l1)), "n_healthy": len(l1)}
+    for src in recipe.data.sources:
+        if src.role != "lesion" or src.name not in splits:
+            continue
+        les = PreparedStore.open(prepared / src.name)
+        if not les.has_seg:
+            continue
+        auprc = []
+        for sid in fold_subjects(splits[src.name], "val", fold):
+            v = les.subject_index(sid)
+            r = anomaly_volume(model, np.asarray(les.volume(v)), np.asarray(les.mask(v)))
+            auprc.append(M.auprc(r.anomaly.ravel(), np.asarray(les.seg(v)).ravel() > 0))
+        scores[f"{src.name}_auprc"] = float(np.nanmean(auprc)) if auprc else None
+    return scores
+
+
+__all__ = ["train_for", "training_flops_per_image", "validation_scores"]
