@@ -10,7 +10,7 @@ encoder trained jointly) in bf16 autocast:
   of the GPU's bf16 peak (``--peak-tflops``, 790 for an H200 measured on dense products) that
   the measured images/s give;
 - inference of one 96x96x50 volume at 3 timesteps (``reconstruct_slices``, target < 50 ms) per
-  option, and the whole ``anomaly_volume`` (with the CPU post-processing), with peak GPU memory.
+  option, and the whole ``Model.anomaly_map`` (with the CPU post-processing), with peak GPU memory.
 
 Every part checks ``--budget-s`` first and is skipped (and says so) when the time is spent.
 ``--dry`` runs the same code on the CPU with tiny networks in seconds (the test of gpu.sh).
@@ -111,8 +111,9 @@ def _model_folder(recipe: Recipe, folder: Path) -> Path:
 
 def inference(recipe: Recipe, device: torch.device, options: list[str], repeats: int, warmup: int,
               clock: Clock) -> list[dict[str, Any]]:
+    from cdiff_cli.api import Model
     from cdiff_cli.infer.model import load_model
-    from cdiff_cli.infer.reconstruct import anomaly_volume, reconstruct_slices
+    from cdiff_cli.infer.reconstruct import reconstruct_slices
 
     d, (h, w) = recipe.data.size[2], recipe.data.image_hw
     rng = np.random.default_rng(0)
@@ -149,7 +150,7 @@ def inference(recipe: Recipe, device: torch.device, options: list[str], repeats:
                     times.append(time.perf_counter() - t0)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
                 t0 = time.perf_counter()
-                anomaly_volume(model, volume, mask, batch_size=batch)
+                Model(model).anomaly_map(volume, kind="prepared", mask=mask, batch_size=batch)
                 rows.append({"option": option, "batch": batch, "timesteps": list(recipe.infer.timesteps),
                              "volume": [d, h, w], "reconstruct_ms": 1e3 * statistics.median(times),
                              "reconstruct_ms_min": 1e3 * min(times), "anomaly_volume_ms": 1e3 * (time.perf_counter() - t0),

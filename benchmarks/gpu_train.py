@@ -66,7 +66,7 @@ def recipe_for(work: Path, preset: str, dry: bool, width: int = 16, extra: list[
 
 def make_data(work: Path, preset: str, dry: bool, synthesize_too: bool = True) -> None:
     from cdiff_cli.data.prepare import prepare
-    from cdiff_cli.data.synthetic import synthesize
+    from cdiff_cli.synthetic.benchmark import synthesize
 
     t0 = time.perf_counter()
     if synthesize_too:

@@ -1,7 +1,8 @@
 """Scaling study: which network is best for a fixed training budget (issue: the bundled model).
 
 Every configuration (slice grid, U-Net width, res blocks per level, encoder) is the base recipe
-plus a few overrides; each trains both stages for the SAME wall-clock (``--seconds``, a share
+plus a few overrides; each trains both stages for the SAME budget (``--seconds`` of wall-clock, or of
+the process's CPU time with ``--clock cpu``, fair on a shared machine; a share
 ``--encoder-fraction`` of it for stage 1) through ``cdiff_cli.train.run.train_stage``, then is
 scored on the VALIDATION split (healthy l1, per-volume lesion AUPRC; the test split stays for
 the final numbers). Compute is the training FLOPs (``torch.utils.flop_counter`` per image, times
@@ -82,8 +83,8 @@ def run_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
     if not (Path(recipe.data.prepared) / "splits.json").is_file():
         prepare(recipe)
     t0 = time.perf_counter()
-    enc = train_for("encoder", recipe, args.seconds * args.encoder_fraction, args.device)
-    diff = train_for("diffusion", recipe, args.seconds * (1 - args.encoder_fraction), args.device)
+    enc = train_for("encoder", recipe, args.seconds * args.encoder_fraction, args.device, args.clock)
+    diff = train_for("diffusion", recipe, args.seconds * (1 - args.encoder_fraction), args.device, args.clock)
     device = resolve_device(args.device)
     flops = {k: training_flops_per_image(recipe, k, device) for k in ("encoder", "diffusion")}
     compute = (flops["encoder"] * enc["steps"] * recipe.encoder_train.batch_size
@@ -119,7 +120,8 @@ def write_report(args: argparse.Namespace, results: list[dict[str, Any]], comman
     best = max(results, key=lambda r: (r["val"].get(lesion_keys[0]) or 0.0) if lesion_keys else -r["val"]["healthy_l1"])
     text = "\n".join([
         "# Scaling study: the network for a fixed training budget", "",
-        f"Every configuration trained both stages for the same wall-clock: {args.seconds:g} s "
+        f"Every configuration trained both stages for the same "
+        f"{'CPU time of its process' if args.clock == 'cpu' else 'wall-clock'}: {args.seconds:g} s "
         f"({args.encoder_fraction:.0%} for stage 1), on {results[0]['threads']} torch thread(s), device "
         f"`{args.device}`; scored on the validation split of fold 0 (healthy l1 of the raw reconstruction; "
         "per-volume AUPRC of the post-processed map). Compute: training FLOPs counted by "
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--data", type=Path, default=Path("data/synthetic"), help="the synthesized benchmark")
     ap.add_argument("--sources", default="IXI,BraTS2021,MSLUB", help="sub-folders of --data, in recipe order")
     ap.add_argument("--configs", default=DEFAULT_CONFIGS)
-    ap.add_argument("--seconds", type=float, default=1200.0, help="wall-clock per configuration, both stages")
+    ap.add_argument("--seconds", type=float, default=1200.0, help="budget per configuration, both stages")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="what --seconds counts: wall-clock, or CPU seconds of the process (fair on a shared machine)")
     ap.add_argument("--encoder-fraction", type=float, default=0.25)
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--device", default="auto")

@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,13 @@ from cdiff_cli.train.loop import TrainingInterrupted
 from cdiff_cli.train.run import train_stage
 
 Stage = Literal["encoder", "diffusion"]
+Clock = Callable[[], float]
+CLOCKS: dict[str, Clock] = {
+    "wall": time.monotonic,
+    # the CPU seconds of this process (all its threads): a budget that other jobs on a shared
+    # machine do not eat into, so configurations measured at different loads stay comparable
+    "cpu": time.process_time,
+}
 
 
 def _timing(run_dir: Path) -> dict[str, Any]:
@@ -42,15 +50,16 @@ class _StopIn:
     stops at the next step boundary with a checkpoint. Before the loop has begun (data loading) the
     signal waits for it, so a stage always makes at least one step; after the loop it is not sent."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Clock = time.monotonic) -> None:
         self.fired, self._done = threading.Event(), threading.Event()
-        self._deadline = time.monotonic() + max(seconds, 0.0)
+        self._clock = clock
+        self._deadline = clock() + max(seconds, 0.0)
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
-        while not self._done.wait(max(min(self._deadline - time.monotonic(), 0.05), 0.0)):
-            if time.monotonic() < self._deadline:
+        while not self._done.wait(max(min(self._deadline - self._clock(), 0.05), 0.0)):
+            if self._clock() < self._deadline:
                 continue
             handler = signal.getsignal(signal.SIGINT)
             if type(getattr(handler, "__self__", None)).__name__ == "_StopFlag":  # the loop is running
@@ -62,8 +71,11 @@ class _StopIn:
         self._done.set()
 
 
-def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto") -> dict[str, Any]:
-    """Train one stage for at most ``seconds`` of wall-clock (or ``steps``, whichever ends first)."""
+def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto",
+              clock: str = "wall") -> dict[str, Any]:
+    """Train one stage for at most ``seconds`` (or ``steps``, whichever ends first) of the
+    ``clock``: ``wall`` seconds, or ``cpu`` seconds of this process (see :data:`CLOCKS`)."""
+    tick = CLOCKS[clock]
     run_dir = recipe.run_dir
     timing = _timing(run_dir)
     done = timing.get(kind, {})
@@ -71,8 +83,8 @@ def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto")
         return done
     left = seconds - float(done.get("seconds", 0.0))
     resume = bool(list_checkpoints(run_dir / kind / "checkpoints"))
-    t0 = time.perf_counter()
-    timer = _StopIn(left)
+    t0 = tick()
+    timer = _StopIn(left, tick)
     try:
         result = train_stage(kind, recipe, device, resume=resume)
     except (TrainingInterrupted, KeyboardInterrupt):  # the latter: the timer fired just after the loop ended
@@ -88,9 +100,9 @@ def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto")
         result = train_stage(kind, capped, device, resume=True)  # no step left: exports the model
     finally:
         timer.cancel()
-    spent = float(done.get("seconds", 0.0)) + time.perf_counter() - t0
-    record = {"seconds": round(spent, 2), "steps": result["steps"], "images_per_s": result["images_per_s"],
-              "finished": True}
+    spent = float(done.get("seconds", 0.0)) + tick() - t0
+    record = {"seconds": round(spent, 2), "clock": clock, "steps": result["steps"],
+              "images_per_s": result["images_per_s"], "finished": True}
     timing[kind] = record
     write_json(run_dir / "timing.json", timing)
     return record
@@ -130,11 +142,9 @@ def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
     from cdiff_cli.data.splits import fold_subjects
     from cdiff_cli.data.store import PreparedStore
     from cdiff_cli.eval import metrics as M
-    from cdiff_cli.infer.model import load_model
-    from cdiff_cli.infer.reconstruct import anomaly_volume
-    from cdiff_cli.train.distributed import resolve_device
+    from cdiff_cli import load_model
 
-    model = load_model(recipe.run_dir, resolve_device(device))
+    model = load_model(recipe.run_dir, device=device)
     splits, prepared, fold = load_splits(recipe), Path(recipe.data.prepared), recipe.data.fold
     healthy = training_source(recipe)
     store = PreparedStore.open(prepared / healthy)
@@ -142,7 +152,8 @@ def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
     for sid in fold_subjects(splits[healthy], "val", fold):
         v = store.subject_index(sid)
         vol = np.asarray(store.volume(v))
-        l1.append(float(np.abs(anomaly_volume(model, vol, np.asarray(store.mask(v))).recon - vol).mean()))
+        recon = model.anomaly_map(vol, kind="prepared", mask=np.asarray(store.mask(v))).recon
+        l1.append(float(np.abs(recon - vol).mean()))
     scores: dict[str, Any] = {"healthy_l1": float(np.mean(l1)), "n_healthy": len(l1)}
     for src in recipe.data.sources:
         if src.role != "lesion" or src.name not in splits:
@@ -153,7 +164,7 @@ def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
         auprc = []
         for sid in fold_subjects(splits[src.name], "val", fold):
             v = les.subject_index(sid)
-            r = anomaly_volume(model, np.asarray(les.volume(v)), np.asarray(les.mask(v)))
+            r = model.anomaly_map(np.asarray(les.volume(v)), kind="prepared", mask=np.asarray(les.mask(v)))
             auprc.append(M.auprc(r.anomaly.ravel(), np.asarray(les.seg(v)).ravel() > 0))
         scores[f"{src.name}_auprc"] = float(np.nanmean(auprc)) if auprc else None
     return scores

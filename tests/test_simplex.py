@@ -187,3 +187,13 @@ def test_cuda_matches_cpu_for_the_same_generator(cfg: SimplexConfig) -> None:
     gpu = S.simplex_noise((4, 48, 40), cfg, torch.Generator().manual_seed(0), device="cuda")
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_noise_under_bf16_autocast_is_the_fp32_field(dims: int) -> None:
+    """Training with `train.amp=bf16` draws the noise inside autocast: the field stays fp32 and equal."""
+    cfg = SimplexConfig(dims=dims)
+    plain = S.simplex_noise((2, 1, 32, 32), cfg, torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = S.simplex_noise((2, 1, 32, 32), cfg, torch.Generator().manual_seed(3))
+    assert mixed.dtype == torch.float32 and torch.equal(plain, mixed)

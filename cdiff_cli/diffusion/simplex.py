@@ -289,12 +289,16 @@ def simplex_noise(
         return torch.zeros(tuple(shape), dtype=dtype, device=device)
     perm, offsets = perm.to(device), offsets.to(device)
     out = torch.zeros(height * width, n, dtype=torch.float32, device=device)
-    for k, (feature, amplitude) in enumerate(_octaves(cfg)):
-        full = _padded_geometry(height, width, feature, cfg.dims, int(levels[k]) if cfg.dims == 3 else 0, str(device))
-        r, c = (int(v) for v in shifts[k])
-        crop = Geometry(full.vid[r : r + height, c : c + width], full.weight[r : r + height, c : c + width],
-                        full.vertices)
-        out += amplitude * contract(crop, perm, offsets[k])
+    # always fp32: under bf16 autocast the sparse product has no bf16 kernel on the CPU, and the
+    # field's statistics must not depend on the training precision
+    with torch.autocast(device.type, enabled=False):
+        for k, (feature, amplitude) in enumerate(_octaves(cfg)):
+            full = _padded_geometry(height, width, feature, cfg.dims, int(levels[k]) if cfg.dims == 3 else 0,
+                                    str(device))
+            r, c = (int(v) for v in shifts[k])
+            crop = Geometry(full.vid[r : r + height, c : c + width], full.weight[r : r + height, c : c + width],
+                            full.vertices)
+            out += amplitude * contract(crop, perm, offsets[k])
     return out.div_(NORM[cfg.dims]).T.reshape(tuple(shape)).to(dtype)
 
 
