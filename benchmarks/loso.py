@@ -37,7 +37,10 @@ DATASETS = {"ixi": "IXI", "brats": "BraTS2021", "mslub": "MSLUB"}
 def _recipe(recipe_path: Path, data: Path, out: Path, held: str, extra: list[str]) -> Recipe:
     base = load_recipe(recipe_path)
     sets = [f"name=loso-{held}", f"runs_dir={out / 'runs'}", f"data.prepared={out / 'prepared' / held}",
-            f"data.holdout_sources=[{held}]"]
+            f"data.holdout_sources=[{held}]",
+            # every other anatomy has healthy subjects in training, so "seen" means seen (grouped
+            # splits would leave some other anatomies unseen too)
+            "data.split_by=subject"]
     for i, src in enumerate(base.data.sources):
         if src.layout in DATASETS:
             sets.append(f"data.sources.{i}.path={data / DATASETS[src.layout]}")
