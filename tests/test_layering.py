@@ -105,3 +105,10 @@ def test_no_unpickling_and_safe_yaml() -> None:
             if re.search(bad, text):
                 offenders.append(f"{path.name}: {bad}")
     assert not offenders, offenders
+
+
+def test_no_module_over_400_lines() -> None:
+    """ARCHITECTURE.md's size rule: a module past ~400 lines is split along its seams."""
+    long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400]
+    assert not long, "modules over 400 lines:\n" + "\n".join(long)

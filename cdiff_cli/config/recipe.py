@@ -1,0 +1,129 @@
+"""The whole recipe: its sections, the cross-field checks, and the hashes that tie a checkpoint to
+the settings it was trained with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, model_validator
+
+from cdiff_cli.config.sections import (
+    AEConfig, AnoDDPMConfig, DataConfig, DiffusionConfig, ENCODER_METHODS, EncoderConfig, EvalConfig,
+    InferConfig, LocalizeConfig, METHOD_DEFAULTS, Method, PatchConfig, Section, TrainConfig, UNetConfig,
+    _encoder_train_defaults,
+)
+
+
+class Recipe(Section):
+    name: str = Field("cdiff", pattern=r"^[A-Za-z0-9_.-]+$")
+    method: Method = "cdiff"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    data: DataConfig
+    encoder: EncoderConfig = EncoderConfig()
+    encoder_train: TrainConfig = Field(default_factory=_encoder_train_defaults)
+    unet: UNetConfig = UNetConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+    eval: EvalConfig = EvalConfig()
+    localize: LocalizeConfig = LocalizeConfig()
+    pddpm: PatchConfig = PatchConfig()
+    anoddpm: AnoDDPMConfig = AnoDDPMConfig()
+    ae: AEConfig = AEConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fill in the method's own defaults (:data:`METHOD_DEFAULTS`) for fields the recipe leaves out."""
+        if not isinstance(data, dict) or data.get("method") not in METHOD_DEFAULTS:
+            return data
+        data = dict(data)
+        for section, values in METHOD_DEFAULTS[data["method"]].items():
+            given = data.get(section)
+            if given is None or isinstance(given, dict):
+                data[section] = {**values, **(given or {})}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        h, w = self.data.image_hw
+        f = self.unet.downsample_factor
+        if self.method != "ae" and (h % f or w % f):  # the autoencoder has no U-Net
+            raise ValueError(
+                f"data.size slice {h}x{w} must be divisible by the U-Net's downsampling factor {f} "
+                f"(2^(len(unet.channel_mult)-1))"
+            )
+        bad = [t for t in self.infer.timesteps if not 0 <= t < self.diffusion.timesteps]
+        if (bad or not self.infer.timesteps) and self.method not in ("anoddpm", "ae"):  # these two ignore them
+            raise ValueError(f"infer.timesteps must be non-empty and within 0..{self.diffusion.timesteps - 1}")
+        self._check_method(h, w)
+        return self
+
+    def _check_method(self, h: int, w: int) -> None:
+        """Settings a method cannot run with, as one line each (METHOD.md section 7)."""
+        m = self.method
+        if m in ENCODER_METHODS and self.unet.cond_mode == "none":
+            raise ValueError(f"method {m!r} needs a conditioned U-Net: unet.cond_mode adagn or concat")
+        if m not in ENCODER_METHODS and m != "ae" and self.unet.cond_mode != "none":
+            raise ValueError(f"method {m!r} has no encoder: set unet.cond_mode=none")
+        if m == "cddpm" and self.encoder.objective != "spark":
+            raise ValueError(f"method 'cddpm' pretrains its encoder with SparK only: set encoder.objective=spark "
+                             f"(got {self.encoder.objective!r}; the contrastive variants are method cdiff)")
+        if m == "anoddpm" and self.anoddpm.t_start > self.diffusion.timesteps:
+            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must not exceed diffusion.timesteps="
+                             f"{self.diffusion.timesteps} (the partial reverse starts at index t_start - 1)")
+        ch, cw = self.pddpm.cell_hw((h, w))
+        if m == "pddpm" and (ch < 1 or cw < 1 or h % ch or w % cw):
+            raise ValueError(f"pddpm.cell {ch}x{cw} must tile the {h}x{w} slice exactly (a whole grid of cells)")
+        f = self.ae.downsample_factor
+        if m == "ae" and (h % f or w % f):
+            raise ValueError(f"data.size slice {h}x{w} must be divisible by the autoencoder's downsampling "
+                             f"factor {f} (2^len(ae.channels))")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """A short stable hash of the whole resolved recipe."""
+        return _digest(self.to_dict())
+
+    def model_hash(self) -> str:
+        """Hash of what a checkpoint depends on (data grid, networks, diffusion, seed), so that a
+        run can be resumed with other schedule settings (more steps, another log interval)."""
+        d = self.to_dict()
+        for *where, key, value in _ADDED_FIELDS:  # left out at their earlier behaviour: older checkpoints resume
+            node = d
+            for part in where:
+                node = node[part]
+            if node.get(key) == value:
+                del node[key]
+        grid = {k: d["data"][k] for k in ("crop", "size", "spacing", "percentiles", "channels", "fold")}
+        crops = [s["center_crop"] for s in d["data"]["sources"] if s.get("center_crop")]
+        if crops:  # natural images: the crop changes what the pixels are (absent: brain hashes unchanged)
+            grid["center_crop"] = crops
+        own = {d["method"]: d[d["method"]]} if d["method"] in ("pddpm", "anoddpm", "ae") else {}  # its own section
+        return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
+                        **{k: d[k] for k in ("encoder", "unet", "diffusion")}, **own})
+
+
+# Fields added after checkpoints were written, with the value that reproduces the behaviour from before them
+_ADDED_FIELDS: tuple[tuple[Any, ...], ...] = (  # (section, ..., field, value)
+    ("diffusion", "simplex", "dims", 3), ("encoder", "normalize_z", True), ("encoder", "spark_norm_pix", True),
+    ("encoder", "spark_fill", 0.5),
+)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
