@@ -136,7 +136,7 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
         l_scores = [float(r.anomaly[np.asarray(store.mask(v)) > 0].mean()) for v, r in test]
         fp = [float(segment(r.anomaly)[np.asarray(hstore.mask(v)) > 0].mean()) for v, r in h_test]
         result["sets"][src.name] = {
-            "dice": _nanmean(dices), "auprc": _nanmean(auprcs), "auroc": _nanmean(aurocs),
+            "dice": M.mean_std(dices)[0], "auprc": M.mean_std(auprcs)[0], "auroc": M.mean_std(aurocs)[0],
             "detection_auroc": M.detection_auroc(np.array(h_scores + l_scores),
                                                  np.array([False] * len(h_scores) + [True] * len(l_scores))),
             "slice_detection_auroc": _slice_detection_auroc(h_test, hstore, test, store),
@@ -150,11 +150,6 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
                                        localize_median)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
-
-
-def _nanmean(values: list[float]) -> float:
-    """Mean over volumes skipping the undefined ones (``np.nanmean``), NaN when none is defined."""
-    return M.mean_std(values)[0]
 
 
 def _slice_detection_auroc(h_test: list[tuple[int, Any]], hstore: PreparedStore,
