@@ -10,8 +10,8 @@ depend on the weights):
   runs once the model is loaded) on a folder of BraTS-sized 240x240x155 NIfTI volumes: load,
   preprocess, U-Net passes, post-processing (erosion, 5^3 median), mapping both maps back
   onto the input grid, writing two NIfTI files and the preview per volume.
-- the bound: only the U-Net forward passes, on the same number of slices and timesteps with
-  the same batching as ``reconstruct_slices``.
+- the bound: only the U-Net forward passes, on the same number of slices and timesteps, batched
+  as the pipeline batches them or in core sharing's pieces, whichever is faster.
 
 Both pipelines read the next input and write the previous one in threads while the network
 runs (``infer/pipeline.py``), so the per-stage breakdown lists busy time per stage, which
@@ -20,7 +20,11 @@ the 240x240x155 volume through ``reconstruct_inputs`` (what ``cdiff reconstruct`
 reports its peak resident memory (``VmHWM``; ``ru_maxrss`` would include this parent's; target < 3 GB).
 
     python benchmarks/bench_infer.py [--recipe recipes/quickstart.yaml] [--images 32] [--volumes 3]
-                                     [--repeats 3] [--threads N] [--profile]
+                                     [--repeats 3] [--threads N] [--share on,off] [--profile]
+
+``--share on,off`` (the default) runs each pipeline with the network sharing the cores with the
+reading/writing threads (``infer/pipeline.py``, the default) and without (``CDIFF_SHARE_CORES=0``),
+taking turns, so the two ratios come from the same run.
 """
 
 from __future__ import annotations
@@ -173,24 +177,35 @@ def install_stopwatch() -> Stopwatch:
     return sw
 
 
-def unet_bound(model: Any, n_slices: int, repeats: int = 1) -> float:
-    """Seconds for the U-Net forward passes alone over ``n_slices`` x the ensemble's timesteps,
-    batched as ``reconstruct_slices`` batches them (min over repeats)."""
+def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int = 1) -> float:
+    """Seconds for the U-Net forward passes alone over ``n_slices`` x the ensemble's timesteps (min
+    over repeats), batched as the pipeline batches them (``batch`` slices: ``reconstruct_slices``'
+    batch, or localize's chunk) and each batch's passes cut into the same pieces as
+    ``infer/pieces.py`` cuts them."""
     import torch
 
+    from cdiff_cli.infer.pieces import network_piece
+
     cfg = model.recipe.infer
-    n_t, bs = len(cfg.timesteps), cfg.batch_size
+    n_t, bs = len(cfg.timesteps), batch or cfg.batch_size
     c, (h, w) = model.channels, model.image_hw
     gen = torch.Generator().manual_seed(0)
-    chunks = []
-    for start in range(0, n_slices, bs):
-        b = min(bs, n_slices - start)
-        x_t = torch.randn(n_t * b, c, h, w, generator=gen)  # (T*B, C, H, W)
-        t = torch.tensor(cfg.timesteps).repeat_interleave(b)  # (T*B,)
-        z = torch.randn(n_t * b, model.recipe.encoder.z_dim, generator=gen) if model.encoder is not None else None
-        chunks.append((x_t, t, z))
+
+    def calls() -> list[tuple[Any, Any, Any]]:
+        out = []
+        for start in range(0, n_slices, bs):
+            b = min(bs, n_slices - start)
+            x_t = torch.randn(n_t * b, c, h, w, generator=gen)  # (T*B, C, H, W)
+            t = torch.tensor(cfg.timesteps).repeat_interleave(b)  # (T*B,)
+            z = torch.randn(n_t * b, model.recipe.encoder.z_dim, generator=gen) if model.encoder is not None else None
+            step = network_piece(len(x_t), (h, w), "cpu")
+            out += [(x_t[i : i + step], t[i : i + step], z[i : i + step] if z is not None else None)
+                    for i in range(0, len(x_t), step)]
+        return out
+
     best = float("inf")
     with torch.inference_mode():
+        chunks = calls()
         model.unet(*chunks[0])  # warm-up
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -270,6 +285,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest is kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile listing of each pipeline")
+    ap.add_argument("--share", default="on,off",
+                    help="core sharing of the network with the reading/writing threads (infer/pipeline.py): "
+                         "on, off, or on,off side by side")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (inputs, model, outputs)")
     args = ap.parse_args()
@@ -307,45 +325,52 @@ def main() -> None:
     sw = install_stopwatch()
     rows = []
     breakdowns = {}
-    # --- localize: N PNG slices
-    # e2e and bound alternate, so both see the same background load; the fastest of each is kept
-    best, best_parts, bound = float("inf"), {}, float("inf")
-    for i in range(args.repeats + 1):  # the first run warms caches and is discarded
-        sw.reset()
-        with maybe_profile(args.profile and i == args.repeats, "localize"):
-            res = localize(tmp / "pngs", str(tmp / "run"), 5, "0.5", None, True, tmp / f"loc{i}", "cpu")
-        if i and res["seconds"] < best:
-            best, best_parts = res["seconds"], {k: (v, sw.calls[k]) for k, v in sw.seconds.items()}
-        if i:
-            bound = min(bound, unet_bound(model, args.images))
-    rows.append(("localize", args.images, best, bound))
-    breakdowns["localize"] = (best, best_parts)
+    variants = [v for v in args.share.split(",") if v]
+    if any(v not in ("on", "off") for v in variants):
+        raise SystemExit(f"--share {args.share}: expected on, off or on,off")
 
-    # --- reconstruct: a folder of BraTS-sized volumes
-    best, best_parts, bound = float("inf"), {}, float("inf")
-    for i in range(args.repeats + 1):
-        sw.reset()
-        with maybe_profile(args.profile and i == args.repeats, "reconstruct"):
-            t0 = time.perf_counter()
-            reconstruct_files(Model(model), volumes, tmp / f"rec{i}")
-            dt = time.perf_counter() - t0
-        if i and dt < best:
-            best, best_parts = dt, {k: (v, sw.calls[k]) for k, v in sw.seconds.items()}
-        if i:
-            bound = min(bound, unet_bound(model, d_slices * len(volumes)))
-    rows.append((f"reconstruct ({len(volumes)} x 240x240x155)", d_slices * len(volumes), best, bound))
-    breakdowns["reconstruct"] = (best, best_parts)
+    def timed_localize(i: int) -> float:
+        return localize(tmp / "pngs", str(tmp / "run"), 5, "0.5", None, True, tmp / f"loc{i}", "cpu")["seconds"]
+
+    def timed_reconstruct(i: int) -> float:
+        t0 = time.perf_counter()
+        reconstruct_files(Model(model), volumes, tmp / f"rec{i}")
+        return time.perf_counter() - t0
+
+    from cdiff_cli.eval.localize import _chunk_size
+
+    pipelines = [("localize", args.images, timed_localize, _chunk_size(model)),
+                 (f"reconstruct ({len(volumes)} x 240x240x155)", d_slices * len(volumes), timed_reconstruct, None)]
+    for name, n_slices, run, batch in pipelines:
+        # the variants and the bound alternate, so all see the same background load; the fastest of each is kept
+        best = {v: (float("inf"), {}) for v in variants}
+        bound = float("inf")
+        for i in range(args.repeats + 1):  # the first round warms caches and is discarded
+            for v in variants:
+                os.environ["CDIFF_SHARE_CORES"] = "1" if v == "on" else "0"
+                sw.reset()
+                with maybe_profile(args.profile and i == args.repeats and v == variants[0], name):
+                    dt = run(i)
+                if i and dt < best[v][0]:
+                    best[v] = (dt, {k: (sec, sw.calls[k]) for k, sec in sw.seconds.items()})
+            if i:
+                bound = min(bound, unet_bound(model, n_slices, batch))
+        for v in variants:
+            label = f"{name}, sharing {v}" if len(variants) > 1 else name
+            rows.append((label, n_slices, best[v][0], bound))
+            breakdowns[label] = best[v]
+    os.environ.pop("CDIFF_SHARE_CORES", None)
     sw.restore()
 
     print(f"\nfastest of {args.repeats} runs after one warm-up (e2e and bound alternating); bound = U-Net forward passes alone on the same "
           f"slices x {n_t} timesteps\n")
-    head = (f"{'pipeline':<34} {'slices':>6} {'e2e s':>7} {'e2e sl/s':>8} {'bound s':>7} {'bound sl/s':>10} "
+    head = (f"{'pipeline':<46} {'slices':>6} {'e2e s':>7} {'e2e sl/s':>8} {'bound s':>7} {'bound sl/s':>10} "
             f"{'ratio':>6}")
     print(head)
     print("-" * len(head))
     for name, n, e2e, bnd in rows:
         verdict = "" if bnd / e2e >= 0.8 else "  < 80% target"
-        print(f"{name:<34} {n:>6} {e2e:>7.2f} {n / e2e:>8.1f} {bnd:>7.2f} {n / bnd:>10.1f} {100 * bnd / e2e:>5.0f}%"
+        print(f"{name:<46} {n:>6} {e2e:>7.2f} {n / e2e:>8.1f} {bnd:>7.2f} {n / bnd:>10.1f} {100 * bnd / e2e:>5.0f}%"
               f"{verdict}")
     for name, (total, parts) in breakdowns.items():
         print(f"\nbusy time per stage for {name} ({total:.2f} s end to end; indented = inside the line above; "

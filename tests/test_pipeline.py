@@ -93,3 +93,67 @@ def test_the_write_queue_is_bounded() -> None:
 
     assert list(pipelined(range(20), lambda i: i, compute, finish, behind=2)) == list(range(20))
     assert most[0] <= 3  # at most `behind` queued plus the one just computed
+
+
+def test_the_network_gives_a_core_to_a_busy_writer_and_takes_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from cdiff_cli.infer import pipeline
+
+    monkeypatch.delenv("CDIFF_SHARE_CORES", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        writing, release = threading.Event(), threading.Event()
+        seen: list[int] = []
+
+        def compute(i: int, a: int) -> int:
+            if i == 1:  # item 0 is being written now
+                assert writing.wait(10)
+                seen.append(pipeline.share_cores())
+                release.set()
+            if i == 2:  # nothing is being read or written any more
+                while pipeline._CORES.busy:
+                    threading.Event().wait(0.01)
+                seen.append(pipeline.share_cores())
+            return a
+
+        def finish(i: int, a: int, c: int) -> int:
+            if i == 0:
+                writing.set()
+                assert release.wait(10)
+            return c
+
+        assert pipeline.share_cores() == 0  # no pipeline: torch's threads are left alone
+        assert list(pipelined(range(3), lambda i: i, compute, finish)) == [0, 1, 2]
+        assert seen == [1, 2]
+        assert torch.get_num_threads() == 2 and not pipeline.sharing()
+        monkeypatch.setenv("CDIFF_SHARE_CORES", "0")
+        assert list(pipelined(range(2), lambda i: i, lambda i, a: pipeline.share_cores(), lambda i, a, c: c)) == [0, 0]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_network_calls_on_the_cpu_come_in_pieces_that_give_the_whole_batch_result() -> None:
+    import torch
+
+    from cdiff_cli.infer.pieces import CPU_PIECE_PIXELS, in_pieces, network_piece
+
+    assert network_piece(192, (64, 64), "cpu") == CPU_PIECE_PIXELS // 4096 == 16
+    assert network_piece(192, (96, 96), "cpu") == 7 and network_piece(3, (96, 96), "cpu") == 3
+    assert network_piece(192, (512, 512), "cpu") == 1 and network_piece(192, (96, 96), "cuda") == 192
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU())
+    sizes: list[int] = []
+
+    def net(x: torch.Tensor, scale: torch.Tensor, none: None) -> torch.Tensor:
+        assert none is None and len(scale) == len(x)
+        sizes.append(len(x))
+        return conv(x) * scale[:, None, None, None]
+
+    x, scale = torch.randn(40, 1, 64, 64), torch.rand(40)
+    with torch.inference_mode():
+        whole = conv(x) * scale[:, None, None, None]
+        pieced = in_pieces(net, x, scale, None)
+    assert sizes == [16, 16, 8]
+    torch.testing.assert_close(pieced, whole, rtol=1e-5, atol=1e-6)

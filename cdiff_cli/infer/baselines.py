@@ -13,6 +13,7 @@ import torch
 from cdiff_cli.diffusion.patches import cell_masks, noise_cells
 from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
 from cdiff_cli.infer.model import LoadedModel
+from cdiff_cli.infer.pieces import in_pieces
 
 
 def reconstruct_patched(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
@@ -29,7 +30,7 @@ def reconstruct_patched(model: LoadedModel, chunk: torch.Tensor, timesteps: tupl
     mask = masks.repeat_interleave(b, dim=0).repeat(n_t, 1, 1, 1)  # (T*K*B, 1, H, W)
     noise = d.sample_noise(tuple(x0.shape), generator, device=device)
     x_t = noise_cells(x0, d.q_sample(x0, t, noise), mask)
-    pred = model.unet(x_t, t, None)
+    pred = in_pieces(model.unet, x_t, t, None)
     x0_hat = d.model_x0(pred.float(), x_t.float(), t).clamp(-1, 1)
     stitched = (x0_hat * mask).view(n_t, k, b, *chunk.shape[1:]).sum(1)  # (T, B, C, H, W): each pixel once
     return from_model_range(stitched).mean(0)
@@ -46,14 +47,17 @@ def reconstruct_partial_reverse(model: LoadedModel, chunk: torch.Tensor, timeste
     x0 = to_model_range(chunk)  # (B, C, H, W)
     x = d.q_sample(x0, torch.full((b,), first, device=device), d.sample_noise(tuple(x0.shape), generator,
                                                                                 device=device))
+    def unet(x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        return in_pieces(model.unet, x_t, t, z)
+
     for step in range(first, -1, -1):
         t = torch.full((b,), step, device=device)
         last = torch.zeros_like(x) if step == 0 else None  # no noise is added at t = 0: do not draw it
-        x, _ = d.p_sample_step(model.unet, x, t, None, noise=last, generator=generator, variance=cfg.variance)
+        x, _ = d.p_sample_step(unet, x, t, None, noise=last, generator=generator, variance=cfg.variance)
     return from_model_range(x.float().clamp(-1, 1))
 
 
 def reconstruct_autoencoder(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
                             generator: torch.Generator) -> torch.Tensor:
     """The ``ae`` baseline: one deterministic pass; ``timesteps`` and the seed play no part."""
-    return from_model_range(model.unet(to_model_range(chunk)).float().clamp(-1, 1))
+    return from_model_range(in_pieces(model.unet, to_model_range(chunk)).float().clamp(-1, 1))

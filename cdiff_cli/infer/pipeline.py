@@ -8,10 +8,22 @@ as a DataLoader with workers would, without processes or copies.
 
 Errors keep the serial semantics: they surface in input order, and before one propagates
 every earlier item's outputs are finished, so nothing already started is left half-written.
+
+Sharing the cores. When torch's intra-op threads already fill every core, a reading or
+writing thread takes a core from one of them, and each of the network's many parallel
+regions then waits at its barrier for the thread that lost its core: measured 1.8-1.9x slower
+passes on 2 cores, worse than one thread. So while a pipeline runs on the CPU the network
+asks ``share_cores()`` before each piece of work, and runs on one thread fewer for every
+reading or writing call busy at that moment (at least one), on all of them otherwise (a pass
+on the CPU comes in small pieces anyway, ``infer/reconstruct.py``, so the count follows the
+other threads). ``CDIFF_SHARE_CORES=0`` turns this off (``benchmarks/bench_infer.py``
+compares both).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +33,66 @@ T = TypeVar("T")  # an input item
 L = TypeVar("L")  # what load returns
 C = TypeVar("C")  # what compute returns
 R = TypeVar("R")  # what finish returns
+
+
+class _Cores:
+    """How many torch threads the network may use now, given the busy reading/writing calls."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pipelines = 0  # pipelines running now
+        self.busy = 0  # load/finish calls running now
+        self.full = 0  # torch's thread count when the first pipeline started
+        self.enabled = False
+
+    def enter(self) -> None:
+        import torch
+
+        with self.lock:
+            if self.pipelines == 0:
+                self.full = torch.get_num_threads()
+                self.enabled = os.environ.get("CDIFF_SHARE_CORES", "1") != "0" and self.full > 1
+            self.pipelines += 1
+
+    def leave(self) -> None:
+        import torch
+
+        with self.lock:
+            self.pipelines -= 1
+            if self.pipelines == 0 and self.enabled:
+                torch.set_num_threads(self.full)
+
+    def background(self, fn: Callable[..., R]) -> Callable[..., R]:
+        def run(*args: object) -> R:
+            with self.lock:
+                self.busy += 1
+            try:
+                return fn(*args)
+            finally:
+                with self.lock:
+                    self.busy -= 1
+        return run
+
+
+_CORES = _Cores()
+
+
+def sharing() -> bool:
+    """True while a pipeline runs with core sharing on (torch on more than one thread)."""
+    return _CORES.pipelines > 0 and _CORES.enabled
+
+
+def share_cores() -> int:
+    """Set torch's threads for the next piece of network work; the count set (0: not sharing)."""
+    if not sharing():
+        return 0
+    import torch
+
+    with _CORES.lock:
+        want = max(1, _CORES.full - _CORES.busy)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+    return want
 
 
 def pipelined(
@@ -38,6 +110,16 @@ def pipelined(
     items = list(items)
     if not items:
         return
+    load, finish = _CORES.background(load), _CORES.background(finish)
+    _CORES.enter()
+    try:
+        yield from _run(items, load, compute, finish, behind)
+    finally:
+        _CORES.leave()
+
+
+def _run(items: list[T], load: Callable[[T], L], compute: Callable[[T, L], C],
+         finish: Callable[[T, L, C], R], behind: int) -> Iterator[R]:
     finishing: deque[Future[R]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="cdiff-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="cdiff-write") as writer:

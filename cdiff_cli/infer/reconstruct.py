@@ -21,6 +21,8 @@ from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.baselines import reconstruct_autoencoder, reconstruct_partial_reverse, reconstruct_patched
 from cdiff_cli.infer.model import LoadedModel
+from cdiff_cli.infer.pieces import in_pieces
+from cdiff_cli.infer.pipeline import share_cores
 from cdiff_cli.infer.postprocess import median_filter_2d, postprocess_volume
 from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import derive_seed
@@ -38,12 +40,13 @@ def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...
     ensemble of 3 timesteps costs one 3x-larger pass; the mean over the t's, (B, C, H, W) in [0, 1]."""
     diffusion, device = model.diffusion, model.device
     n_t, b = len(timesteps), chunk.shape[0]
+    share_cores()
     z = model.encoder(chunk) if model.encoder is not None else None  # (B, z_dim)
     x0 = to_model_range(chunk).repeat(n_t, 1, 1, 1)  # (T*B, C, H, W)
     t = torch.tensor(timesteps, device=device).repeat_interleave(b)  # (T*B,)
     noise = diffusion.sample_noise(tuple(x0.shape), generator, device=device)
     x_t = diffusion.q_sample(x0, t, noise)
-    pred = model.unet(x_t, t, z.repeat(n_t, 1) if z is not None else None)
+    pred = in_pieces(model.unet, x_t, t, z.repeat(n_t, 1) if z is not None else None)
     x0_hat = diffusion.model_x0(pred.float(), x_t.float(), t)
     return from_model_range(x0_hat.clamp(-1, 1)).view(n_t, b, *chunk.shape[1:]).mean(0)
 
