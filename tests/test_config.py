@@ -19,7 +19,7 @@ def minimal() -> dict:
     return {"data": {"sources": [{"name": "ixi", "layout": "ixi", "path": "x"}]}}
 
 
-@pytest.mark.parametrize("name", ["quickstart", "ixi", "nova"])
+@pytest.mark.parametrize("name", ["quickstart", "reference", "ixi", "nova"])
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(RECIPES / f"{name}.yaml")
     assert isinstance(recipe, Recipe)
@@ -155,3 +155,11 @@ def test_cddpm_takes_its_codes_encoder_defaults_unless_the_recipe_sets_them() ->
     assert (enc.normalize_z, enc.spark_norm_pix, enc.spark_fill) == (True, False, 0.5)
     ours = load_recipe(path).encoder
     assert (ours.normalize_z, ours.spark_norm_pix, ours.spark_fill) == (True, True, 0.5)
+
+
+def test_reference_recipe_is_the_quickstart_network_at_the_papers_grid() -> None:
+    quick, ref = load_recipe(RECIPES / "quickstart.yaml"), load_recipe(RECIPES / "reference.yaml")
+    assert ref.data.size == (96, 96, 50) and ref.data.crop == quick.data.crop  # 2 mm, the paper's grid
+    assert ref.unet == quick.unet and ref.encoder == quick.encoder  # what fits the 25 MB bundle
+    assert ref.train.batch_size * ref.train.grad_accum == quick.train.batch_size
+    assert ref.localize.threshold == "calibrated"
