@@ -143,7 +143,7 @@ def build_demo() -> gr.Blocks:
                 upload = gr.File(label="2-D slice (PNG/JPG) or NIfTI volume (.nii, .nii.gz), up to "
                                  f"{MAX_UPLOAD_BYTES // 2**20} MB", file_types=FILE_TYPES, elem_id="upload")
                 if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Examples (synthetic phantoms)",
+                    gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Examples (a tumour in an unseen synthetic brain; synthetic phantoms)",
                                 example_labels=[Path(p).name for p in examples])
                 with gr.Accordion("Settings", open=True):
                     timesteps = gr.Textbox(value=default_steps, label="Noise levels t (comma-separated)",

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic benchmark with the bundled reference model
-# (trained by scripts/quickstart.sh; see cdiff_cli/assets/reference):
+# (trained with recipes/reference.yaml; see cdiff_cli/assets/reference and benchmarks/RESULTS.md):
 #   synthesize unseen subjects -> prepare -> evaluate -> localize -> report
 # A few minutes on 2 CPU cores. Outputs under demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RECIPE=recipes/quickstart.yaml
+RECIPE=recipes/reference.yaml  # the bundled model's grid (96x96x50, 2 mm)
 SET=(data.sources.0.path=demo/synthetic/IXI data.sources.1.path=demo/synthetic/BraTS2021
-     data.sources.2.path=demo/synthetic/MSLUB data.prepared=demo/prepared runs_dir=demo/runs)
+     data.sources.2.path=demo/synthetic/MSLUB data.prepared=demo/prepared/reference runs_dir=demo/runs)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if [ -f demo/synthetic/synthesize.json ]; then

@@ -88,3 +88,21 @@ def test_bundle_refuses_what_it_cannot_complete(tmp_path: Path, frozen_run: Path
     with pytest.raises(CdiffError, match="above --max-mb"):
         bundle_reference.bundle(frozen_run, tmp_path / "b2", max_mb=0.01)
     assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
+
+
+def test_the_apps_example_slice_shows_the_bundled_model_boxing_its_tumour() -> None:
+    """examples/: an axial T2 slice of an unseen synthetic brain (benchmarks/bench_app_slices.py,
+    seed 1, BraTS2021_00004 z 85) whose tumour a user can see; through the app's own session the
+    bundled model's first (largest) box lies on it."""
+    from cdiff_cli.app.session import Session
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tumour_unseen_brain_t2_axial.png"
+    gold = (75, 52, 68, 66)  # x, y, width, height of the tumour in the 240 x 240 PNG
+    session = Session(str(REFERENCE), device="cpu")
+    threshold, how = session.threshold(0.5, calibrated=True)
+    boxes = session.render(session.analyze(str(example)), 0, threshold, 5).boxes
+    assert how == "calibrated" and boxes
+    b = boxes[0]
+    ix = max(0, min(b.x + b.width, gold[0] + gold[2]) - max(b.x, gold[0]))
+    iy = max(0, min(b.y + b.height, gold[1] + gold[3]) - max(b.y, gold[1]))
+    assert ix * iy / (b.width * b.height + gold[2] * gold[3] - ix * iy) >= 0.5

@@ -16,7 +16,7 @@ chain them.
 >>> head = (((yy - 20) / 17) ** 2 + ((xx - 24) / 21) ** 2 < 1).astype(np.float32) * 0.5
 >>> result = model.anomaly_map(head)  # a 2-D slice on its own 40 x 48 pixels
 >>> result.anomaly.shape, result.grid.anomaly.shape  # the input's grid, the model's grid
-((40, 48), (1, 64, 64))
+((40, 48), (1, 96, 96))
 >>> bool((model.anomaly_map(head).anomaly == result.anomaly).all())  # same seed, same map
 True
 >>> boxes = model.boxes(result, threshold=0.05, top_k=3)
@@ -217,7 +217,7 @@ class Model:
         >>> vol[8:32, 6:34, 5:25] = 1.0
         >>> maps = model.anomaly_map(vol, affine=np.diag([4.0, 4.0, 4.0, 1.0]), timesteps=(500,))
         >>> maps.anomaly.shape, maps.grid.anomaly.shape, float(maps.affine[0, 0])
-        ((40, 40, 30), (32, 64, 64), 4.0)
+        ((40, 40, 30), (50, 96, 96), 4.0)
         >>> all(isinstance(s, SliceBoxes) for s in model.boxes(maps, threshold=0.1))
         True
         """
