@@ -84,25 +84,18 @@ def export_slices(data: Path, out: Path, max_healthy: int) -> list[dict[str, Any
     return slices
 
 
-def _largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    from scipy import ndimage
+def _gold_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the largest lesion component (4-connected), as the app boxes components."""
+    from cdiff_cli.infer.postprocess import boxes_from_map
 
-    lab, n = ndimage.label(mask)
-    sizes = ndimage.sum(mask, lab, range(1, n + 1))
-    rows, cols = np.nonzero(lab == int(np.argmax(sizes)) + 1)
-    return int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / float(a[2] * a[3] + b[2] * b[3] - inter)
+    (b,) = boxes_from_map(mask.astype(np.float32), 0.5, top_k=1, median_size=1)
+    return b.x, b.y, b.width, b.height
 
 
 def score_model(spec: str, slices: list[dict[str, Any]], top_k: int) -> dict[str, Any]:
     """Run every slice through the app's session with the calibrated threshold; per-slice records."""
     from cdiff_cli.app.session import Session
+    from cdiff_cli.eval.detection import box_iou
 
     session = Session(spec, device="cpu")
     threshold, how = session.threshold(0.5, calibrated=True)
@@ -113,8 +106,9 @@ def score_model(spec: str, slices: list[dict[str, Any]], top_k: int) -> dict[str
         mask = np.load(Path(s["png"]).with_suffix(".mask.npy"))
         assert mask.shape == analysis.image.shape[1:], (mask.shape, analysis.image.shape)
         on_lesion = [bool(mask[b.y : b.y + b.height, b.x : b.x + b.width].any()) for b in boxes]
-        iou = max((_iou((b.x, b.y, b.width, b.height), _largest_component_box(mask)) for b in boxes),
-                  default=0.0) if mask.any() else 0.0
+        gold = _gold_box(mask) if mask.any() else None
+        iou = max((box_iou((b.x, b.y, b.width, b.height), gold, inclusive=False) for b in boxes),
+                  default=0.0) if gold else 0.0
         records.append({**s, "boxes": len(boxes), "found": any(on_lesion), "first_found": on_lesion[:1] == [True],
                         "best_iou": round(iou, 3)})
     summary: dict[str, Any] = {"model": spec, "threshold": threshold, "threshold_kind": how}

@@ -95,6 +95,7 @@ def test_the_apps_example_slice_shows_the_bundled_model_boxing_its_tumour() -> N
     seed 1, BraTS2021_00004 z 85) whose tumour a user can see; through the app's own session the
     bundled model's first (largest) box lies on it."""
     from cdiff_cli.app.session import Session
+    from cdiff_cli.eval.detection import box_iou
 
     example = Path(__file__).resolve().parents[1] / "examples" / "tumour_unseen_brain_t2_axial.png"
     gold = (75, 52, 68, 66)  # x, y, width, height of the tumour in the 240 x 240 PNG
@@ -103,6 +104,4 @@ def test_the_apps_example_slice_shows_the_bundled_model_boxing_its_tumour() -> N
     boxes = session.render(session.analyze(str(example)), 0, threshold, 5).boxes
     assert how == "calibrated" and boxes
     b = boxes[0]
-    ix = max(0, min(b.x + b.width, gold[0] + gold[2]) - max(b.x, gold[0]))
-    iy = max(0, min(b.y + b.height, gold[1] + gold[3]) - max(b.y, gold[1]))
-    assert ix * iy / (b.width * b.height + gold[2] * gold[3] - ix * iy) >= 0.5
+    assert box_iou((b.x, b.y, b.width, b.height), gold, inclusive=False) >= 0.5
