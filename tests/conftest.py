@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ os.environ.setdefault("CDIFF_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # hermetic anatomy cache: the tests never see a user's fetched anatomies (MNI152 only, from nilearn)
 os.environ["CDIFF_CACHE"] = tempfile.mkdtemp(prefix="cdiff-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CDIFF_CACHE"], True)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,6 +28,23 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """``module_tmp(name)``: a fresh folder that lives until the test module ends. Model folders and
+    checkpoints are tens of MB each, so a whole run kept in the base temp would need over 10 GB of
+    disk; the folders are kept only when a test has failed, for post-mortems."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == 0:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def tiny_recipe_dict(data_root: Path | str = "data/synthetic", prepared: Path | str = "data/prepared/tiny",

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -21,18 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tiny(module_tmp: Callable[[str], Path]) -> Any:
     from cdiff_cli import load_model
 
-    run = make_model_folder(tmp_path_factory.mktemp("api") / "run", tiny_recipe_dict())
+    run = make_model_folder(module_tmp("api") / "run", tiny_recipe_dict())
     return load_model(run, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def volume_file(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Path:
+def volume_file(module_tmp: Callable[[str], Path], tiny: Any) -> Path:
     from cdiff_cli.app.examples import make_examples
 
-    return make_examples(tmp_path_factory.mktemp("examples"), tiny)[1]
+    return make_examples(module_tmp("examples"), tiny)[1]
 
 
 def test_docstring_examples_run() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -316,9 +316,9 @@ def _recipe(fixture: Path, root: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def celeba_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def celeba_run(module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """Fixture -> prepare -> both stages, through the real CLI; shared by the tests below."""
-    root = tmp_path_factory.mktemp("celeba")
+    root = module_tmp("celeba")
     fixture = root / "celeba_fixture"
     recipe = root / "celeba.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(fixture, root)))

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -42,9 +42,9 @@ SEED = int(os.environ.get("CDIFF_CRASH_SEED", random.SystemRandom().randrange(10
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def encoder_dir(tiny_prepared: Path, module_tmp: Callable[[str], Path]) -> Path:
     """The tiny stage-1 encoder, trained once (model.safetensors + config.json only)."""
-    runs = tmp_path_factory.mktemp("enc")
+    runs = module_tmp("enc")
     recipe = load_recipe(tiny_prepared, [f"runs_dir={runs}"])
     train_stage("encoder", recipe, "cpu")
     out = runs / "encoder_only"
@@ -62,9 +62,9 @@ def _new_run(encoder_dir: Path, runs: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_prepared: Path, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reference(tiny_prepared: Path, encoder_dir: Path, module_tmp: Callable[[str], Path]) -> dict[str, Any]:
     """The uninterrupted run's final weights (in-process, one thread, as the subprocesses)."""
-    runs = tmp_path_factory.mktemp("ref")
+    runs = module_tmp("ref")
     folder = _new_run(encoder_dir, runs)
     train_stage("diffusion", load_recipe(tiny_prepared, [f"runs_dir={runs}", *COMMON]), "cpu")
     return load_file(str(folder / "model.safetensors"))

@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -34,9 +34,9 @@ LOCALIZE = {"reference": {"mAP30": 18.57, "mAP50": 9.41, "mAP50-95": 3.33, "ACC5
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(module_tmp: Callable[[str], Path]) -> Path:
     """A tiny run with calibration and both metrics files, as evaluate/localize leave it."""
-    run = make_model_folder(tmp_path_factory.mktemp("runs") / "tiny")
+    run = make_model_folder(module_tmp("runs") / "tiny")
     (run / "diffusion" / "calibration.json").write_text(json.dumps({"threshold": 0.123, "fpr": 0.01}))
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(EVAL))
@@ -46,8 +46,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dry(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dry") / "upload"
+def dry(run_dir: Path, module_tmp: Callable[[str], Path]) -> Path:
+    out = module_tmp("dry") / "upload"
     push.dry_run(run_dir, REPO, out)
     return out
 

@@ -10,7 +10,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -26,17 +26,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def raw_recipe(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def raw_recipe(tiny_prepared: Path, module_tmp: Callable[[str], Path]) -> dict[str, Any]:
     """The prepared store's recipe as a dict, with runs_dir moved to a temporary folder."""
     raw = yaml.safe_load(tiny_prepared.read_text())
-    raw["runs_dir"] = str(tmp_path_factory.mktemp("infer_runs"))
+    raw["runs_dir"] = str(module_tmp("infer_runs"))
     return raw
 
 
 @pytest.fixture(scope="module")
-def models(raw_recipe: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(raw_recipe: dict[str, Any], module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """Random-weight models on the prepared grid: fold 0, fold 1 (other weights) and broken variants."""
-    root = tmp_path_factory.mktemp("models")
+    root = module_tmp("models")
     fold0 = make_model_folder(root / "fold0", raw_recipe, seed=0)
     raw1 = json.loads(json.dumps(raw_recipe))
     raw1["data"]["fold"] = 1
@@ -84,11 +84,11 @@ class _MkdirOnLoad:
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def inputs(tiny_benchmark: Path, module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """An oblique, anisotropic NIfTI, a PNG and a folder of PNGs."""
     import nibabel as nib
 
-    root = tmp_path_factory.mktemp("inputs")
+    root = module_tmp("inputs")
     src = nib.load(str(min((tiny_benchmark / "IXI").glob("*.nii.gz"))))
     data = np.asanyarray(src.dataobj)[::2, ::2, ::2]  # (128, 128, 65): a quick volume
     lin = src.affine[:3, :3]
@@ -128,11 +128,11 @@ def _one_line_error(code: int, err: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reconstructed(models: dict[str, Path], inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
+def reconstructed(models: dict[str, Path], inputs: dict[str, Path], module_tmp: Callable[[str], Path],
                   ) -> dict[str, Path]:
     """Three runs: all inputs with seed 3; NIfTI + PNG again with seed 3; and with seed 4."""
     capsys = _NoCapture()
-    root = tmp_path_factory.mktemp("recon")
+    root = module_tmp("recon")
     model = str(models["fold0"])
     runs = {"a": (["nifti", "png", "folder"], 3), "b": (["nifti", "png"], 3), "c": (["nifti", "png"], 4)}
     for tag, (keys, seed) in runs.items():
@@ -219,9 +219,9 @@ def test_reconstruct_same_seed_same_maps_other_seed_differs(reconstructed: dict[
 
 @pytest.fixture(scope="module")
 def evaluated(models: dict[str, Path], tiny_prepared: Path, raw_recipe: dict[str, Any],
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+              module_tmp: Callable[[str], Path]) -> dict[str, Any]:
     """Exact search with one model; interval search with two folds (copies: calibration is written)."""
-    root = tmp_path_factory.mktemp("eval")
+    root = module_tmp("eval")
     for name in ("fold0", "fold1"):
         for run in ("m", "m2"):
             shutil.copytree(models[name] / "diffusion", root / f"{run}_{name}" / "diffusion")
@@ -354,9 +354,9 @@ def test_evaluate_interval_search_and_two_folds_give_std(evaluated: dict[str, An
 
 
 @pytest.fixture(scope="module")
-def localized(models: dict[str, Path], tiny_benchmark: Path, tmp_path_factory: pytest.TempPathFactory,
+def localized(models: dict[str, Path], tiny_benchmark: Path, module_tmp: Callable[[str], Path],
               ) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("localize")
+    root = module_tmp("localize")
     nova = tiny_benchmark / "NOVA"
     for tag, extra in {"t2": [], "all": ["--no-t2-filter"]}.items():
         code, err = run_cli(["localize", str(nova), "--model", str(models["fold0"]), "--threshold", "0.5",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Callable, get_args
 
 import numpy as np
 import pytest
@@ -71,9 +71,9 @@ class _Slices(Dataset):
 
 
 @pytest.fixture(scope="module", params=BASELINES)
-def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe, dict]:
+def trained(request: pytest.FixtureRequest, module_tmp: Callable[[str], Path]) -> tuple[Recipe, dict]:
     """Each baseline trained for 3 steps through the real stages (and stage 1 when it has an encoder)."""
-    recipe = recipe_from_dict(raw_for(request.param, runs_dir=str(tmp_path_factory.mktemp("runs"))))
+    recipe = recipe_from_dict(raw_for(request.param, runs_dir=str(module_tmp("runs"))))
     run, data = recipe.run_dir, _Slices()
     if method_spec(recipe.method).needs_encoder:
         torch.manual_seed(0)

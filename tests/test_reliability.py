@@ -82,7 +82,7 @@ def _raw_recipe(data: Path, prepared: Path, runs: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world(module_tmp: Callable[[str], Path]) -> Path:
     """data/, prepared/ (a good store), runs/tiny/ (trained encoder + a diffusion checkpoint at step 1),
     push/tiny/ (a complete random-weight model folder), ddpm/ (a U-Net-only model folder)."""
     from cdiff_cli.config import recipe_from_dict
@@ -90,7 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cdiff_cli.train.loop import TrainingInterrupted
     from cdiff_cli.train.run import train_stage
 
-    root = tmp_path_factory.mktemp("world")
+    root = module_tmp("world")
     _make_data(root / "data")
     raw = _raw_recipe(root / "data", root / "prepared", root / "runs")
     raw["encoder_train"].update(steps=1, val_every=0)

@@ -30,11 +30,11 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(module_tmp):
     """Two tiny runs with the same seed into different folders (the second checks determinism)."""
     calls: list[tuple[str, int, int]] = []
-    a = tmp_path_factory.mktemp("synA") / "bench"
-    b = tmp_path_factory.mktemp("synB") / "bench"
+    a = module_tmp("synA") / "bench"
+    b = module_tmp("synB") / "bench"
     res_a = syn.synthesize(a, seed=0, preset="tiny", progress=lambda *c: calls.append(c))
     res_b = syn.synthesize(b, seed=0, preset="tiny")
     return a, b, res_a, res_b, calls

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,9 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tiny_prepared: Path, module_tmp: Callable[[str], Path]) -> Path:
     """A run directory with both stages trained for a few steps (shared by the tests below)."""
-    runs = tmp_path_factory.mktemp("runs")
+    runs = module_tmp("runs")
     recipe = load_recipe(tiny_prepared, [f"runs_dir={runs}"])
     enc = train_stage("encoder", recipe, "cpu")
     diff = train_stage("diffusion", recipe, "cpu")
