@@ -82,6 +82,7 @@ def test_benchmark_trains_evaluates_and_resumes(tiny_prepared: Path, tiny_benchm
     (["--seeds", "0"], "--seeds 0"),
     (["--budget", "0"], "--budget 0"),
     (["--nova", "/nonexistent/nova"], "no such folder"),
+    (["--max-val-volumes", "0"], "--max-val-volumes 0"),
 ])
 def test_bad_benchmark_arguments_are_one_line_errors(tiny_prepared: Path, tmp_path: Path, extra: list[str],
                                                      message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,6 +162,41 @@ def test_the_test_subset_is_the_first_sorted_ids() -> None:
 
     assert test_subset(["c", "a", "b"], None) == ["c", "a", "b"]
     assert test_subset(["c", "a", "b"], 2) == ["a", "b"] and test_subset(["b"], 5) == ["b"]
+
+
+def test_max_val_volumes_caps_the_threshold_and_calibration_volumes(tiny_prepared: Path) -> None:
+    """AnoDDPM's 200 passes per slice do not fit the whole validation split: under ``max_val`` the
+    Dice thresholds and the localisation calibration use the first sorted validation ids only."""
+    from cdiff_cli.console import make_progress
+    from cdiff_cli.data.dataset import load_splits
+    from cdiff_cli.data.splits import fold_subjects
+    from cdiff_cli.eval.protocol import evaluate_maps
+    from cdiff_cli.eval.references import reference_maps
+
+    recipe = load_recipe(tiny_prepared)
+    splits, fold = load_splits(recipe), recipe.data.fold
+    base = reference_maps("meanslice", recipe)
+    calls: list[int] = []
+
+    def maps(volume, mask, median_size, erosion):  # noqa: ANN001, ANN202
+        calls.append(1)
+        return base(volume, mask, median_size, erosion)
+
+    def run(max_test: int | None, max_val: int | None) -> tuple[dict, int]:
+        calls.clear()
+        with make_progress() as bar:
+            doc = evaluate_maps(maps, recipe, fold, recipe.localize.median_size, bar, max_test, max_val)
+        return doc, len(calls)
+
+    n = {name: {split: len(fold_subjects(splits[name], split, fold)) for split in ("val", "test")}
+         for name in ("ixi", "brats")}
+    assert n["ixi"]["val"] >= 2, n  # the cap must bite on this split
+    full, calls_full = run(None, None)
+    capped, calls_capped = run(1, 1)
+    assert calls_full == n["ixi"]["test"] + n["ixi"]["val"] + n["brats"]["val"] + n["brats"]["test"]
+    assert calls_capped == 4  # one volume of each of the four splits
+    assert capped["max_val_volumes"] == 1 and full["max_val_volumes"] is None
+    assert capped["calibration"]["n_slices"] < full["calibration"]["n_slices"]
 
 
 def test_references_are_the_input_and_its_distance_to_the_mean_training_slice(tiny_prepared: Path) -> None:

@@ -225,13 +225,17 @@ def benchmark(
                                                      "spark, eps0, simplex2d, t500, frozen, ...).")] = None,
     max_test_volumes: Annotated[Optional[int], typer.Option(help="Score the --subset methods on the first N "
                                                             "test volumes of each set only (sorted ids).")] = None,
-    subset: Annotated[str, typer.Option(help="Methods that --max-test-volumes applies to.")] = "anoddpm",
+    max_val_volumes: Annotated[Optional[int], typer.Option(help="The --subset methods choose their Dice "
+                                                           "thresholds and localisation calibration on the first N "
+                                                           "validation volumes of each set only.")] = None,
+    subset: Annotated[str, typer.Option(help="Methods that --max-test-volumes and --max-val-volumes apply "
+                                        "to.")] = "anoddpm",
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the paired intervals.")] = 10_000,
 ) -> None:
     from cdiff_cli.cli.commands import run_benchmark
 
     run_benchmark(recipe, overrides or [], methods, seeds, budget, encoder_budget, nova, out, device, ablations,
-                  max_test_volumes, subset, resamples)
+                  max_test_volumes, subset, resamples, max_val_volumes)
 
 
 def main() -> None:

@@ -162,6 +162,9 @@ def write_reports(out: Path, results: list[dict[str, Any]], labels: list[str],
     if options.get("max_test_volumes") is not None:
         header += (f" {', '.join(options['subset_methods'])} scored on the first {options['max_test_volumes']} "
                    "test volumes of each set (sorted subject ids).")
+    if options.get("max_val_volumes") is not None:
+        header += (f" {', '.join(options['subset_methods'])} chose thresholds and calibration on the first "
+                   f"{options['max_val_volumes']} validation volumes of each set.")
     resamples = int(options.get("resamples", 10_000))
     has_ours = "cdiff" in labels
     vs_ours = comparisons(results, "cdiff", [m for m in methods if m != "cdiff"], resamples) if has_ours else {}

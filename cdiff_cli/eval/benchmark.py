@@ -118,18 +118,21 @@ def plan_units(recipe_path: Path, overrides: list[str], methods: list[str], seed
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], seeds: int, budget: int | None,
                   encoder_budget: int | None, out: Path, nova: Path | None, device: str,
                   infer_slices: int = 32, ablations: list[str] | None = None, max_test: int | None = None,
-                  subset: tuple[str, ...] = ("anoddpm",), resamples: int = 10_000) -> dict[str, Any]:
+                  subset: tuple[str, ...] = ("anoddpm",), resamples: int = 10_000,
+                  max_val: int | None = None) -> dict[str, Any]:
     """Train, evaluate and time every unit not finished yet, with an ETA; write the reports.
 
     ``max_test``: the methods in ``subset`` (AnoDDPM's 200 passes per slice) score only the
     fixed subset of test volumes of :func:`cdiff_cli.eval.protocol.test_subset`; the paired
-    statistics then pair on those volumes."""
+    statistics then pair on those volumes. ``max_val``: those methods also choose their Dice
+    thresholds and localisation calibration on that subset of each validation split."""
     if seeds < 1:
         raise CdiffError(f"--seeds {seeds}: must be at least 1")
     if nova is not None and not nova.exists():
         raise CdiffError(f"--nova {nova}: no such folder")
-    if max_test is not None and max_test < 1:
-        raise CdiffError(f"--max-test-volumes {max_test}: must be at least 1")
+    for flag, cap in (("--max-test-volumes", max_test), ("--max-val-volumes", max_val)):
+        if cap is not None and cap < 1:
+            raise CdiffError(f"{flag} {cap}: must be at least 1")
     units = plan_units(recipe_path, overrides, methods, seeds, budget, encoder_budget, out, ablations or [])
     results: list[dict[str, Any]] = []
     spent: dict[str, list[float]] = {}
@@ -143,15 +146,17 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], s
              f"{eta(units[i - 1:], spent)}")
         t0 = time.perf_counter()
         base = "cdiff" if unit.label.startswith("abl-") else unit.label
-        cap = max_test if base in subset or unit.label in subset else None
-        result = run_unit(unit, nova if unit.kind in ("train", "encoder") else None, device, infer_slices, cap)
+        capped = base in subset or unit.label in subset
+        result = run_unit(unit, nova if unit.kind in ("train", "encoder") else None, device, infer_slices,
+                          max_test if capped else None, max_val if capped else None)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         spent.setdefault(unit.label, []).append(result["seconds"])
         write_json(path, result)
         results.append(result)
     labels = list(dict.fromkeys(u.label for u in units))
     options = {"recipe": str(recipe_path), "budget": budget, "encoder_budget": encoder_budget, "seeds": seeds,
-               "max_test_volumes": max_test, "subset_methods": list(subset) if max_test is not None else [],
+               "max_test_volumes": max_test, "max_val_volumes": max_val,
+               "subset_methods": list(subset) if max_test is not None or max_val is not None else [],
                "ablations": ablations or [], "resamples": resamples}
     return write_reports(out, results, labels, options)
 
@@ -168,7 +173,7 @@ def eta(remaining: list[Unit], spent: dict[str, list[float]]) -> str:
 
 
 def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
-             max_test: int | None = None) -> dict[str, Any]:
+             max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """Train (resuming any stage cut off earlier), evaluate, localise and time one unit."""
     from cdiff_cli.eval.localize import localize
     from cdiff_cli.eval.protocol import evaluate
@@ -176,9 +181,10 @@ def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
     recipe, method = unit.recipe, unit.label
     run_dir = recipe.run_dir
     result: dict[str, Any] = {"method": method, "seed": unit.seed, "recipe_seed": recipe.seed,
-                              "run_dir": str(run_dir), "kind": unit.kind, "max_test_volumes": max_test}
+                              "run_dir": str(run_dir), "kind": unit.kind, "max_test_volumes": max_test,
+                              "max_val_volumes": max_val}
     if unit.kind == "reference":
-        doc = evaluate_reference(recipe, method, max_test)  # type: ignore[arg-type]
+        doc = evaluate_reference(recipe, method, max_test, max_val)  # type: ignore[arg-type]
     else:
         if unit.kind != "weights":
             progress = train_unit(unit, device)
@@ -186,7 +192,7 @@ def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
         model_dir = run_dir if unit.kind != "weights" else unit.weights
         result["weights"] = str(model_dir)
         info("  evaluating")
-        doc = evaluate(recipe, str(model_dir), run_dir / "eval", device, max_test)["metrics"]
+        doc = evaluate(recipe, str(model_dir), run_dir / "eval", device, max_test, max_val)["metrics"]
     for name, metrics in doc.get("sets", {}).items():
         for key in ("dice", "auprc", "auroc"):
             result[f"{name}_{key}"] = _mean(metrics.get(key))
@@ -247,7 +253,8 @@ def copy_folder_files(src: Path, dst: Path) -> None:
     tmp.rename(dst)
 
 
-def evaluate_reference(recipe: Recipe, kind: Reference, max_test: int | None) -> dict[str, Any]:
+def evaluate_reference(recipe: Recipe, kind: Reference, max_test: int | None,
+                       max_val: int | None = None) -> dict[str, Any]:
     """A no-training reference through the protocol; its reports in ``run_dir/eval``."""
     from cdiff_cli.console import make_progress
     from cdiff_cli.eval.protocol import evaluate_maps, write_evaluation
@@ -257,7 +264,7 @@ def evaluate_reference(recipe: Recipe, kind: Reference, max_test: int | None) ->
     t0 = time.perf_counter()
     with make_progress() as bar:
         fold = evaluate_maps(reference_maps(kind, recipe), recipe, recipe.data.fold, recipe.localize.median_size,
-                             bar, max_test)
+                             bar, max_test, max_val)
     return write_evaluation(recipe.run_dir / "eval", recipe, [fold], kind, [kind], t0)["metrics"]
 
 

@@ -68,26 +68,28 @@ def _check_grid(model_recipe: Recipe, where: Path, recipe: Recipe) -> None:
         )
 
 
-def evaluate_model(model: Model, recipe: Recipe, bar: Any, max_test: int | None = None) -> dict[str, Any]:
+def evaluate_model(model: Model, recipe: Recipe, bar: Any, max_test: int | None = None,
+                   max_val: int | None = None) -> dict[str, Any]:
     """All metrics of one model (one fold), reconstructing with the recipe's ``infer.timesteps``
     (so ``infer.timesteps=[500]`` on the command line evaluates the same weights at one t)."""
     result = evaluate_maps(model_maps(model, tuple(recipe.infer.timesteps)), recipe, model.recipe.data.fold,
-                           model.recipe.localize.median_size, bar, max_test)
+                           model.recipe.localize.median_size, bar, max_test, max_val)
     result["calibration"]["timesteps"] = list(recipe.infer.timesteps)
     return result
 
 
 def test_subset(subjects: list[str], max_test: int | None) -> list[str]:
-    """The fixed subset of test volumes scored under ``--max-test-volumes``: the first ``max_test``
-    subject ids in sorted order (all of them for None)."""
+    """The fixed subset of volumes scored under ``--max-test-volumes`` (and ``--max-val-volumes``):
+    the first ``max_test`` subject ids in sorted order (all of them for None)."""
     return subjects if max_test is None else sorted(subjects)[:max_test]
 
 
 def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, bar: Any,
-                  max_test: int | None = None) -> dict[str, Any]:
+                  max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """All metrics of one map function on one fold: any trained model or a reference that trains
     nothing is scored by the same protocol. ``max_test``: score only :func:`test_subset` of each
-    test split (validation, threshold and calibration stay whole)."""
+    test split; ``max_val``: choose the Dice thresholds and the localisation calibration on that
+    subset of each validation split (both whole by default)."""
     splits = load_splits(recipe)
     prepared = Path(recipe.data.prepared)
     ecfg = recipe.eval
@@ -101,7 +103,8 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
     h_scores = [float(r.anomaly[np.asarray(hstore.mask(v)) > 0].mean()) for v, r in h_test]
     result: dict[str, Any] = {"fold": fold, "healthy": {"name": healthy_name,
                                                        "l1": float(np.mean(l1)) if l1 else None,
-                                                       "n": len(h_test)}, "sets": {}, "max_test_volumes": max_test}
+                                                       "n": len(h_test)}, "sets": {}, "max_test_volumes": max_test,
+                              "max_val_volumes": max_val}
     curves: dict[str, Any] = {}
     for src in recipe.data.sources:
         if src.role != "lesion" or src.layout in ("nova", "folder") or src.name not in splits:
@@ -109,7 +112,8 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
         store = PreparedStore.open(prepared / src.name)
         if not store.has_seg:
             continue
-        val = _maps(maps, store, fold_subjects(splits[src.name], "val", fold), f"{src.name} val", bar, ecfg)
+        val = _maps(maps, store, test_subset(fold_subjects(splits[src.name], "val", fold), max_val),
+                    f"{src.name} val", bar, ecfg)
         test = _maps(maps, store, test_subset(fold_subjects(splits[src.name], "test", fold), max_test),
                      f"{src.name} test", bar, ecfg)
         if not val or not test:
@@ -146,8 +150,8 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
             "cases": per_case,
         }
         curves[src.name] = (test, store)
-    result["calibration"] = _calibrate(maps, hstore, fold_subjects(splits[healthy_name], "val", fold), bar, ecfg,
-                                       localize_median)
+    result["calibration"] = _calibrate(maps, hstore, test_subset(fold_subjects(splits[healthy_name], "val", fold),
+                                                                 max_val), bar, ecfg, localize_median)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
 
@@ -241,9 +245,9 @@ def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
 
 
 def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
-             max_test: int | None = None) -> dict[str, Any]:
+             max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """Evaluate one model, or several comma-separated ones (folds), and write the reports
-    (``max_test``: only :func:`test_subset` of each test split)."""
+    (``max_test``/``max_val``: only :func:`test_subset` of each test/validation split)."""
     from cdiff_cli.natural.store import contrastive_source
     from cdiff_cli.train.distributed import resolve_device
 
@@ -265,7 +269,7 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
     with make_progress() as bar:
         for spec in specs:
             model = load_model(spec, device=device)
-            per_fold.append(evaluate_model(model, recipe, bar, max_test))
+            per_fold.append(evaluate_model(model, recipe, bar, max_test, max_val))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
                 if recipe.infer == model.recipe.infer:
                     _store_calibration(model.loaded, per_fold[-1]["calibration"])
