@@ -34,6 +34,7 @@ for s in 0 1 2; do
       --ours "$OUT/runs/quickstart-cdiff-s$s" --spark "$OUT/runs/quickstart-cddpm-s$s" --seed "$s" --slices 128 \
       --out "$OUT/invariance-s$s"
 done
+"$PY" benchmarks/combine_invariance.py "$OUT"/invariance-s{0,1,2} --out "$OUT/invariance"
 # every unit is done by now: this reads them all back and writes benchmark.md/.json/.png for all of them
 "$CDIFF" benchmark "${common[@]}" --methods cdiff,ddpm,pddpm,cddpm,anoddpm,ae,intensity,meanslice \
     --ablations all "${subset[@]}"

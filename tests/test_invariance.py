@@ -54,3 +54,33 @@ def test_invariance_script_writes_the_table(tiny_prepared: Path, tmp_path: Path)
     assert seg["z_own"] != seg["z_healthy"]  # the U-Net sees another z
     md = (tmp_path / "inv" / "invariance.md").read_text()
     assert "| untrained |" in md and "z from its healthy version" in md
+
+
+def test_seeds_combine_into_mean_std_and_per_seed_gain(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from combine_invariance import main
+
+    def doc(seed: int, cos: float, own: float, healthy: float) -> dict:
+        enc = {"ours": {"cosine": cos, "cosine_std": 0.1, "probe_accuracy": 0.9},
+               "untrained": {"cosine": 0.99, "cosine_std": 0.0, "probe_accuracy": 0.6}}
+        seg = {"z_own": {"dice": own, "auprc": own, "threshold": 0.1},
+               "z_healthy": {"dice": healthy, "auprc": healthy + 0.01, "threshold": 0.1}}
+        return {"slices": 8, "seed": seed, "lesion_fraction": 0.04, "encoders": enc, "ours": f"run{seed}",
+                "spark": None, "segmentation": seg}
+
+    folders = []
+    for seed, (cos, own, healthy) in enumerate([(0.4, 0.50, 0.60), (0.6, 0.70, 0.72)]):
+        folders.append(tmp_path / f"s{seed}")
+        folders[-1].mkdir()
+        (folders[-1] / "invariance.json").write_text(json.dumps(doc(seed, cos, own, healthy)))
+    main([*map(str, folders), "--out", str(tmp_path / "all")])
+    out = json.loads((tmp_path / "all" / "invariance.json").read_text())
+    assert out["seeds"] == [0, 1]
+    assert out["encoders"]["ours"]["cosine"]["mean"] == pytest.approx(0.5)
+    assert out["encoders"]["ours"]["cosine"]["std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std
+    assert out["gain_from_healthy_z"]["dice"]["per_seed"] == pytest.approx([0.10, 0.02])
+    assert out["gain_from_healthy_z"]["auprc"]["mean"] == pytest.approx(0.07)
+    md = (tmp_path / "all" / "invariance.md").read_text()
+    assert "| ours | 0.5000 ± 0.1414 | 90.0 ± 0.0 |" in md and "| gain (healthy z - own z), pp | 6.00 ± 5.66 |" in md
+    with pytest.raises(SystemExit, match="no such file"):
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")])

@@ -193,3 +193,49 @@ def invariance_markdown(doc: dict[str, Any]) -> str:
               f"| z from its healthy version (perfect invariance) | {s['z_healthy']['dice'] * 100:.2f} | "
               f"{s['z_healthy']['auprc'] * 100:.2f} |"]
     return "\n".join(lines) + "\n"
+
+
+def combine_invariance(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds' :func:`measure_invariance` documents (a model trained with each seed, lesions
+    placed with that seed) as mean and sample std over seeds, with the per-seed gain in Dice and
+    AUPRC that z from the healthy slice buys (z_healthy - z_own)."""
+    if not docs:
+        raise DataError("no invariance results to combine")
+
+    def ms(values: list[float]) -> dict[str, Any]:
+        arr = np.asarray(values, dtype=np.float64)
+        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
+                "per_seed": [float(v) for v in arr]}
+
+    names = [n for n in docs[0]["encoders"] if all(n in d["encoders"] for d in docs)]
+    encoders = {n: {key: ms([d["encoders"][n][key] for d in docs]) for key in ("cosine", "probe_accuracy")}
+                for n in names}
+    seg = {which: {key: ms([d["segmentation"][which][key] for d in docs]) for key in ("dice", "auprc")}
+           for which in ("z_own", "z_healthy")}
+    gain = {key: ms([d["segmentation"]["z_healthy"][key] - d["segmentation"]["z_own"][key] for d in docs])
+            for key in ("dice", "auprc")}
+    return {"seeds": [d["seed"] for d in docs], "slices": [d["slices"] for d in docs], "encoders": encoders,
+            "segmentation": seg, "gain_from_healthy_z": gain, "runs": [d["ours"] for d in docs],
+            "spark_runs": [d.get("spark") for d in docs]}
+
+
+def combined_markdown(doc: dict[str, Any]) -> str:
+    """The seeds table of :func:`combine_invariance` (percentages for accuracies, Dice and AUPRC)."""
+    def fmt(m: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+        std = "" if m["std"] is None else f" \u00b1 {m['std'] * scale:.{digits}f}"
+        return f"{m['mean'] * scale:.{digits}f}{std}"
+
+    n = len(doc["seeds"])
+    lines = [f"Mean \u00b1 std over {n} seeds (a model trained with each seed; lesions placed with it; "
+             f"{', '.join(str(s) for s in doc['slices'])} healthy test slices).", "",
+             "| encoder | cos(z healthy, z lesioned) | lesion probe accuracy % (chance 50) |", "|:---|---:|---:|"]
+    for name, r in doc["encoders"].items():
+        lines.append(f"| {name} | {fmt(r['cosine'], 1, 4)} | {fmt(r['probe_accuracy'], 100, 1)} |")
+    s, g = doc["segmentation"], doc["gain_from_healthy_z"]
+    lines += ["", "| ours on the lesioned slices | pooled Dice % (best threshold) | pooled AUPRC % |", "|:---|---:|---:|",
+              f"| z from the lesioned slice (deployed) | {fmt(s['z_own']['dice'], 100)} | "
+              f"{fmt(s['z_own']['auprc'], 100)} |",
+              f"| z from its healthy version (perfect invariance) | {fmt(s['z_healthy']['dice'], 100)} | "
+              f"{fmt(s['z_healthy']['auprc'], 100)} |",
+              f"| gain (healthy z - own z), pp | {fmt(g['dice'], 100)} | {fmt(g['auprc'], 100)} |"]
+    return "\n".join(lines) + "\n"
