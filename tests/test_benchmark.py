@@ -128,6 +128,8 @@ def test_benchmark_references_ablations_and_paired_statistics(tiny_prepared: Pat
     md = (out / "benchmark.md").read_text()
     assert "| intensity (no training) | 1 |" in md and "## Ours against each method (paired)" in md
     assert "| unet.cond_mode | adagn |" in md and "(the default)" in md and "| infer.timesteps | t500 |" in md
+    assert set(doc["ablation_verdicts"]) == {"abl-t500", "abl-frozen"}
+    assert all(v in ("better", "worse", "mixed", "no difference") for v in doc["ablation_verdicts"].values())
     assert doc["max_test_volumes"] == 1 and doc["subset_methods"] == ["intensity"]
     assert (out / "benchmark_paired.png").stat().st_size > 0
 
@@ -239,3 +241,17 @@ def test_every_ablation_resolves_and_reuses_what_it_leaves_alone(tiny_prepared: 
     spark = next(u for u in units if u.label == "abl-spark+infonce")
     assert spark.recipe.encoder.objective == "spark+infonce" and spark.recipe.name == "tiny-abl-spark_infonce-s0"
     assert set(ABLATIONS) == set(parse_ablations("all"))
+
+
+def test_an_ablation_verdict_needs_an_interval_that_excludes_zero() -> None:
+    from cdiff_cli.eval.bench_report import verdict
+
+    def entry(dice: tuple[float, float], auprc: tuple[float, float]) -> dict:
+        return {"brats_dice": {"ci": list(dice)}, "brats_auprc": {"ci": list(auprc)},
+                "mslub_dice": {"ci": [-0.5, -0.1]}}  # the MS-like set does not decide a default
+
+    assert verdict(entry((0.01, 0.05), (-0.01, 0.02))) == "better"
+    assert verdict(entry((-0.05, -0.01), (-0.01, 0.02))) == "worse"
+    assert verdict(entry((0.01, 0.05), (-0.04, -0.01))) == "mixed"
+    assert verdict(entry((-0.01, 0.05), (-0.02, 0.01))) == "no difference"
+    assert verdict(None) == "\u2013" and verdict({}) == "\u2013"

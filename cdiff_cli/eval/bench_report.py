@@ -118,6 +118,20 @@ def paired_markdown(comps: dict[str, dict[str, Any]], title: str, sign: str) -> 
     return "\n".join(lines) + "\n"
 
 
+PRIMARY = ("brats_dice", "brats_auprc")  # the metrics a default is chosen by (METHOD.md: BraTS Dice, AUPRC)
+
+
+def verdict(entry: dict[str, Any] | None) -> str:
+    """What a variant's paired intervals against the default say, on :data:`PRIMARY`: ``better``
+    (some interval above zero, none below: switch the default), ``worse`` (the reverse), ``mixed``
+    (one above, one below) or ``no difference`` (every interval holds zero: keep the default)."""
+    cis = [entry[k]["ci"] for k in PRIMARY if entry and entry.get(k)]
+    if not cis:
+        return "\u2013"
+    up, down = any(lo > 0 for lo, _ in cis), any(hi < 0 for _, hi in cis)
+    return "mixed" if up and down else "better" if up else "worse" if down else "no difference"
+
+
 def ablation_markdown(table: dict[str, dict[str, Any]], comps: dict[str, dict[str, Any]], ablations: list[str],
                       labels: list[str]) -> str:
     """Each variant's mean \u00b1 std and its paired interval against the default (cdiff)."""
@@ -129,17 +143,22 @@ def ablation_markdown(table: dict[str, dict[str, Any]], comps: dict[str, dict[st
             if any(k in e for e in comps.values()) or k in table.get("cdiff", {})]
     lines = ["## Ablations of cdiff (same seeds, against the default)", "",
              "| factor | variant | overrides | seeds | " + " | ".join(keys) + " | "
-             + " | ".join(f"\u0394 {k}" for k in keys) + " |", "|:---|:---|:---|---:|" + "---:|" * (2 * len(keys))]
+             + " | ".join(f"\u0394 {k}" for k in keys) + " | verdict |",
+             "|:---|:---|:---|---:|" + "---:|" * (2 * len(keys)) + ":---|"]
     for name in ablations:
         label = f"abl-{name}"
         entry = table.get("cdiff" if label not in labels else label, {})
         cells = [_mean_std(entry.get(k)) for k in keys]
         deltas = ["(the default)"] * len(keys) if label not in labels else \
             [_interval(comps.get(label, {}).get(k)) for k in keys]
+        said = "(the default)" if label not in labels else verdict(comps.get(label))
         lines.append(f"| {FACTORS[name]} | {name} | `{' '.join(ABLATIONS[name])}` | {entry.get('seeds', 0)} | "
-                     + " | ".join(cells + deltas) + " |")
+                     + " | ".join(cells + deltas) + f" | {said} |")
     lines += ["", "Scores in %, mean \u00b1 std over seeds; \u0394 = variant \u2212 default (pp) with its 95 % "
-              "bootstrap interval and Wilcoxon p. A variant whose recipe equals the default is the default's row."]
+              "bootstrap interval and Wilcoxon p. A variant whose recipe equals the default is the default's row. "
+              "Verdict, from the BraTS-like Dice and AUPRC intervals: better (one excludes zero in the variant's "
+              "favour, none against it: the default should change), worse, mixed, or no difference (keep the "
+              "default)."]
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +194,8 @@ def write_reports(out: Path, results: list[dict[str, Any]], labels: list[str],
     text += "\n" + paired_markdown(vs_ours, "## Ours against each method (paired)", "cdiff \u2212 method")
     text += "\n" + ablation_markdown(table, vs_default, options.get("ablations", []), labels)
     doc = {**options, "methods": labels, "table": table, "paired": {"cdiff_vs": vs_ours, "ablation_vs_default":
-                                                                     vs_default}, "units": results}
+                                                                     vs_default},
+           "ablation_verdicts": {a: verdict(c) for a, c in vs_default.items()}, "units": results}
     write_json(out / "benchmark.json", doc)
     write_text(out / "benchmark.md", text)
     plot_benchmark(out / "benchmark.png", table, [(label, key, scale) for label, key, scale, _ in COLUMNS])
