@@ -208,9 +208,9 @@ def plot_paired(path: str | os.PathLike[str], comparisons: Mapping[str, Mapping[
     if not keys:
         raise ValueError("nothing to plot: no paired comparison")
     pairs = list(comparisons)
-    ncols = min(4, len(keys))
+    ncols = min(4 if len(pairs) <= 8 else 2, len(keys))  # many pairs (methods and ablations): a 2x2 grid
     nrows = -(-len(keys) // ncols)
-    fig = new_figure((max(3.2, 0.55 * len(pairs) + 1.5) * ncols, 3.0 * nrows + 0.4))
+    fig = new_figure((max(3.2, 0.55 * len(pairs) + 1.5) * ncols, 3.4 * nrows + 0.4))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).reshape(nrows, ncols)
     for ax, key in zip(axes.flat, keys):
         for i, pair in enumerate(pairs):
