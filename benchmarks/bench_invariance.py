@@ -26,13 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("CDIFF_PROGRESS", "0")
 
     from cdiff_cli.config import load_recipe
-    from cdiff_cli.eval.invariance import invariance_markdown, measure_invariance
-    from cdiff_cli.fileio import write_json, write_text
+    from cdiff_cli.eval.invariance import invariance_markdown, measure_invariance, write_invariance
 
     doc = measure_invariance(load_recipe(args.recipe), args.ours, args.spark, args.device, args.slices, args.seed)
     text = invariance_markdown(doc)
-    write_json(args.out / "invariance.json", doc)
-    write_text(args.out / "invariance.md", text)
+    write_invariance(args.out, doc, text)
     print(text)
 
 

@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from cdiff_cli.eval.invariance import combine_invariance, combined_markdown
-    from cdiff_cli.fileio import write_json, write_text
+    from cdiff_cli.eval.invariance import combine_invariance, combined_markdown, write_invariance
 
     docs = []
     for folder in args.folders:
@@ -31,8 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         docs.append(json.loads(path.read_text(encoding="utf-8")))
     doc = combine_invariance(docs)
     text = combined_markdown(doc)
-    write_json(args.out / "invariance.json", doc)
-    write_text(args.out / "invariance.md", text)
+    write_invariance(args.out, doc, text)
     print(text)
 
 

@@ -23,11 +23,15 @@ stream_a() {  # the default cdiff (needed by every ablation) and the other metho
 }
 stream_b() {  # AnoDDPM, then the other ablations (their default cdiff units exist by then, or are made here)
   "$CDIFF" benchmark "${common[@]}" --methods anoddpm "${subset[@]}"
-  until [ -f "$OUT/results/cdiff-s2.json" ]; do sleep 20; done  # never train the default in both streams
+  until [ -f "$OUT/results/cdiff-s2.json" ]; do  # never train the default in both streams
+    kill -0 $$ 2>/dev/null || exit 1                  # the script is gone: so is the other stream
+    sleep 20
+  done
   "$CDIFF" benchmark "${common[@]}" --methods cdiff --ablations eps0,eps1
 }
 OMP_NUM_THREADS=1 stream_b > "$OUT/stream_b.log" 2>&1 &
 b=$!
+trap 'pkill -TERM -P "$b" 2>/dev/null; kill "$b" 2>/dev/null || true' EXIT  # a failed first stream stops the second (cdiff saves a checkpoint on SIGTERM)
 OMP_NUM_THREADS=1 stream_a
 wait "$b" || { echo "the second stream failed: see $OUT/stream_b.log" >&2; exit 1; }
 for s in 0 1 2; do

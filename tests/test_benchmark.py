@@ -160,10 +160,10 @@ def test_eta_from_the_units_finished_so_far() -> None:
 
 
 def test_the_test_subset_is_the_first_sorted_ids() -> None:
-    from cdiff_cli.eval.protocol import test_subset
+    from cdiff_cli.eval.protocol import volume_subset
 
-    assert test_subset(["c", "a", "b"], None) == ["c", "a", "b"]
-    assert test_subset(["c", "a", "b"], 2) == ["a", "b"] and test_subset(["b"], 5) == ["b"]
+    assert volume_subset(["c", "a", "b"], None) == ["c", "a", "b"]
+    assert volume_subset(["c", "a", "b"], 2) == ["a", "b"] and volume_subset(["b"], 5) == ["b"]
 
 
 def test_max_val_volumes_caps_the_threshold_and_calibration_volumes(tiny_prepared: Path) -> None:

@@ -147,11 +147,11 @@ def ablation_markdown(table: dict[str, dict[str, Any]], comps: dict[str, dict[st
              "|:---|:---|:---|---:|" + "---:|" * (2 * len(keys)) + ":---|"]
     for name in ablations:
         label = f"abl-{name}"
-        entry = table.get("cdiff" if label not in labels else label, {})
+        is_default = label not in labels  # its recipe is the default's: not run
+        entry = table.get("cdiff" if is_default else label, {})
         cells = [_mean_std(entry.get(k)) for k in keys]
-        deltas = ["(the default)"] * len(keys) if label not in labels else \
-            [_interval(comps.get(label, {}).get(k)) for k in keys]
-        said = "(the default)" if label not in labels else verdict(comps.get(label))
+        deltas = ["(the default)"] * len(keys) if is_default else [_interval(comps.get(label, {}).get(k)) for k in keys]
+        said = "(the default)" if is_default else verdict(comps.get(label))
         lines.append(f"| {FACTORS[name]} | {name} | `{' '.join(ABLATIONS[name])}` | {entry.get('seeds', 0)} | "
                      + " | ".join(cells + deltas) + f" | {said} |")
     lines += ["", "Scores in %, mean \u00b1 std over seeds; \u0394 = variant \u2212 default (pp) with its 95 % "

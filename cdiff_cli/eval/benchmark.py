@@ -123,7 +123,7 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], s
     """Train, evaluate and time every unit not finished yet, with an ETA; write the reports.
 
     ``max_test``: the methods in ``subset`` (AnoDDPM's 200 passes per slice) score only the
-    fixed subset of test volumes of :func:`cdiff_cli.eval.protocol.test_subset`; the paired
+    fixed subset of test volumes of :func:`cdiff_cli.eval.protocol.volume_subset`; the paired
     statistics then pair on those volumes. ``max_val``: those methods also choose their Dice
     thresholds and localisation calibration on that subset of each validation split."""
     if seeds < 1:

@@ -195,6 +195,14 @@ def invariance_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_invariance(out: Path, doc: dict[str, Any], markdown: str) -> None:
+    """``out/invariance.json`` and ``out/invariance.md`` (one seed's table, or the seeds combined)."""
+    from cdiff_cli.fileio import write_json, write_text
+
+    write_json(out / "invariance.json", doc)
+    write_text(out / "invariance.md", markdown)
+
+
 def combine_invariance(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several seeds' :func:`measure_invariance` documents (a model trained with each seed, lesions
     placed with that seed) as mean and sample std over seeds, with the per-seed gain in Dice and

@@ -78,24 +78,28 @@ def evaluate_model(model: Model, recipe: Recipe, bar: Any, max_test: int | None 
     return result
 
 
-def test_subset(subjects: list[str], max_test: int | None) -> list[str]:
-    """The fixed subset of volumes scored under ``--max-test-volumes`` (and ``--max-val-volumes``):
-    the first ``max_test`` subject ids in sorted order (all of them for None)."""
-    return subjects if max_test is None else sorted(subjects)[:max_test]
+def volume_subset(subjects: list[str], cap: int | None) -> list[str]:
+    """The fixed subset of a split under ``--max-test-volumes`` / ``--max-val-volumes``: the first
+    ``cap`` subject ids in sorted order (all of them, in split order, for None)."""
+    return subjects if cap is None else sorted(subjects)[:cap]
 
 
 def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, bar: Any,
                   max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """All metrics of one map function on one fold: any trained model or a reference that trains
-    nothing is scored by the same protocol. ``max_test``: score only :func:`test_subset` of each
+    nothing is scored by the same protocol. ``max_test``: score only :func:`volume_subset` of each
     test split; ``max_val``: choose the Dice thresholds and the localisation calibration on that
     subset of each validation split (both whole by default)."""
     splits = load_splits(recipe)
+
+    def subjects(name: str, split: str) -> list[str]:
+        return volume_subset(fold_subjects(splits[name], split, fold), max_test if split == "test" else max_val)
+
     prepared = Path(recipe.data.prepared)
     ecfg = recipe.eval
     healthy_name = training_source(recipe)
     hstore = PreparedStore.open(prepared / healthy_name)
-    h_test = _maps(maps, hstore, test_subset(fold_subjects(splits[healthy_name], "test", fold), max_test),
+    h_test = _maps(maps, hstore, subjects(healthy_name, "test"),
                    f"{healthy_name} test", bar, ecfg)
     if not h_test:
         raise DataError(f"the test split of {healthy_name} is empty")
@@ -112,10 +116,8 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
         store = PreparedStore.open(prepared / src.name)
         if not store.has_seg:
             continue
-        val = _maps(maps, store, test_subset(fold_subjects(splits[src.name], "val", fold), max_val),
-                    f"{src.name} val", bar, ecfg)
-        test = _maps(maps, store, test_subset(fold_subjects(splits[src.name], "test", fold), max_test),
-                     f"{src.name} test", bar, ecfg)
+        val = _maps(maps, store, subjects(src.name, "val"), f"{src.name} val", bar, ecfg)
+        test = _maps(maps, store, subjects(src.name, "test"), f"{src.name} test", bar, ecfg)
         if not val or not test:
             raise DataError(f"{src.name}: the val and test splits must both hold volumes (val {len(val)}, "
                             f"test {len(test)}); change data.lesion_val_fraction")
@@ -150,8 +152,7 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
             "cases": per_case,
         }
         curves[src.name] = (test, store)
-    result["calibration"] = _calibrate(maps, hstore, test_subset(fold_subjects(splits[healthy_name], "val", fold),
-                                                                 max_val), bar, ecfg, localize_median)
+    result["calibration"] = _calibrate(maps, hstore, subjects(healthy_name, "val"), bar, ecfg, localize_median)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
 
@@ -247,7 +248,7 @@ def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
 def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
              max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """Evaluate one model, or several comma-separated ones (folds), and write the reports
-    (``max_test``/``max_val``: only :func:`test_subset` of each test/validation split)."""
+    (``max_test``/``max_val``: only :func:`volume_subset` of each test/validation split)."""
     from cdiff_cli.natural.store import contrastive_source
     from cdiff_cli.train.distributed import resolve_device
 
