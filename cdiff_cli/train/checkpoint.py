@@ -190,5 +190,8 @@ def load_checkpoint(
 def write_model_folder(folder: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """The exported model: ``model.safetensors`` + ``config.json`` (what a Hub repo holds)."""
     folder.mkdir(parents=True, exist_ok=True)
+    # temporaries of a process killed mid-write (ours: .NAME.*.tmp; safetensors' own: .tmp*), one writer per run
+    for stale in [*folder.glob(".*.tmp"), *folder.glob(".tmp*")]:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     save_weights(folder / "model.safetensors", tensors, metadata={"format": "pt"})
     write_json(folder / "config.json", config)
