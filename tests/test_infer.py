@@ -227,7 +227,8 @@ def evaluated(models: dict[str, Path], tiny_prepared: Path, raw_recipe: dict[str
             shutil.copytree(models[name] / "diffusion", root / f"{run}_{name}" / "diffusion")
     runs = {"exact": ([], str(root / "m_fold0")),
             # evaluation settings come from the recipe given to evaluate, overrides included
-            "interval": (["eval.threshold_search=interval", "eval.calibration_fpr=0.05", "infer.timesteps=[500]"],
+            "interval": (["eval.threshold_search=interval", "eval.calibration_fpr=0.05", "eval.calibration_unit=slice",
+                          "infer.timesteps=[500]"],
                          f"{root / 'm2_fold0'},{root / 'm2_fold1'}")}
     for tag, (overrides, model) in runs.items():
         code, err = run_cli(["evaluate", str(tiny_prepared), f"runs_dir={raw_recipe['runs_dir']}", *overrides,
@@ -322,6 +323,7 @@ def test_evaluate_stores_calibration_next_to_the_model(evaluated: dict[str, Any]
     doc = json.loads((evaluated["exact"] / "metrics.json").read_text())
     assert cal == doc["per_fold"][0]["calibration"]
     assert np.isfinite(cal["threshold"]) and cal["fpr"] == pytest.approx(0.01)
+    assert cal["unit"] == "pixel"  # the default: 1 % of the healthy validation pixels
 
 
 def test_evaluate_reconstructs_with_the_recipes_timesteps(evaluated: dict[str, Any]) -> None:
@@ -347,6 +349,7 @@ def test_evaluate_interval_search_and_two_folds_give_std(evaluated: dict[str, An
     assert "interval" in (out / "metrics.md").read_text()
     cal = doc["per_fold"][0]["calibration"]
     assert cal["fpr"] == pytest.approx(0.05)  # the override, not the model's stored 0.01
+    assert cal["unit"] == "slice" and cal["n_slices"] > 0
     assert not (evaluated["root"] / "m2_fold1" / "diffusion" / "calibration.json").exists()  # first model only
 
 

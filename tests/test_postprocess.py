@@ -11,6 +11,7 @@ from scipy import ndimage
 from cdiff_cli.infer.postprocess import (
     Box,
     boxes_from_map,
+    calibrate_slice_threshold,
     calibrate_threshold,
     erode_mask_slicewise,
     median_filter_2d,
@@ -216,6 +217,7 @@ def test_calibrate_threshold_quantile_distinct_values() -> None:
     assert np.mean(maps[0] >= thr) == pytest.approx(0.05)
     assert calibrate_threshold(maps, fpr=0.0, median_size=0) > maps[0].max()
     assert calibrate_threshold(maps, fpr=1.0, median_size=0) == 0.0
+    assert calibrate_threshold([np.zeros((2, 2), np.float32)], fpr=1.0, median_size=0) == 0.0  # all ties
 
 
 def test_calibrate_threshold_uses_the_median_filter() -> None:
@@ -244,3 +246,35 @@ def test_calibrate_threshold_property(values, fpr) -> None:
     smaller = arr[arr < thr]
     if smaller.size:
         assert np.mean(arr >= smaller.max()) > fpr
+
+
+def test_calibrate_slice_threshold_bounds_the_share_of_healthy_slices_with_a_box() -> None:
+    """Per slice, what counts is whether any pixel reaches the threshold: 20 slices whose maxima
+    are 0.05..1.00, a 10 % rate leaves exactly the two brightest slices with a box."""
+    rng = np.random.default_rng(0)
+    maps = []
+    for k in range(1, 21):
+        m = rng.uniform(0, 0.01, size=(16, 16)).astype(np.float32)
+        m[4:9, 4:9] = k / 20  # a 5x5 plateau survives the 5x5 median: the slice's maximum
+        maps.append(m)
+    thr = calibrate_slice_threshold(maps, rate=0.10)
+    flagged = [bool(boxes_from_map(m, thr, top_k=None)) for m in maps]
+    assert sum(flagged) == 2 and flagged[-2:] == [True, True]
+    assert thr == pytest.approx(19 / 20)
+    # per pixel, the same 10 % sits far lower and puts a box on most slices
+    pixel = calibrate_threshold(maps, fpr=0.10)
+    assert sum(bool(boxes_from_map(m, pixel, top_k=None)) for m in maps) > 10
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=2, max_size=30), st.floats(0.0, 1.0))
+def test_calibrate_slice_threshold_property(maxima, rate) -> None:
+    """1-D brain-pixel arrays (as `cdiff evaluate` passes them): the share of slices whose maximum
+    reaches the threshold never exceeds the rate, and no lower data value would keep it there."""
+    maps = [np.array([0.0, v / 3, v / 6], np.float32) for v in maxima]
+    thr = calibrate_slice_threshold(maps, rate=rate, median_size=1)
+    peaks = np.array(maxima, np.float32) / 3
+    assert np.mean(peaks >= thr) <= rate + 1e-12
+    lower = peaks[peaks < thr]
+    if lower.size:
+        assert np.mean(peaks >= lower.max()) > rate

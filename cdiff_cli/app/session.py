@@ -145,7 +145,8 @@ class Session:
         where = Path(str(self.spec)).name if Path(str(self.spec)).exists() else self.spec  # no server paths
         return (f"{r.method} model `{r.name}` ({where}) on {m.device}; grid {m.image_hw[0]}x{m.image_hw[1]}, "
                 f"default noise levels {','.join(map(str, r.infer.timesteps))}; "
-                + (f"calibrated threshold {float(cal):.4f}" if cal is not None else "no calibrated threshold"))
+                + (f"calibrated threshold {float(cal):.4f} (flags {m.loaded.calibration_label()})"
+                   if cal is not None else "no calibrated threshold"))
 
     def threshold(self, value: float | None, calibrated: bool) -> tuple[float, str]:
         """The threshold to draw boxes at and how it was chosen."""

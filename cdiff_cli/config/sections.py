@@ -264,7 +264,10 @@ class EvalConfig(Section):
     erosion_iterations: int | None = Field(None, ge=0)  # None: the reference's H // 25 (2 at 64 px, 3 at 96 px)
     median_size: int = Field(5, ge=1)
     min_component: int = Field(8, ge=1)  # 3-D components smaller than this are removed for Dice
-    calibration_fpr: float = Field(0.01, gt=0, lt=1)  # for the calibrated localisation threshold
+    # the calibrated localisation threshold flags at most this rate of healthy validation
+    # pixels (unit "pixel") or of healthy validation slices that get any box (unit "slice")
+    calibration_fpr: float = Field(0.01, gt=0, lt=1)
+    calibration_unit: Literal["pixel", "slice"] = "pixel"
     max_images: int = Field(0, ge=0)  # contrastive-analysis protocol: seeded cap per class and split (0 = all)
 
 

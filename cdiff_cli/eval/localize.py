@@ -60,7 +60,7 @@ def _threshold(model: LoadedModel, settings: LocalizeConfig) -> tuple[float, str
         if cal.get("median_size") not in (None, settings.median_size):
             info(f"the calibrated threshold was set with a {cal['median_size']}x{cal['median_size']} median filter, "
                  f"these boxes use {settings.median_size}x{settings.median_size}")
-        return model.calibrated_threshold(), f"calibrated at FPR {cal.get('fpr')}"
+        return model.calibrated_threshold(), f"calibrated: {model.calibration_label()} flagged"
     value = float(settings.threshold)
     if not np.isfinite(value):
         raise CdiffError(f"--threshold {settings.threshold}: must be a finite number")

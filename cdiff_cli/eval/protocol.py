@@ -28,7 +28,7 @@ from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
-from cdiff_cli.infer.postprocess import calibrate_threshold, remove_small_components
+from cdiff_cli.infer.postprocess import calibrate_slice_threshold, calibrate_threshold, remove_small_components
 
 
 class MapFn(Protocol):
@@ -173,24 +173,38 @@ def _slice_detection_auroc(h_test: list[tuple[int, Any]], hstore: PreparedStore,
     return M.detection_auroc(np.array(scores), np.array(labels))
 
 
-def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
-               ecfg: EvalConfig, median_size: int) -> dict[str, Any]:
-    """The localisation threshold at ``eval.calibration_fpr`` on healthy validation slices (2-D maps);
-    the median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
+def healthy_slice_maps(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
+                       median_size: int) -> list[np.ndarray]:
+    """The brain pixels of every healthy slice of ``subjects`` (one 1-D array per slice), on the
+    2-D maps exactly as ``cdiff localize`` makes them (slice-wise median, no 3-D post-processing)."""
     maps = []
     task = bar.add_task("calibration", total=len(subjects))
     for sid in subjects:
         v = store.subject_index(sid)
         brain = np.asarray(store.mask(v)) > 0
-        # the 2-D maps exactly as `cdiff localize` makes them (slice-wise median, no 3-D post-processing)
         filtered = maps_fn(store.volume(v), None, median_size, None).anomaly
-        maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())  # brain pixels only
+        maps.extend(filtered[z][brain[z]] for z in range(len(brain)) if brain[z].any())
         bar.advance(task)
+    return maps
+
+
+def calibration_of(maps: list[np.ndarray], ecfg: EvalConfig) -> float:
+    """The threshold that flags at most ``eval.calibration_fpr`` of the healthy pixels (unit
+    "pixel") or of the healthy slices (unit "slice": a slice is flagged when any pixel is)."""
+    if ecfg.calibration_unit == "slice":
+        return calibrate_slice_threshold(maps, ecfg.calibration_fpr, median_size=1)
+    return calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
+
+
+def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
+               ecfg: EvalConfig, median_size: int) -> dict[str, Any]:
+    """The localisation threshold (see :func:`calibration_of`) on the healthy validation slices; the
+    median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
+    maps = healthy_slice_maps(maps_fn, store, subjects, bar, median_size)
     if not maps:
         raise DataError("no healthy validation slices to calibrate the localisation threshold on")
-    thr = calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
-    return {"threshold": float(thr), "fpr": ecfg.calibration_fpr, "n_slices": len(maps),
-            "median_size": median_size}
+    return {"threshold": calibration_of(maps, ecfg), "fpr": ecfg.calibration_fpr, "unit": ecfg.calibration_unit,
+            "n_slices": len(maps), "median_size": median_size}
 
 
 def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import yaml
 
 from cdiff_cli.config import Recipe
 from cdiff_cli.errors import CdiffError
+from cdiff_cli.infer.model import calibration_label
 from cdiff_cli.models.methods import method_spec
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
@@ -259,10 +260,9 @@ def _calibration(calibration: dict[str, Any] | None) -> str:
     if not calibration or "threshold" not in calibration:
         return ("No calibrated threshold is stored: pass `--threshold 0.5` (the reference value) to "
                 "`cdiff localize`, or calibrate with `cdiff evaluate`.")
-    fpr = calibration.get("fpr")
     return (f"A calibrated threshold of {float(calibration['threshold']):.4f} is stored in "
-            f"`diffusion/calibration.json` (healthy validation false-positive rate "
-            f"{'%.3g' % float(fpr) if fpr is not None else 'n/a'}); `--threshold calibrated` uses it.")
+            f"`diffusion/calibration.json`: it flags {calibration_label(calibration)}. "
+            "`--threshold calibrated` uses it.")
 
 
 def _inference(recipe: Recipe) -> str:

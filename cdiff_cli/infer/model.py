@@ -29,6 +29,15 @@ REFERENCE = Path(__file__).resolve().parents[1] / "assets" / "reference"  # the 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
+def calibration_label(calibration: dict[str, Any]) -> str:
+    """What a calibration flags on healthy validation data, in words (files written before the
+    unit existed calibrated per pixel)."""
+    fpr = calibration.get("fpr")
+    unit = calibration.get("unit", "pixel")
+    what = f"healthy validation {unit}s"
+    return f"{100 * float(fpr):.3g}% of the {what}" if fpr is not None else f"some {what}"
+
+
 @dataclass
 class LoadedModel:
     recipe: Recipe
@@ -54,6 +63,10 @@ class LoadedModel:
                 "recipe to calibrate it, or pass --threshold 0.5"
             )
         return float(self.calibration["threshold"])
+
+    def calibration_label(self) -> str:
+        """What the stored threshold flags, in words (e.g. "1% of the healthy validation pixels")."""
+        return calibration_label(self.calibration)
 
 
 def resolve_model_dir(spec: str | os.PathLike[str] | None) -> Path:

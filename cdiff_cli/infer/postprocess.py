@@ -25,6 +25,7 @@ __all__ = [
     "postprocess_volume",
     "boxes_from_map",
     "calibrate_threshold",
+    "calibrate_slice_threshold",
 ]
 
 # 2-D cross (4-neighbourhood), as in the reference's slice-wise erosion and NOVA boxes.
@@ -231,9 +232,32 @@ def calibrate_threshold(
     above_max = float(np.nextafter(values[-1], np.float32(np.inf)))
     if k == 0:
         return above_max
+    if k >= n:  # every pixel may be flagged (fpr = 1): the smallest value
+        return float(values[0])
     i = n - k  # values[i:] are the k largest
     if values[i] != values[i - 1]:
         return float(values[i])
     # values[i] ties with smaller ones: move to the next distinct value above it.
     j = int(np.searchsorted(values, values[i], side="right"))
     return float(values[j]) if j < n else above_max
+
+
+def calibrate_slice_threshold(
+    healthy_maps: Sequence[ArrayLike], rate: float, median_size: int = 5
+) -> float:
+    """Threshold at which at most ``rate`` of healthy slices would get any box.
+
+    A slice gets a box when one of its (median-filtered) pixels reaches the threshold, so
+    this is :func:`calibrate_threshold` applied to the per-slice maxima: the false alarms
+    it bounds are the ones a user sees (healthy slices with a box), not single pixels.
+    Each map may be any shape ((H, W), or the 1-D brain pixels of one slice with
+    ``median_size`` 1).
+    """
+    if len(healthy_maps) == 0:
+        raise ValueError("calibrate_slice_threshold needs at least one healthy map")
+    maxima = np.array(
+        [(_filtered_2d(m, median_size) if median_size > 1 else np.asarray(m, np.float32)).max()
+         for m in healthy_maps],
+        dtype=np.float32,
+    )  # (n_slices,)
+    return calibrate_threshold([maxima[None]], rate, median_size=1)
