@@ -108,6 +108,85 @@ def per_anatomy(recipe: Recipe, metrics: dict[str, Any]) -> dict[str, dict[str, 
     return out
 
 
+def cases(recipe: Recipe, metrics: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """{lesion set: [{subject, anatomy, auprc}]}: the per-case AUPRC of the fold-0 test split."""
+    splits = json.loads((Path(recipe.data.prepared) / "splits.json").read_text(encoding="utf-8"))
+    return {name: [{"subject": c["subject"], "anatomy": splits.get(name, {}).get("groups", {}).get(c["subject"], "unknown"),
+                    "auprc": c["auprc"]} for c in res.get("cases", [])]
+            for name, res in metrics["per_fold"][0]["sets"].items()}
+
+
+def _did_interval(unseen: np.ndarray, seen: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of mean(unseen) - mean(seen), the two groups of cases resampled apart."""
+    rng = np.random.default_rng(seed)
+    u = unseen[rng.integers(0, len(unseen), size=(n, len(unseen)))].mean(axis=1)
+    v = seen[rng.integers(0, len(seen), size=(n, len(seen)))].mean(axis=1)
+    lo, hi = np.quantile(u - v, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def control(entry: dict[str, Any], held: list[str], reference: dict[str, Any]) -> dict[str, Any]:
+    """The held-out run against a model trained on every source (``reference``: its
+    ``eval/metrics.json``), case by case on the lesion test cases both scored: the paired AUPRC
+    difference (held-out run - reference) on the unseen and on the seen cases, and the gap
+    between them, which is what leaving the anatomy out costs beyond how hard its cases are."""
+    from cdiff_cli.eval.paired import compare
+
+    out: dict[str, Any] = {}
+    for name, rows in entry.get("cases", {}).items():
+        ref = {c["subject"]: c["auprc"] for c in reference["per_fold"][0]["sets"].get(name, {}).get("cases", [])}
+        both = [c for c in rows if c["subject"] in ref and np.isfinite(c["auprc"]) and np.isfinite(ref[c["subject"]])]
+        groups = {"unseen": [c for c in both if is_held(c["anatomy"], held)],
+                  "seen": [c for c in both if not is_held(c["anatomy"], held)]}
+        res: dict[str, Any] = {}
+        diffs = {}
+        for kind, cs in groups.items():
+            if not cs:
+                continue
+            ours = {(0, c["subject"]): c["auprc"] for c in cs}
+            res[kind] = compare(ours, {(0, c["subject"]): ref[c["subject"]] for c in cs})
+            res[kind]["run"] = float(np.mean([c["auprc"] for c in cs]))
+            res[kind]["reference"] = float(np.mean([ref[c["subject"]] for c in cs]))
+            diffs[kind] = np.array([c["auprc"] - ref[c["subject"]] for c in cs])
+        if len(diffs) == 2 and min(map(len, diffs.values())) >= 2:
+            gap = float(diffs["unseen"].mean() - diffs["seen"].mean())
+            res["unseen_minus_seen"] = {"diff": gap, "ci": list(_did_interval(diffs["unseen"], diffs["seen"]))}
+        out[name] = res
+    return out
+
+
+def control_table(results: dict[str, Any], lesion_set: str) -> str:
+    """Markdown of :func:`control` for one lesion set (rows with a control only)."""
+    def cell(c: dict[str, Any] | None) -> str:
+        if not c:
+            return "n/a"
+        head = f"{c['run']:.3f} vs {c['reference']:.3f}: " if "run" in c else ""
+        return f"{head}{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+
+    lines = ["| held out | unseen cases: run vs all-sources model | seen cases: run vs all-sources model | "
+             "unseen - seen | cases unseen/seen |", "|---|---|---|---|---|"]
+    for name, res in results.items():
+        c = res.get("control", {}).get(lesion_set)
+        if not c:
+            continue
+        n = f"{c.get('unseen', {}).get('volumes', 0)}/{c.get('seen', {}).get('volumes', 0)}"
+        lines.append(f"| {name} | {cell(c.get('unseen'))} | {cell(c.get('seen'))} | {cell(c.get('unseen_minus_seen'))} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(results: dict[str, Any]) -> str:
+    sets = list(next(iter(results.values()))["per_anatomy"]) if results else []
+    parts = [f"### {ls}\n\n{table(results, ls)}\n" for ls in sets]
+    if any("control" in r for r in results.values()):
+        ref = next(r["control_of"] for r in results.values() if "control_of" in r)
+        parts.append(f"## Paired with a model trained on every source ({ref})\n\nPer-case tumour/lesion AUPRC on the "
+                     "test cases both runs scored; difference run - all-sources model with its 95 % bootstrap "
+                     "interval (10 000 resamples of cases); unseen - seen: how much more the held-out run loses on "
+                     "the anatomy it never saw than on the ones it saw.\n\n")
+        parts += [f"### {ls}\n\n{control_table(results, ls)}\n" for ls in sets]
+    return "".join(parts)
+
+
 def table(results: dict[str, Any], lesion_set: str) -> str:
     """Markdown: one row per held-out source, AUPRC on it (unseen) vs on the others (seen)."""
     lines = [f"| held out | AUPRC on it (unseen) | AUPRC on the others (seen) | gap | cases unseen/seen |",
@@ -128,13 +207,16 @@ def table(results: dict[str, Any], lesion_set: str) -> str:
 
 
 def loso(recipe_path: Path, data: Path, out: Path, held_out: list[str] | None = None, extra: list[str] = (),
-         device: str = "cpu", log: Any = print) -> dict[str, Any]:
-    """Run (or resume) the leave-one-source-out evaluation; returns and writes the results."""
+         device: str = "cpu", log: Any = print, reference: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the leave-one-source-out evaluation; returns and writes the results.
+    ``reference``: the ``eval/metrics.json`` of a model trained on every source with the same
+    recipe, paired case by case with each held-out run (:func:`control`)."""
     doc = json.loads((data / "subjects.json").read_text(encoding="utf-8"))
     anatomies = list(doc["anatomies"])
     sources = [parse_source(h) for h in (held_out or anatomies)]
     results_path = out / "loso.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
+    ref = json.loads(reference.read_text(encoding="utf-8")) if reference is not None else None
     for name, held in sources:
         if name in results:
             log(f"{name}: done (in {results_path})")
@@ -143,12 +225,28 @@ def loso(recipe_path: Path, data: Path, out: Path, held_out: list[str] | None = 
         recipe = _recipe(recipe_path, data, out, name, held, list(extra))
         metrics = run_one(recipe, device, log)
         results[name] = {"held_out": held, "per_anatomy": per_anatomy(recipe, metrics),
-                         "sets": {k: v["auprc"] for k, v in metrics["per_fold"][0]["sets"].items()}}
-        write_json(results_path, results)
-        lesion = next(iter(results[name]["per_anatomy"]), None)
-        write_text(out / "loso.md", "".join(f"### {ls}\n\n{table(results, ls)}\n"
-                                            for ls in results[name]["per_anatomy"]) if lesion else "")
+                         "sets": {k: v["auprc"] for k, v in metrics["per_fold"][0]["sets"].items()},
+                         "cases": cases(recipe, metrics)}
+        _finish(results, ref, reference, results_path, out)
+    for name, entry in results.items():  # results written before the per-case records: read them from the run
+        if "cases" not in entry:
+            recipe = _recipe(recipe_path, data, out, name, entry.get("held_out", [name]), list(extra))
+            metrics_path = recipe.run_dir / "eval" / "metrics.json"
+            if metrics_path.is_file():
+                entry["cases"] = cases(recipe, json.loads(metrics_path.read_text(encoding="utf-8")))
+    if results:
+        _finish(results, ref, reference, results_path, out)
     return results
+
+
+def _finish(results: dict[str, Any], ref: dict[str, Any] | None, reference: Path | None, results_path: Path,
+            out: Path) -> None:
+    if ref is not None:
+        for name, entry in results.items():
+            entry["control"] = control(entry, entry.get("held_out", [name]), ref)
+            entry["control_of"] = str(reference)
+    write_json(results_path, results)
+    write_text(out / "loso.md", report(results))
 
 
 def main() -> None:
@@ -160,8 +258,10 @@ def main() -> None:
                     help="anatomies, families or NAME=A,B,... groups to hold out, one training each (default: every anatomy)")
     ap.add_argument("--set", nargs="*", default=[], help="recipe overrides, key=value")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="eval/metrics.json of a model trained on every source with the same recipe, paired case by case")
     args = ap.parse_args()
-    results = loso(args.recipe, args.data, args.out, args.sources, args.set, args.device)
+    results = loso(args.recipe, args.data, args.out, args.sources, args.set, args.device, reference=args.reference)
     print((args.out / "loso.md").read_text() if (args.out / "loso.md").is_file() else json.dumps(results, indent=1))
 
 

