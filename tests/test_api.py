@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from cdiff_cli.errors import CdiffError
 from conftest import make_model_folder, tiny_recipe_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,24 @@ def test_same_seed_same_output_other_seed_differs(tiny: Any) -> None:
     a, b = tiny.reconstruct(x, seed=5), tiny.reconstruct(x, seed=5)
     assert a.recon.shape == (40, 36) and np.array_equal(a.recon, b.recon)
     assert not np.array_equal(a.recon, tiny.reconstruct(x, seed=6).recon)
+
+
+def test_noise_passes_average_independent_draws_and_one_pass_is_unchanged(tiny: Any) -> None:
+    """passes=K is the mean of K reconstructions whose first draws are shared: passes=1 is the
+    single pass, and the second and third draws recovered from the means of 2 and 3 are valid
+    reconstructions (in [0, 1]) that differ from the first and from each other."""
+    rng = np.random.default_rng(1)
+    x = rng.random((3, 1, 32, 32)).astype(np.float32)
+    one = tiny.reconstruct_slices(x, seed=3)
+    assert np.array_equal(tiny.reconstruct_slices(x, seed=3, passes=1), one)
+    second = 2 * tiny.reconstruct_slices(x, seed=3, passes=2) - one
+    third = 3 * tiny.reconstruct_slices(x, seed=3, passes=3) - one - second
+    for draw in (second, third):
+        assert draw.min() >= -1e-5 and draw.max() <= 1 + 1e-5
+        assert np.abs(draw - one).max() > 1e-3
+    assert np.abs(third - second).max() > 1e-3
+    with pytest.raises(CdiffError, match="noise passes"):
+        tiny.reconstruct_slices(x, seed=3, passes=-1)
 
 
 def test_boxes_for_images_batches_and_volumes(tiny: Any, volume_file: Path) -> None:

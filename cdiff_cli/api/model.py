@@ -172,11 +172,13 @@ class Model:
         return read_input(self.loaded, x, kind, affine, mask)
 
     def reconstruct_slices(self, slices: np.ndarray, *, timesteps: tuple[int, ...] | None = None,
-                           seed: int | None = None, batch_size: int | None = None) -> np.ndarray:
-        """Network stage: (N, 1, H, W) model-grid slices -> (N, H, W) reconstructions (same seed, same output)."""
+                           seed: int | None = None, batch_size: int | None = None,
+                           passes: int | None = None) -> np.ndarray:
+        """Network stage: (N, 1, H, W) model-grid slices -> (N, H, W) reconstructions (same seed, same
+        output; ``passes``: the mean over that many noise draws, default ``infer.noise_passes``)."""
         from cdiff_cli.infer.reconstruct import reconstruct_slices
 
-        return reconstruct_slices(self.loaded, slices, timesteps, seed, batch_size)[:, 0]
+        return reconstruct_slices(self.loaded, slices, timesteps, seed, batch_size, passes)[:, 0]
 
     def maps(self, inp: Input, recon: np.ndarray, *, median_size: int | None = None,
              erosion: int | None = None) -> AnomalyMap:
@@ -207,7 +209,7 @@ class Model:
     def anomaly_map(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     mask: np.ndarray | None = None, timesteps: tuple[int, ...] | None = None,
                     seed: int | None = None, batch_size: int | None = None, median_size: int | None = None,
-                    erosion: int | None = None) -> AnomalyMap:
+                    erosion: int | None = None, passes: int | None = None) -> AnomalyMap:
         """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid
         (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`).
 
@@ -222,7 +224,8 @@ class Model:
         True
         """
         inp = self.read(x, kind=kind, affine=affine, mask=mask)
-        recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
+        recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
+                                        passes=passes)
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)
 
     def boxes(self, x: InputLike | AnomalyMap, *, threshold: float | Literal["calibrated"] | None = None,

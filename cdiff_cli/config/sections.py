@@ -254,6 +254,8 @@ class InferConfig(Section):
     timesteps: tuple[int, ...] = (250, 500, 750)
     batch_size: int = Field(32, ge=1)
     seed: int = 0
+    # reconstructions from this many independent noise draws are averaged (the network cost times this)
+    noise_passes: int = Field(1, ge=1)
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool = False  # NHWC memory format of the networks (speed only; benchmarks/bench_infer.py)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default (one per core)

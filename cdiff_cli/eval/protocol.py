@@ -40,11 +40,12 @@ class MapFn(Protocol):
                  erosion: int | None) -> Any: ...
 
 
-def model_maps(model: Model, timesteps: tuple[int, ...]) -> MapFn:
-    """A trained model's maps through the API, reconstructing at ``timesteps``."""
+def model_maps(model: Model, timesteps: tuple[int, ...], passes: int | None = None) -> MapFn:
+    """A trained model's maps through the API, reconstructing at ``timesteps`` (the mean of
+    ``passes`` noise draws; None: the model's own ``infer.noise_passes``)."""
     def maps(volume: np.ndarray, mask: np.ndarray | None, median_size: int | None, erosion: int | None) -> AnomalyMap:
         return model.anomaly_map(volume, kind="prepared", mask=mask, timesteps=timesteps, median_size=median_size,
-                                 erosion=erosion)
+                                 erosion=erosion, passes=passes)
     return maps
 
 
@@ -70,11 +71,14 @@ def _check_grid(model_recipe: Recipe, where: Path, recipe: Recipe) -> None:
 
 def evaluate_model(model: Model, recipe: Recipe, bar: Any, max_test: int | None = None,
                    max_val: int | None = None) -> dict[str, Any]:
-    """All metrics of one model (one fold), reconstructing with the recipe's ``infer.timesteps``
-    (so ``infer.timesteps=[500]`` on the command line evaluates the same weights at one t)."""
-    result = evaluate_maps(model_maps(model, tuple(recipe.infer.timesteps)), recipe, model.recipe.data.fold,
+    """All metrics of one model (one fold), reconstructing with the recipe's ``infer.timesteps`` and
+    ``infer.noise_passes`` (so ``infer.timesteps=[500]`` on the command line evaluates the same
+    weights at one t)."""
+    result = evaluate_maps(model_maps(model, tuple(recipe.infer.timesteps), recipe.infer.noise_passes), recipe,
+                           model.recipe.data.fold,
                            model.recipe.localize.median_size, bar, max_test, max_val)
     result["calibration"]["timesteps"] = list(recipe.infer.timesteps)
+    result["calibration"]["noise_passes"] = recipe.infer.noise_passes
     return result
 
 
@@ -303,7 +307,7 @@ def write_evaluation(out: Path, recipe: Recipe, per_fold: list[dict[str, Any]], 
     agg = _aggregate(per_fold)
     plots = _plots(out, per_fold[0])
     doc = {"method": method, "threshold_search": recipe.eval.threshold_search,
-           "timesteps": list(recipe.infer.timesteps),
+           "timesteps": list(recipe.infer.timesteps), "noise_passes": recipe.infer.noise_passes,
            "models": models, "seconds": round(time.perf_counter() - t0, 1),
            **agg, "folds": len(per_fold),
            "per_fold": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold]}

@@ -220,6 +220,8 @@ def _run_line(run: Mapping[str, Any]) -> str:
     if ts is not None:
         ts = [ts] if isinstance(ts, int) else list(ts)
         parts.append("timesteps: " + ", ".join(str(t) for t in ts))
+    if (run.get("noise_passes") or 1) > 1:
+        parts.append(f"mean of {run['noise_passes']} noise passes")
     counts = [f"{_set_name(k)} {s['n']}" for k, s in run.get("sets", {}).items()
               if s.get("n") is not None]
     h = run.get("healthy") or {}

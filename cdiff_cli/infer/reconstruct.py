@@ -64,18 +64,22 @@ def reconstruct_slices(
     timesteps: tuple[int, ...] | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
+    passes: int | None = None,
 ) -> np.ndarray:
     """Healthy reconstructions of slices ``x`` (N, C, H, W) in [0, 1] -> (N, C, H, W) float32.
 
     The same seed and batch size give the same output. Each batch runs the U-Net once on all
     (slice, t) pairs together, so an ensemble of 3 timesteps costs one 3x-larger pass. How a
     method reconstructs, and what it costs, is its ``MethodSpec`` (``models/methods.py``):
-    anoddpm and ae ignore ``timesteps``.
+    anoddpm and ae ignore ``timesteps``. ``passes`` (default ``infer.noise_passes``): the mean
+    of that many reconstructions from independent noise (the first is the single pass's own, so
+    one pass is unchanged); the deterministic autoencoder runs once.
     """
     cfg = model.recipe.infer
     timesteps = tuple(timesteps or cfg.timesteps)
     seed = cfg.seed if seed is None else seed
     batch_size = batch_size or cfg.batch_size
+    passes = passes or cfg.noise_passes
     diffusion, device = model.diffusion, model.device
     inference = method_spec(model.recipe.method).inference
     bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps] if inference in ("one_pass", "patched") else []
@@ -88,14 +92,20 @@ def reconstruct_slices(
     if xs.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) slices, got shape {tuple(xs.shape)}")
     out = torch.empty_like(xs)
+    if passes < 1:
+        raise CdiffError(f"noise passes {passes}: must be at least 1")
     reconstruct = RECONSTRUCTORS[inference]
+    passes = 1 if inference == "autoencode" else passes
     for start in range(0, len(xs), batch_size):
         chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
         b = chunk.shape[0]
-        generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start))
-        with _autocast(device, cfg.amp):
-            recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
-        out[start : start + b] = recon.float().cpu()
+        total = torch.zeros_like(chunk, device="cpu")
+        for k in range(passes):
+            generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start, *([k] if k else [])))
+            with _autocast(device, cfg.amp):
+                recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
+            total += recon.float().cpu()
+        out[start : start + b] = total / passes
     return out.numpy()
 
 
