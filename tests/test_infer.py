@@ -130,14 +130,17 @@ def _one_line_error(code: int, err: str) -> None:
 @pytest.fixture(scope="module")
 def reconstructed(models: dict[str, Path], inputs: dict[str, Path], module_tmp: Callable[[str], Path],
                   ) -> dict[str, Path]:
-    """Three runs: all inputs with seed 3; NIfTI + PNG again with seed 3; and with seed 4."""
+    """Four runs: all inputs with seed 3; NIfTI + PNG again with seed 3; with seed 4; the PNG with
+    seed 3 and two noise passes."""
     capsys = _NoCapture()
     root = module_tmp("recon")
     model = str(models["fold0"])
-    runs = {"a": (["nifti", "png", "folder"], 3), "b": (["nifti", "png"], 3), "c": (["nifti", "png"], 4)}
-    for tag, (keys, seed) in runs.items():
+    runs = {"a": (["nifti", "png", "folder"], 3, []), "b": (["nifti", "png"], 3, []), "c": (["nifti", "png"], 4, []),
+            "d": (["png"], 3, ["--noise-passes", "2"])}
+    for tag, (keys, seed, extra) in runs.items():
         code, err = run_cli(["reconstruct", *(str(inputs[k]) for k in keys), "--model", model, "--out",
-                             str(root / tag), "--seed", str(seed), "--device", "cpu"], capsys)  # type: ignore[arg-type]
+                             str(root / tag), "--seed", str(seed), "--device", "cpu", *extra],
+                            capsys)  # type: ignore[arg-type]
         assert code == 0, err
     return {tag: root / tag for tag in runs}
 
@@ -198,6 +201,19 @@ def test_reconstruct_png_and_folder_give_maps_at_the_image_size(reconstructed: d
             assert arr.shape == hw and arr.dtype == np.float32 and np.isfinite(arr).all()
         assert (out / f"{png.stem}_preview.png").read_bytes()[:8] == PNG_MAGIC
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_reconstruct_noise_passes_average_the_first_draw_with_others(reconstructed: dict[str, Path],
+                                                                   models: dict[str, Path], inputs: dict[str, Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--noise-passes 2 is the mean of the single pass (same seed) and a second draw: the draw
+    recovered from the mean is a reconstruction in [0, 1] and not the first one again."""
+    one, two = (np.load(reconstructed[t] / "slice_recon.npy") for t in ("a", "d"))
+    second = 2 * two - one
+    assert second.min() >= -1e-4 and second.max() <= 1 + 1e-4 and np.abs(second - one).max() > 1e-3
+    code, err = run_cli(["reconstruct", str(inputs["png"]), "--model", str(models["fold0"]), "--out",
+                         str(reconstructed["a"].parent / "bad"), "--noise-passes", "0", "--device", "cpu"], capsys)
+    assert code != 0 and "noise-passes" in err
 
 
 def test_reconstruct_same_seed_same_maps_other_seed_differs(reconstructed: dict[str, Path]) -> None:

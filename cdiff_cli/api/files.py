@@ -39,7 +39,7 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
 
 
 def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> list[dict[str, Any]]:
-    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size); one dict per file, in order."""
+    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes); one dict per file, in order."""
     from cdiff_cli.natural.infer import is_natural_model, reconstruct_natural_file
 
     written = []
@@ -62,13 +62,14 @@ def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> 
 
 def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
                        timesteps: tuple[int, ...] | None, batch_size: int | None, seed: int | None,
-                       device_spec: str) -> list[dict[str, Any]]:
+                       device_spec: str, passes: int | None = None) -> list[dict[str, Any]]:
     """The body of ``cdiff reconstruct``: expand folders, load the model, reconstruct, report scores."""
     files = collect_inputs(inputs)
     if out.exists() and not out.is_dir():
         raise CdiffError(f"--out {out} exists and is not a folder")
     model = load_model(model_spec, device=device_spec)
-    written = reconstruct_files(model, files, out, timesteps=timesteps, seed=seed, batch_size=batch_size)
+    written = reconstruct_files(model, files, out, timesteps=timesteps, seed=seed, batch_size=batch_size,
+                                passes=passes)
     info("anomaly scores (mean of the map): " +
          ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +
          (" ..." if len(written) > 8 else ""))

@@ -102,10 +102,11 @@ def _parse_timesteps(text: str | None) -> tuple[int, ...] | None:
 
 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
-                    batch_size: int | None, seed: int | None, device: str) -> None:
+                    batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None) -> None:
     from cdiff_cli.api.files import reconstruct_inputs
 
-    written = reconstruct_inputs(inputs, model, out, _parse_timesteps(timesteps), batch_size, seed, device)
+    written = reconstruct_inputs(inputs, model, out, _parse_timesteps(timesteps), batch_size, seed, device,
+                                 noise_passes)
     _summary(f"reconstructed {len(written)} input(s) into {out}", {"previews": out / "*_preview.png"})
 
 

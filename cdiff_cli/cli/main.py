@@ -126,11 +126,14 @@ def reconstruct(
     = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Slices per U-Net pass.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Noise seed (same seed, same output).")] = None,
+    noise_passes: Annotated[Optional[int], typer.Option(
+        min=1, help="Average the reconstructions of this many noise draws (the network cost times this; "
+                    "default: the model's infer.noise_passes).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
-    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device)
+    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
