@@ -48,12 +48,13 @@ class NaturalResult:
 
 def anomaly_natural(model: LoadedModel, images: np.ndarray, median_size: int = 1,
                     timesteps: tuple[int, ...] | None = None, seed: int | None = None,
-                    batch_size: int | None = None) -> NaturalResult:
-    """Images (N, C, H, W) on the model grid -> reconstructions and per-pixel maps."""
+                    batch_size: int | None = None, passes: int | None = None) -> NaturalResult:
+    """Images (N, C, H, W) on the model grid -> reconstructions (the mean of ``passes`` noise
+    draws, default ``infer.noise_passes``) and per-pixel maps."""
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != model.channels:
         raise DataError(f"expected images (N, {model.channels}, H, W), got shape {x.shape}")
-    recon = reconstruct_slices(model, x, timesteps, seed, batch_size)  # (N, C, H, W)
+    recon = reconstruct_slices(model, x, timesteps, seed, batch_size, passes)  # (N, C, H, W)
     residual = np.abs(x - recon).mean(axis=1)  # (N, H, W)
     anomaly = median_filter_2d(residual, median_size) if median_size > 1 else residual.copy()
     return NaturalResult(recon=recon, residual=residual, anomaly=anomaly.astype(np.float32))
