@@ -193,12 +193,11 @@ def healthy_slice_maps(maps_fn: MapFn, store: PreparedStore, subjects: list[str]
 
 
 def calibration_of(maps: list[np.ndarray], ecfg: EvalConfig) -> float:
-    """Of healthy maps (one per slice or image, any shape, already median-filtered): the threshold that flags at most ``eval.calibration_fpr`` of the healthy pixels (unit
+    """The threshold that flags at most ``eval.calibration_fpr`` of the healthy pixels (unit
     "pixel") or of the healthy slices (unit "slice": a slice is flagged when any pixel is)."""
     if ecfg.calibration_unit == "slice":
         return calibrate_slice_threshold(maps, ecfg.calibration_fpr, median_size=1)
-    return calibrate_threshold([np.concatenate([np.ravel(m) for m in maps])[None]], ecfg.calibration_fpr,
-                               median_size=1)  # (1, N)
+    return calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
 
 
 def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
