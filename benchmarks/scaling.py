@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -62,100 +64,195 @@ def recipe_for(args: argparse.Namespace, name: str) -> Recipe:
     hw, extra = config_overrides(name)
     grid = extra[0].split("=")[1].strip("[]").replace(",", "x")
     data = [f"data.sources.{i}.path={Path(args.data) / sub}" for i, sub in enumerate(args.sources.split(","))]
-    return load_recipe(args.recipe, [*data, *args.set, *extra, f"name={name}", f"runs_dir={args.out / 'runs'}",
+    return load_recipe(args.recipe, [*data, *extra, *args.set, f"name={name}", f"runs_dir={args.out / 'runs'}",
                                      f"data.prepared={args.out / 'prepared' / grid}",
                                      "train.steps=1000000", "encoder_train.steps=1000000",  # the clock ends them
                                      "train.val_every=0", "encoder_train.val_every=0",
                                      f"train.ckpt_every={args.ckpt_every}", f"encoder_train.ckpt_every={args.ckpt_every}"])
 
 
-def run_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Prepare (once per grid), train both stages for the budget, score on validation."""
+def rungs_of(args: argparse.Namespace) -> list[float]:
+    """Stage-2 budgets at which each configuration is scored: ``--rungs``, or the one budget left
+    by ``--seconds`` after stage 1."""
+    if args.rungs:
+        return sorted(float(r) for r in args.rungs.split(",") if r)
+    return [args.seconds * (1 - args.encoder_fraction)]
+
+
+def result_path(args: argparse.Namespace, name: str, rung: float) -> Path:
+    tag = "" if not args.rungs else f"@{rung:g}"
+    return args.out / "results" / f"{name}{tag}.json"
+
+
+def adopt_encoder(recipe: Recipe, source: Path) -> dict[str, Any]:
+    """Use the stage 1 trained in run folder ``source`` (``cdiff pretrain-encoder``) instead of training
+    one: configurations that differ only in their U-Net then share the same encoder, as a study of
+    the U-Net should. Its training time and steps (from its log) count as the stage-1 budget."""
+    import shutil
+
+    src = source / "encoder"
+    if not (src / "model.safetensors").is_file():
+        raise SystemExit(f"--encoder-from {source}: no {src}/model.safetensors (run `cdiff pretrain-encoder`)")
+    theirs = json.loads((src / "config.json").read_text())["recipe"]
+    mine = recipe.model_dump(mode="json")
+    for section, key in (("encoder", "arch"), ("encoder", "z_dim"), ("data", "size"), ("data", "channels")):
+        if theirs.get(section, {}).get(key) != mine[section][key]:
+            raise SystemExit(f"--encoder-from {source}: its {section}.{key} is {theirs.get(section, {}).get(key)!r}, "
+                             f"this configuration's {mine[section][key]!r}")
+    dst = recipe.run_dir / "encoder"
+    if not (dst / "model.safetensors").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "log.csv", "log.jsonl", "model.safetensors"):
+            if (src / f).is_file():
+                shutil.copy2(src / f, dst / f)
+    train_log = [json.loads(line) for line in (src / "log.jsonl").read_text().splitlines()
+                 if line.strip() and json.loads(line).get("split") == "train"] if (src / "log.jsonl").is_file() else []
+    last = train_log[-1] if train_log else {}
+    return {"seconds": float(last.get("seconds", 0.0)), "clock": "wall (its own run)", "from": str(source),
+            "steps": int(last.get("step", json.loads((src / "config.json").read_text())["training"]["steps"])),
+            "images_per_s": float(last.get("images_per_s", 0.0)), "finished": True}
+
+
+def run_config(args: argparse.Namespace, name: str) -> list[dict[str, Any]]:
+    """Prepare (once per grid), train stage 1 (or adopt ``--encoder-from``), then train stage 2 up to
+    each rung in turn, scoring on validation at each: one result per rung."""
     import torch
 
     from cdiff_cli.data.prepare import prepare
+    from cdiff_cli.infer.model import build_networks
     from cdiff_cli.train.distributed import resolve_device
 
-    done = args.out / "results" / f"{name}.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    rungs = rungs_of(args)
+    paths = [result_path(args, name, r) for r in rungs]
+    if all(p.is_file() for p in paths):
+        return [json.loads(p.read_text()) for p in paths]
     recipe = recipe_for(args, name)
     if not (Path(recipe.data.prepared) / "splits.json").is_file():
         prepare(recipe)
     t0 = time.perf_counter()
-    enc = train_for("encoder", recipe, args.seconds * args.encoder_fraction, args.device, args.clock)
-    diff = train_for("diffusion", recipe, args.seconds * (1 - args.encoder_fraction), args.device, args.clock)
+    if args.encoder_from is not None:
+        enc = adopt_encoder(recipe, args.encoder_from)
+    else:
+        enc = train_for("encoder", recipe, args.seconds * args.encoder_fraction, args.device, args.clock)
     device = resolve_device(args.device)
     flops = {k: training_flops_per_image(recipe, k, device) for k in ("encoder", "diffusion")}
-    compute = (flops["encoder"] * enc["steps"] * recipe.encoder_train.batch_size
-               + flops["diffusion"] * diff["steps"] * recipe.train.batch_size)
-    from cdiff_cli.infer.model import build_networks
-
     unet, encoder = build_networks(recipe)
     params = {"unet_m": sum(p.numel() for p in unet.parameters()) / 1e6,
               "encoder_m": sum(p.numel() for p in encoder.parameters()) / 1e6 if encoder is not None else 0.0}
-    result = {"name": name, "grid": list(recipe.data.size), "width": recipe.unet.base_channels,
-              "res_blocks": recipe.unet.num_res_blocks, "encoder": recipe.encoder.arch, **params,
-              "encoder_stage": enc, "diffusion_stage": diff, "flops_per_image": flops,
-              "train_pflops": compute / 1e15, "threads": torch.get_num_threads(),
-              "val": validation_scores(recipe, args.device), "wall_s": round(time.perf_counter() - t0, 1)}
-    write_json(done, result)
-    return result
+    results = []
+    for rung, done in zip(rungs, paths):
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            continue
+        diff = train_for("diffusion", recipe, rung, args.device, args.clock)
+        compute = (flops["encoder"] * enc["steps"] * recipe.encoder_train.batch_size
+                   + flops["diffusion"] * diff["steps"] * recipe.train.batch_size * recipe.train.grad_accum)
+        result = {"name": name, "rung_s": rung, "grid": list(recipe.data.size), "width": recipe.unet.base_channels,
+                  "res_blocks": recipe.unet.num_res_blocks, "encoder": recipe.encoder.arch, **params,
+                  "encoder_stage": enc, "diffusion_stage": diff, "flops_per_image": flops,
+                  "train_pflops": compute / 1e15, "threads": torch.get_num_threads(),
+                  "val": validation_scores(recipe, args.device), "wall_s": round(time.perf_counter() - t0, 1)}
+        write_json(done, result)
+        results.append(result)
+    return results
 
 
 def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if v is None else f"{v * scale:.{digits}f}"
 
 
+def paired_against(results: list[dict[str, Any]], key: str) -> list[tuple[str, float, int, float, float, float]]:
+    """For every result, its per-volume ``key`` (``<source>_auprc`` or ``healthy_l1``) against the
+    FIRST configuration's at the same rung, paired volume by volume: (name, rung, volumes, mean
+    difference, 95 % bootstrap interval). One training seed: the interval covers the volumes only."""
+    from cdiff_cli.eval.paired import bootstrap_ci
+
+    suffix = "/l1" if key == "healthy_l1" else "/auprc"
+    source = None if key == "healthy_l1" else key.removesuffix("_auprc") + "/"
+    first = results[0]["name"]
+    base = {r.get("rung_s"): r["val"].get("cases", {}) for r in results if r["name"] == first}
+    rows = []
+    for r in results:
+        ref = base.get(r.get("rung_s"))
+        if r["name"] == first or ref is None:
+            continue
+        mine = r["val"].get("cases", {})
+        common = [c for c in mine if c.endswith(suffix) and (source is None or c.startswith(source)) and c in ref
+                  and np.isfinite(mine[c]) and np.isfinite(ref[c])]
+        if len(common) < 2:
+            continue
+        mean, lo, hi = bootstrap_ci(np.array([[mine[c] - ref[c] for c in common]]))
+        rows.append((r["name"], r.get("rung_s") or 0.0, len(common), mean, lo, hi))
+    return rows
+
+
 def write_report(args: argparse.Namespace, results: list[dict[str, Any]], command: str) -> None:
     lesion_keys = sorted({k for r in results for k in r["val"] if k.endswith("_auprc")})
-    head = ["config", "grid", "U-Net M", "encoder", "stage-1 steps", "stage-2 steps", "train PFLOP",
-            "val healthy l1 (x1e3)", *[f"val {k.removesuffix('_auprc')} AUPRC %" for k in lesion_keys]]
+    head = ["config", "stage-2 budget s", "grid", "U-Net M", "encoder", "stage-1 steps", "stage-2 steps",
+            "train PFLOP", "val healthy l1 (x1e3)", *[f"val {k.removesuffix('_auprc')} AUPRC %" for k in lesion_keys]]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         rows.append("| " + " | ".join([
-            r["name"], "x".join(map(str, r["grid"])), _fmt(r["unet_m"]), r["encoder"],
+            r["name"], _fmt(r.get("rung_s"), 1, 0), "x".join(map(str, r["grid"])), _fmt(r["unet_m"]), r["encoder"],
             str(r["encoder_stage"]["steps"]), str(r["diffusion_stage"]["steps"]), _fmt(r["train_pflops"], 1, 3),
             _fmt(r["val"]["healthy_l1"], 1e3), *[_fmt(r["val"].get(k), 100) for k in lesion_keys]]) + " |")
-    best = max(results, key=lambda r: (r["val"].get(lesion_keys[0]) or 0.0) if lesion_keys else -r["val"]["healthy_l1"])
+    last = max(r.get("rung_s") or 0.0 for r in results)
+    final = [r for r in results if (r.get("rung_s") or 0.0) == last]
+    best = max(final, key=lambda r: (r["val"].get(lesion_keys[0]) or 0.0) if lesion_keys else -r["val"]["healthy_l1"])
+    paired = []
+    for key in [*lesion_keys, "healthy_l1"]:
+        scale = 1e3 if key == "healthy_l1" else 100
+        unit = "l1 x1e3" if key == "healthy_l1" else "AUPRC points"
+        for name, rung, n, mean, lo, hi in paired_against(results, key):
+            paired.append(f"| {name} | {rung:.0f} | {key} | {n} | {mean * scale:+.2f} [{lo * scale:+.2f}, "
+                          f"{hi * scale:+.2f}] {unit} |")
+    paired_text = [] if not paired else [
+        f"Paired with **{results[0]['name']}** at the same budget, volume by volume (mean difference and its "
+        "95 % bootstrap interval over the validation volumes, 10 000 resamples; one training seed per "
+        "configuration, so the interval does not include the spread between trainings):", "",
+        "| config | stage-2 budget s | score | volumes | difference |", "|---|---|---|---|---|", *paired, ""]
+    encoder_text = (f"Stage 1 is not trained here: every configuration uses the encoder of `{args.encoder_from}` "
+                    "(its training counts in the compute). " if args.encoder_from is not None else
+                    f"Stage 1 trains for {args.seconds * args.encoder_fraction:g} s. ")
+    budget_text = (f"stage 2 for {', '.join(f'{r:g}' for r in rungs_of(args))} s, scored after each"
+                   if args.rungs else f"both stages for {args.seconds:g} s ({args.encoder_fraction:.0%} for stage 1)")
     text = "\n".join([
         "# Scaling study: the network for a fixed training budget", "",
-        f"Every configuration trained both stages for the same "
-        f"{'CPU time of its process' if args.clock == 'cpu' else 'wall-clock'}: {args.seconds:g} s "
-        f"({args.encoder_fraction:.0%} for stage 1), on {results[0]['threads']} torch thread(s), device "
-        f"`{args.device}`; scored on the validation split of fold 0 (healthy l1 of the raw reconstruction; "
-        "per-volume AUPRC of the post-processed map). Compute: training FLOPs counted by "
-        "`torch.utils.flop_counter` per image, times the images seen.", "",
+        f"Every configuration trained {budget_text} of "
+        f"{'the CPU time of its process' if args.clock == 'cpu' else 'wall-clock'}, on {results[0]['threads']} "
+        f"torch thread(s), device `{args.device}`. {encoder_text}Scored on the validation split of fold 0 "
+        "(healthy l1 of the raw reconstruction; per-volume AUPRC of the post-processed map). Compute: "
+        "training FLOPs counted by `torch.utils.flop_counter` per image, times the images seen.", "",
         "```", command, "```", "", *rows, "",
-        f"Best validation AUPRC ({lesion_keys[0] if lesion_keys else 'healthy l1'}) at this budget: "
-        f"**{best['name']}**.", "",
+        f"Best validation AUPRC ({lesion_keys[0] if lesion_keys else 'healthy l1'}) at the largest budget "
+        f"({last:g} s): **{best['name']}**.", "", *paired_text,
         f"![l1 and AUPRC against compute]({args.report.with_suffix('.png').name})", ""])
     write_text(args.report, text)
     plot(results, lesion_keys, args.report.with_suffix(".png"))
 
 
 def plot(results: list[dict[str, Any]], lesion_keys: list[str], path: Path) -> None:
+    """l1 and the first lesion set's AUPRC against compute: one line per configuration (its rungs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    x = [max(r["train_pflops"], 1e-9) for r in results]
-    l1 = [1e3 * r["val"]["healthy_l1"] for r in results]
-    axes[0].scatter(x, l1)
+    names = list(dict.fromkeys(r["name"] for r in results))
+    for name in names:
+        mine = sorted((r for r in results if r["name"] == name), key=lambda r: r["train_pflops"])
+        x = [max(r["train_pflops"], 1e-9) for r in mine]
+        axes[0].plot(x, [1e3 * r["val"]["healthy_l1"] for r in mine], "o-", label=name)
+        if lesion_keys:
+            axes[1].plot(x, [100 * (r["val"].get(lesion_keys[0]) or 0.0) for r in mine], "o-", label=name)
     axes[0].set_ylabel("validation healthy l1 (x1e3, lower is better)")
-    for key in lesion_keys:
-        axes[1].scatter(x, [100 * (r["val"].get(key) or 0.0) for r in results], label=key.removesuffix("_auprc"))
-    axes[1].set_ylabel("validation lesion AUPRC % (higher is better)")
-    if lesion_keys:
-        axes[1].legend()
-    first = [100 * (r["val"].get(lesion_keys[0]) or 0.0) if lesion_keys else 0.0 for r in results]
-    for ax, ys in ((axes[0], l1), (axes[1], first)):
+    axes[1].set_ylabel(f"validation {lesion_keys[0].removesuffix('_auprc') if lesion_keys else 'lesion'} "
+                       "AUPRC % (higher is better)")
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("training compute (PFLOP, both stages)")
-        for xi, yi, r in zip(x, ys, results):
-            ax.annotate(r["name"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -172,6 +269,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="what --seconds counts: wall-clock, or CPU seconds of the process (fair on a shared machine)")
     ap.add_argument("--encoder-fraction", type=float, default=0.25)
+    ap.add_argument("--rungs", default="", help="stage-2 budgets (comma-separated seconds) to score each "
+                    "configuration at, training on from one to the next; default: one, what --seconds leaves")
+    ap.add_argument("--encoder-from", type=Path, default=None,
+                    help="a run folder whose trained stage 1 every configuration uses (same encoder and grid)")
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], help="extra recipe override (repeatable)")
@@ -184,9 +285,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = []
     for name in names:
-        results.append(run_config(args, name))
+        results.extend(run_config(args, name))
         write_report(args, results, command)  # after each: a partial study is readable
-        print(f"{name}: {json.dumps(results[-1]['val'])}", flush=True)
+        for r in results[-len(rungs_of(args)):]:
+            scores = {k: v for k, v in r["val"].items() if k != "cases"}
+            print(f"{name} @ {r.get('rung_s', 0):g} s: {json.dumps(scores)}", flush=True)
     return results
 
 

@@ -79,8 +79,10 @@ def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto",
     run_dir = recipe.run_dir
     timing = _timing(run_dir)
     done = timing.get(kind, {})
-    if done.get("finished") and (run_dir / kind / "model.safetensors").is_file():
-        return done
+    section = "encoder_train" if kind == "encoder" else "train"
+    if done.get("finished") and (run_dir / kind / "model.safetensors").is_file() and (
+            float(done.get("seconds", 0.0)) >= seconds - 1.0 or done.get("steps", 0) >= getattr(recipe, section).steps):
+        return done  # finished: a larger budget than the one spent continues it from its last checkpoint
     left = seconds - float(done.get("seconds", 0.0))
     resume = bool(list_checkpoints(run_dir / kind / "checkpoints"))
     t0 = tick()
@@ -95,7 +97,6 @@ def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto",
         if not ckpts:
             raise RuntimeError(f"{kind}: stopped before any checkpoint was written; run again to resume")
         step = int(ckpts[-1].name.split("_")[-1])
-        section = "encoder_train" if kind == "encoder" else "train"
         capped = recipe.model_copy(update={section: getattr(recipe, section).model_copy(update={"steps": step})})
         result = train_stage(kind, capped, device, resume=True)  # no step left: exports the model
     finally:
@@ -137,7 +138,8 @@ def training_flops_per_image(recipe: Recipe, kind: Stage, device: torch.device, 
 
 def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
     """Healthy l1 and per-volume lesion AUPRC on the VALIDATION split of fold ``data.fold`` (the test
-    split stays untouched for the final numbers), with the reference post-processing."""
+    split stays untouched for the final numbers), with the reference post-processing; ``cases`` holds
+    each volume's value (``source/subject/l1`` or ``source/subject/auprc``) for paired comparisons."""
     from cdiff_cli.data.dataset import load_splits, training_source
     from cdiff_cli.data.splits import fold_subjects
     from cdiff_cli.data.store import PreparedStore
@@ -148,12 +150,13 @@ def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
     splits, prepared, fold = load_splits(recipe), Path(recipe.data.prepared), recipe.data.fold
     healthy = training_source(recipe)
     store = PreparedStore.open(prepared / healthy)
-    l1 = []
+    l1, cases = [], {}
     for sid in fold_subjects(splits[healthy], "val", fold):
         v = store.subject_index(sid)
         vol = np.asarray(store.volume(v))
         recon = model.anomaly_map(vol, kind="prepared", mask=np.asarray(store.mask(v))).recon
         l1.append(float(np.abs(recon - vol).mean()))
+        cases[f"{healthy}/{sid}/l1"] = l1[-1]
     scores: dict[str, Any] = {"healthy_l1": float(np.mean(l1)), "n_healthy": len(l1)}
     for src in recipe.data.sources:
         if src.role != "lesion" or src.name not in splits:
@@ -166,7 +169,9 @@ def validation_scores(recipe: Recipe, device: str = "auto") -> dict[str, Any]:
             v = les.subject_index(sid)
             r = model.anomaly_map(np.asarray(les.volume(v)), kind="prepared", mask=np.asarray(les.mask(v)))
             auprc.append(M.auprc(r.anomaly.ravel(), np.asarray(les.seg(v)).ravel() > 0))
+            cases[f"{src.name}/{sid}/auprc"] = auprc[-1]
         scores[f"{src.name}_auprc"] = float(np.nanmean(auprc)) if auprc else None
+    scores["cases"] = cases  # per volume, for comparisons paired case by case
     return scores
 
 
