@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from cdiff_cli.infer.postprocess import (
+    calibrate_healthy,
     Box,
     boxes_from_map,
     calibrate_slice_threshold,
@@ -278,3 +279,19 @@ def test_calibrate_slice_threshold_property(maxima, rate) -> None:
     lower = peaks[peaks < thr]
     if lower.size:
         assert np.mean(peaks >= lower.max()) > rate
+
+
+def test_calibrate_healthy_is_the_unit_switch_for_maps_of_any_shape() -> None:
+    """Brain slices arrive as 1-D brain pixels, natural images as (H, W) maps: per pixel the two
+    give the threshold of the pooled pixels, per slice that of the per-map maxima."""
+    rng = np.random.default_rng(1)
+    images = [rng.uniform(0, 1, size=(8, 8)).astype(np.float32) for _ in range(10)]
+    flat = [m.ravel()[: 40 + 2 * i] for i, m in enumerate(images)]  # ragged, as brain masks are
+    for maps in (images, flat):
+        pooled = np.concatenate([m.ravel() for m in maps])
+        thr = calibrate_healthy(maps, 0.05, "pixel")
+        assert thr == calibrate_threshold([pooled[None]], 0.05, median_size=1)
+        assert np.mean(pooled >= thr) <= 0.05
+        assert calibrate_healthy(maps, 0.2, "slice") == calibrate_slice_threshold(maps, 0.2, median_size=1)
+    with pytest.raises(ValueError, match="'pixel' or 'slice'"):
+        calibrate_healthy(images, 0.05, "volume")

@@ -28,7 +28,7 @@ from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
-from cdiff_cli.infer.postprocess import calibrate_slice_threshold, calibrate_threshold, remove_small_components
+from cdiff_cli.infer.postprocess import calibrate_healthy, remove_small_components
 
 
 class MapFn(Protocol):
@@ -195,9 +195,7 @@ def healthy_slice_maps(maps_fn: MapFn, store: PreparedStore, subjects: list[str]
 def calibration_of(maps: list[np.ndarray], ecfg: EvalConfig) -> float:
     """The threshold that flags at most ``eval.calibration_fpr`` of the healthy pixels (unit
     "pixel") or of the healthy slices (unit "slice": a slice is flagged when any pixel is)."""
-    if ecfg.calibration_unit == "slice":
-        return calibrate_slice_threshold(maps, ecfg.calibration_fpr, median_size=1)
-    return calibrate_threshold([np.concatenate(maps)[None]], ecfg.calibration_fpr, median_size=1)  # (1, N)
+    return calibrate_healthy(maps, ecfg.calibration_fpr, ecfg.calibration_unit)
 
 
 def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,

@@ -26,6 +26,7 @@ __all__ = [
     "boxes_from_map",
     "calibrate_threshold",
     "calibrate_slice_threshold",
+    "calibrate_healthy",
 ]
 
 # 2-D cross (4-neighbourhood), as in the reference's slice-wise erosion and NOVA boxes.
@@ -261,3 +262,17 @@ def calibrate_slice_threshold(
         dtype=np.float32,
     )  # (n_slices,)
     return calibrate_threshold([maxima[None]], rate, median_size=1)
+
+
+def calibrate_healthy(healthy_maps: Sequence[ArrayLike], rate: float, unit: str = "pixel") -> float:
+    """The localisation threshold of already filtered healthy maps (any shape each): at most ``rate``
+    of their pixels flagged (``unit`` "pixel"), or of the maps given any box (``unit`` "slice"). The
+    one switch behind ``eval.calibration_unit`` for brain slices and natural images alike."""
+    if unit == "slice":
+        return calibrate_slice_threshold(healthy_maps, rate, median_size=1)
+    if unit != "pixel":
+        raise ValueError(f"calibration unit must be 'pixel' or 'slice', got {unit!r}")
+    if len(healthy_maps) == 0:
+        raise ValueError("calibrate_healthy needs at least one healthy map")
+    pooled = np.concatenate([np.asarray(m, np.float32).ravel() for m in healthy_maps])[None]  # (1, N)
+    return calibrate_threshold([pooled], rate, median_size=1)

@@ -24,7 +24,7 @@ from cdiff_cli.eval import metrics as M
 from cdiff_cli.eval.perceptual import lpips_distances, lpips_status
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, load_model, read_config, resolve_model_dir
-from cdiff_cli.infer.postprocess import calibrate_slice_threshold, calibrate_threshold
+from cdiff_cli.infer.postprocess import calibrate_healthy
 from cdiff_cli.natural import metrics as C
 from cdiff_cli.natural.infer import NaturalResult, anomaly_natural
 from cdiff_cli.natural.probes import encoder_probes, subsample
@@ -98,8 +98,7 @@ def evaluate_contrastive(recipe: Recipe, model_spec: str | None, out: Path | Non
         if len(val):
             maps = _reconstruct(model, store.images(val), "calibration", bar).anomaly
             ecfg = recipe.eval
-            calibrate = calibrate_slice_threshold if ecfg.calibration_unit == "slice" else calibrate_threshold
-            calibration = {"threshold": calibrate(list(maps), ecfg.calibration_fpr, median_size=1),
+            calibration = {"threshold": calibrate_healthy(list(maps), ecfg.calibration_fpr, ecfg.calibration_unit),
                            "fpr": ecfg.calibration_fpr, "unit": ecfg.calibration_unit, "n_images": int(len(val)),
                            "timesteps": list(model.recipe.infer.timesteps),
                            "median_size": model.recipe.localize.median_size}
