@@ -15,6 +15,14 @@ A configuration is named ``g<H>[x<D>]-w<width>-r<blocks>-<encoder>``: ``g64`` is
 
     python benchmarks/scaling.py --data data/synthetic --seconds 1200          # the full study
     python benchmarks/scaling.py --configs g64-w16-r1-resnet18,g96-w32-r1-resnet18 --seconds 60
+
+A learning curve per configuration: ``--rungs 600,1200,2400`` trains stage 2 to 600 s, scores,
+trains on to 1200 s, scores, and so on (one training, scored at each budget); with
+``--encoder-from RUN`` every configuration uses RUN's trained stage 1 (same encoder and grid), so
+configurations that differ only in their U-Net are compared on the U-Net alone:
+
+    python benchmarks/scaling.py --recipe recipes/reference.yaml --encoder-from runs/reference \
+        --configs g96-w16-r1-resnet18,g96-w16-r2-resnet18 --rungs 600,1200,2400 --clock cpu
 """
 
 from __future__ import annotations
