@@ -169,7 +169,7 @@ def test_ema_carries_batchnorm_buffers_with_the_weights() -> None:
     net.encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
     net.train()
     decay = 0.8
-    ema = EMA(net, ("encoder.",), decay)
+    ema = EMA(net, ("encoder.",), decay, warmup=False)
     assert {"encoder.1.running_mean", "encoder.1.running_var", "encoder.1.num_batches_tracked"} <= set(ema.shadow)
     expect = net.encoder[1].running_mean.clone()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -178,7 +178,7 @@ def test_ema_carries_batchnorm_buffers_with_the_weights() -> None:
         net.encoder(x).square().mean().backward()
         opt.step()
         opt.zero_grad()
-        ema.update()
+        ema.update(step)
         expect += (1 - decay) * (net.encoder[1].running_mean - expect)
     out = ema.apply_to(net.state_dict())
     torch.testing.assert_close(out["encoder.1.running_mean"], expect)
@@ -193,3 +193,29 @@ def test_ema_carries_batchnorm_buffers_with_the_weights() -> None:
     torch.testing.assert_close(old.shadow["encoder.1.running_mean"], net.encoder[1].running_mean)
     with pytest.raises(CdiffError, match="checkpoint EMA lacks encoder.0.weight"):
         EMA(net, ("encoder.",), decay).load({})
+
+
+def test_ema_warmup_leaves_no_share_of_the_initial_weights() -> None:
+    """A constant decay of 0.999 exports mostly the random initial weights after a short run; with the
+    warm-up (the default) the average holds only trained weights: here, after 50 updates of a weight
+    that jumps from 0 to 1 at the first step, the warm-up EMA is 1 - 9! 50! / 59! and the constant one
+    1 - 0.999 ** 50."""
+    import math
+
+    from cdiff_cli.train.loop import EMA
+
+    net = torch.nn.Module()
+    net.unet = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.unet.weight.zero_()
+    warm, flat = EMA(net, ("unet.",), 0.999), EMA(net, ("unet.",), 0.999, warmup=False)
+    with torch.no_grad():
+        net.unet.weight.fill_(1.0)
+    for step in range(50):
+        warm.update(step)
+        flat.update(step)
+    init_share = math.factorial(9) * math.factorial(50) / math.factorial(59)
+    assert float(warm.shadow["unet.weight"]) == pytest.approx(1 - init_share, abs=1e-6)
+    assert float(warm.shadow["unet.weight"]) > 1 - 1e-6
+    assert float(flat.shadow["unet.weight"]) == pytest.approx(1 - 0.999**50, rel=1e-5)  # 4.9 %: mostly the init
+    assert [warm.decay_at(t) for t in (0, 90, 10**6)] == [pytest.approx(0.1), pytest.approx(0.91), 0.999]

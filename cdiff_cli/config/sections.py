@@ -234,6 +234,10 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1)
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     ema_decay: float = Field(0.999, ge=0, lt=1)  # 0 disables the EMA
+    # the EMA's decay ramps up as min(ema_decay, (1 + n) / (10 + n)) after n updates, so that a short
+    # run does not export a share of its random initial weights (0.999 ** 500 = 61 % of them at 500
+    # steps); false: the constant decay of runs trained before this field existed
+    ema_warmup: bool = True
     val_every: int = Field(500, ge=0)  # 0 disables validation
     val_batches: int = Field(4, ge=1)
     log_every: int = Field(50, ge=1)
