@@ -222,11 +222,11 @@ def write_report(args: argparse.Namespace, results: list[dict[str, Any]], comman
     encoder_text = (f"Stage 1 is not trained here: every configuration uses the encoder of `{args.encoder_from}` "
                     "(its training counts in the compute). " if args.encoder_from is not None else
                     f"Stage 1 trains for {args.seconds * args.encoder_fraction:g} s. ")
-    budget_text = (f"stage 2 for {', '.join(f'{r:g}' for r in rungs_of(args))} s, scored after each"
+    budget_text = (f"stage 2 for {', '.join(f'{r:g}' for r in rungs_of(args))} s (scored after each)"
                    if args.rungs else f"both stages for {args.seconds:g} s ({args.encoder_fraction:.0%} for stage 1)")
     text = "\n".join([
         "# Scaling study: the network for a fixed training budget", "",
-        f"Every configuration trained {budget_text} of "
+        f"Every configuration trained {budget_text}, counted in "
         f"{'the CPU time of its process' if args.clock == 'cpu' else 'wall-clock'}, on {results[0]['threads']} "
         f"torch thread(s), device `{args.device}`. {encoder_text}Scored on the validation split of fold 0 "
         "(healthy l1 of the raw reconstruction; per-volume AUPRC of the post-processed map). Compute: "
@@ -257,8 +257,12 @@ def plot(results: list[dict[str, Any]], lesion_keys: list[str], path: Path) -> N
     axes[0].set_ylabel("validation healthy l1 (x1e3, lower is better)")
     axes[1].set_ylabel(f"validation {lesion_keys[0].removesuffix('_auprc') if lesion_keys else 'lesion'} "
                        "AUPRC % (higher is better)")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # readable within one decade
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel("training compute (PFLOP, both stages)")
         ax.legend(fontsize=7)
     fig.tight_layout()
