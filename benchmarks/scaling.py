@@ -101,7 +101,8 @@ def adopt_encoder(recipe: Recipe, source: Path) -> dict[str, Any]:
     src = source / "encoder"
     if not (src / "model.safetensors").is_file():
         raise SystemExit(f"--encoder-from {source}: no {src}/model.safetensors (run `cdiff pretrain-encoder`)")
-    theirs = json.loads((src / "config.json").read_text())["recipe"]
+    config = json.loads((src / "config.json").read_text())
+    theirs = config["recipe"]
     mine = recipe.model_dump(mode="json")
     for section, key in (("encoder", "arch"), ("encoder", "z_dim"), ("data", "size"), ("data", "channels")):
         if theirs.get(section, {}).get(key) != mine[section][key]:
@@ -113,11 +114,11 @@ def adopt_encoder(recipe: Recipe, source: Path) -> dict[str, Any]:
         for f in ("config.json", "log.csv", "log.jsonl", "model.safetensors"):
             if (src / f).is_file():
                 shutil.copy2(src / f, dst / f)
-    train_log = [json.loads(line) for line in (src / "log.jsonl").read_text().splitlines()
-                 if line.strip() and json.loads(line).get("split") == "train"] if (src / "log.jsonl").is_file() else []
-    last = train_log[-1] if train_log else {}
+    log = src / "log.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    last = next((e for e in reversed(entries) if e.get("split") == "train"), {})
     return {"seconds": float(last.get("seconds", 0.0)), "clock": "wall (its own run)", "from": str(source),
-            "steps": int(last.get("step", json.loads((src / "config.json").read_text())["training"]["steps"])),
+            "steps": int(last.get("step", config["training"]["steps"])),
             "images_per_s": float(last.get("images_per_s", 0.0)), "finished": True}
 
 
@@ -173,24 +174,24 @@ def paired_against(results: list[dict[str, Any]], key: str) -> list[tuple[str, f
     """For every result, its per-volume ``key`` (``<source>_auprc`` or ``healthy_l1``) against the
     FIRST configuration's at the same rung, paired volume by volume: (name, rung, volumes, mean
     difference, 95 % bootstrap interval). One training seed: the interval covers the volumes only."""
-    from cdiff_cli.eval.paired import bootstrap_ci
+    from cdiff_cli.eval.paired import compare
 
     suffix = "/l1" if key == "healthy_l1" else "/auprc"
-    source = None if key == "healthy_l1" else key.removesuffix("_auprc") + "/"
+    source = "" if key == "healthy_l1" else key.removesuffix("_auprc") + "/"
+
+    def values(r: dict[str, Any]) -> dict[tuple[int, str], float]:  # one seed: (0, case)
+        return {(0, c): v for c, v in r["val"].get("cases", {}).items()
+                if c.startswith(source) and c.endswith(suffix) and np.isfinite(v)}
+
     first = results[0]["name"]
-    base = {r.get("rung_s"): r["val"].get("cases", {}) for r in results if r["name"] == first}
+    base = {r.get("rung_s"): values(r) for r in results if r["name"] == first}
     rows = []
     for r in results:
-        ref = base.get(r.get("rung_s"))
-        if r["name"] == first or ref is None:
+        if r["name"] == first or r.get("rung_s") not in base:
             continue
-        mine = r["val"].get("cases", {})
-        common = [c for c in mine if c.endswith(suffix) and (source is None or c.startswith(source)) and c in ref
-                  and np.isfinite(mine[c]) and np.isfinite(ref[c])]
-        if len(common) < 2:
-            continue
-        mean, lo, hi = bootstrap_ci(np.array([[mine[c] - ref[c] for c in common]]))
-        rows.append((r["name"], r.get("rung_s") or 0.0, len(common), mean, lo, hi))
+        c = compare(values(r), base[r.get("rung_s")])
+        if c is not None and c["volumes"] >= 2:
+            rows.append((r["name"], r.get("rung_s") or 0.0, c["volumes"], c["diff"], *c["ci"]))
     return rows
 
 
