@@ -2,7 +2,8 @@
 
 Every configuration (slice grid, U-Net width, res blocks per level, encoder) is the base recipe
 plus a few overrides; each trains both stages for the SAME budget (``--seconds`` of wall-clock, or of
-the process's CPU time with ``--clock cpu``, fair on a shared machine; a share
+the process's CPU time with ``--clock cpu``, fair on a shared machine, or optimizer steps with
+``--clock steps``, the same at any load; a share
 ``--encoder-fraction`` of it for stage 1) through ``cdiff_cli.train.run.train_stage``, then is
 scored on the VALIDATION split (healthy l1, per-volume lesion AUPRC; the test split stays for
 the final numbers). Compute is the training FLOPs (``torch.utils.flop_counter`` per image, times
@@ -40,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timed_training import train_for, training_flops_per_image, validation_scores  # noqa: E402
+from timed_training import CLOCK_NAMES, train_for, training_flops_per_image, validation_scores  # noqa: E402
 
 from cdiff_cli.config import Recipe, load_recipe  # noqa: E402
 from cdiff_cli.fileio import write_json, write_text  # noqa: E402
@@ -197,7 +198,8 @@ def paired_against(results: list[dict[str, Any]], key: str) -> list[tuple[str, f
 
 def write_report(args: argparse.Namespace, results: list[dict[str, Any]], command: str) -> None:
     lesion_keys = sorted({k for r in results for k in r["val"] if k.endswith("_auprc")})
-    head = ["config", "stage-2 budget s", "grid", "U-Net M", "encoder", "stage-1 steps", "stage-2 steps",
+    u = "steps" if args.clock == "steps" else "s"  # the budget's unit
+    head = ["config", f"stage-2 budget {u}", "grid", "U-Net M", "encoder", "stage-1 steps", "stage-2 steps",
             "train PFLOP", "val healthy l1 (x1e3)", *[f"val {k.removesuffix('_auprc')} AUPRC %" for k in lesion_keys]]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -219,22 +221,22 @@ def write_report(args: argparse.Namespace, results: list[dict[str, Any]], comman
         f"Paired with **{results[0]['name']}** at the same budget, volume by volume (mean difference and its "
         "95 % bootstrap interval over the validation volumes, 10 000 resamples; one training seed per "
         "configuration, so the interval does not include the spread between trainings):", "",
-        "| config | stage-2 budget s | score | volumes | difference |", "|---|---|---|---|---|", *paired, ""]
+        f"| config | stage-2 budget {u} | score | volumes | difference |", "|---|---|---|---|---|", *paired, ""]
     encoder_text = (f"Stage 1 is not trained here: every configuration uses the encoder of `{args.encoder_from}` "
                     "(its training counts in the compute). " if args.encoder_from is not None else
-                    f"Stage 1 trains for {args.seconds * args.encoder_fraction:g} s. ")
-    budget_text = (f"stage 2 for {', '.join(f'{r:g}' for r in rungs_of(args))} s (scored after each)"
-                   if args.rungs else f"both stages for {args.seconds:g} s ({args.encoder_fraction:.0%} for stage 1)")
+                    f"Stage 1 trains for {args.seconds * args.encoder_fraction:g} {u}. ")
+    budget_text = (f"stage 2 for {', '.join(f'{r:g}' for r in rungs_of(args))} {u} (scored after each)"
+                   if args.rungs else f"both stages for {args.seconds:g} {u} ({args.encoder_fraction:.0%} for stage 1)")
     text = "\n".join([
         "# Scaling study: the network for a fixed training budget", "",
         f"Every configuration trained {budget_text}, counted in "
-        f"{'the CPU time of its process' if args.clock == 'cpu' else 'wall-clock'}, on {results[0]['threads']} "
+        f"{CLOCK_WORDS[args.clock]}, on {results[0]['threads']} "
         f"torch thread(s), device `{args.device}`. {encoder_text}Scored on the validation split of fold 0 "
         "(healthy l1 of the raw reconstruction; per-volume AUPRC of the post-processed map). Compute: "
         "training FLOPs counted by `torch.utils.flop_counter` per image, times the images seen.", "",
         "```", command, "```", "", *rows, "",
         f"Best validation AUPRC ({lesion_keys[0] if lesion_keys else 'healthy l1'}) at the largest budget "
-        f"({last:g} s): **{best['name']}**.", "", *paired_text,
+        f"({last:g} {u}): **{best['name']}**.", "", *paired_text,
         f"![l1 and AUPRC against compute]({args.report.with_suffix('.png').name})", ""])
     write_text(args.report, text)
     plot(results, lesion_keys, args.report.with_suffix(".png"))
@@ -272,6 +274,9 @@ def plot(results: list[dict[str, Any]], lesion_keys: list[str], path: Path) -> N
     plt.close(fig)
 
 
+CLOCK_WORDS = {"wall": "wall-clock", "cpu": "the CPU time of its process", "steps": "optimizer steps (not seconds)"}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
@@ -279,8 +284,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--sources", default="IXI,BraTS2021,MSLUB", help="sub-folders of --data, in recipe order")
     ap.add_argument("--configs", default=DEFAULT_CONFIGS)
     ap.add_argument("--seconds", type=float, default=1200.0, help="budget per configuration, both stages")
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                    help="what --seconds counts: wall-clock, or CPU seconds of the process (fair on a shared machine)")
+    ap.add_argument("--clock", choices=list(CLOCK_NAMES), default="wall",
+                    help="what --seconds (and --rungs) count: wall-clock, CPU seconds of the process (fair on a "
+                    "shared machine), or optimizer steps (the same at any load)")
     ap.add_argument("--encoder-fraction", type=float, default=0.25)
     ap.add_argument("--rungs", default="", help="stage-2 budgets (comma-separated seconds) to score each "
                     "configuration at, training on from one to the next; default: one, what --seconds leaves")

@@ -1,21 +1,16 @@
-"""Training for a wall-clock budget and scoring on the validation split, with the project's own functions.
+"""Training for a budget and scoring on the validation split, with the project's own functions.
 
-Shared by ``scaling.py`` (every configuration gets the same seconds) and ``gpu_train.py`` (the
-prepared GPU run). A stage trains through ``cdiff_cli.train.run.train_stage``; when its seconds
-are spent, a timer asks the loop to stop exactly as Ctrl-C does (a checkpoint at the step
-boundary), and the stage is then resumed with ``steps`` set to the step it reached, which
-exports the model without another step: ``cdiff train-* --resume`` with ``*.steps=N`` would do
-the same. The seconds spent per stage are kept in ``RUN/timing.json``, so a killed driver
-resumes where it stopped (finished stages are skipped, a cut-off one continues from its last
-checkpoint with the seconds it has left).
+Shared by ``scaling.py`` (every configuration gets the same budget) and ``gpu_train.py`` (the
+prepared GPU run). A stage trains through ``cdiff_cli.train.run.train_stage`` with a
+:class:`cdiff_cli.train.loop.Budget`: when it is spent, the loop stops at the step boundary and
+exports the model with a checkpoint, as ``cdiff train-* --resume`` with ``*.steps=N`` would. The
+budget spent per stage is kept in ``RUN/timing.json``, so a killed driver resumes where it stopped
+(finished stages are skipped, a cut-off one continues from its last checkpoint with what it has left).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +22,7 @@ import torch
 from cdiff_cli.config import Recipe
 from cdiff_cli.fileio import write_json
 from cdiff_cli.train.checkpoint import list_checkpoints
-from cdiff_cli.train.loop import TrainingInterrupted
+from cdiff_cli.train.loop import Budget
 from cdiff_cli.train.run import train_stage
 
 Stage = Literal["encoder", "diffusion"]
@@ -38,6 +33,8 @@ CLOCKS: dict[str, Clock] = {
     # machine do not eat into, so configurations measured at different loads stay comparable
     "cpu": time.process_time,
 }
+# "steps": the budget counts optimizer steps, the same on any machine at any load (tests use it)
+CLOCK_NAMES = (*CLOCKS, "steps")
 
 
 def _timing(run_dir: Path) -> dict[str, Any]:
@@ -45,63 +42,32 @@ def _timing(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-class _StopIn:
-    """After ``seconds``, SIGINT to this process while the training loop runs: its Ctrl-C handler then
-    stops at the next step boundary with a checkpoint. Before the loop has begun (data loading) the
-    signal waits for it, so a stage always makes at least one step; after the loop it is not sent."""
-
-    def __init__(self, seconds: float, clock: Clock = time.monotonic) -> None:
-        self.fired, self._done = threading.Event(), threading.Event()
-        self._clock = clock
-        self._deadline = clock() + max(seconds, 0.0)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._done.wait(max(min(self._deadline - self._clock(), 0.05), 0.0)):
-            if self._clock() < self._deadline:
-                continue
-            handler = signal.getsignal(signal.SIGINT)
-            if type(getattr(handler, "__self__", None)).__name__ == "_StopFlag":  # the loop is running
-                self.fired.set()
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-
-    def cancel(self) -> None:
-        self._done.set()
-
-
 def train_for(kind: Stage, recipe: Recipe, seconds: float, device: str = "auto",
               clock: str = "wall") -> dict[str, Any]:
-    """Train one stage for at most ``seconds`` (or ``steps``, whichever ends first) of the
-    ``clock``: ``wall`` seconds, or ``cpu`` seconds of this process (see :data:`CLOCKS`)."""
-    tick = CLOCKS[clock]
+    """Train one stage for a budget of ``seconds`` (or ``steps``, whichever ends first) of the
+    ``clock``: ``wall`` seconds, ``cpu`` seconds of this process (see :data:`CLOCKS`), or ``steps``,
+    where the budget is a number of optimizer steps."""
+    if clock not in CLOCK_NAMES:
+        raise ValueError(f"unknown clock {clock!r}; expected one of {', '.join(CLOCK_NAMES)}")
     run_dir = recipe.run_dir
     timing = _timing(run_dir)
     done = timing.get(kind, {})
     section = "encoder_train" if kind == "encoder" else "train"
+    slack = 0.0 if clock == "steps" else 1.0
     if done.get("finished") and (run_dir / kind / "model.safetensors").is_file() and (
-            float(done.get("seconds", 0.0)) >= seconds - 1.0 or done.get("steps", 0) >= getattr(recipe, section).steps):
+            float(done.get("seconds", 0.0)) >= seconds - slack or done.get("steps", 0) >= getattr(recipe, section).steps):
         return done  # finished: a larger budget than the one spent continues it from its last checkpoint
     left = seconds - float(done.get("seconds", 0.0))
     resume = bool(list_checkpoints(run_dir / kind / "checkpoints"))
-    t0 = tick()
-    timer = _StopIn(left, tick)
-    try:
-        result = train_stage(kind, recipe, device, resume=resume)
-    except (TrainingInterrupted, KeyboardInterrupt):  # the latter: the timer fired just after the loop ended
-        timer.cancel()
-        if not timer.fired.is_set():
-            raise  # a real Ctrl-C: stop the driver (the checkpoint is kept; run it again to resume)
-        ckpts = list_checkpoints(run_dir / kind / "checkpoints")
-        if not ckpts:
-            raise RuntimeError(f"{kind}: stopped before any checkpoint was written; run again to resume")
-        step = int(ckpts[-1].name.split("_")[-1])
-        capped = recipe.model_copy(update={section: getattr(recipe, section).model_copy(update={"steps": step})})
-        result = train_stage(kind, capped, device, resume=True)  # no step left: exports the model
-    finally:
-        timer.cancel()
-    spent = float(done.get("seconds", 0.0)) + tick() - t0
+    if clock == "steps":  # the budget is the stage's total step count: cap the recipe there
+        cfg = getattr(recipe, section)
+        capped = recipe.model_copy(update={section: cfg.model_copy(update={"steps": min(cfg.steps, max(1, round(seconds)))})})
+        result = train_stage(kind, capped, device, resume=resume)
+        spent = float(result["steps"])
+    else:
+        budget = Budget(seconds=max(left, 0.0), clock=CLOCKS[clock])
+        result = train_stage(kind, recipe, device, resume=resume, budget=budget)
+        spent = float(done.get("seconds", 0.0)) + budget.clock() - budget.started
     record = {"seconds": round(spent, 2), "clock": clock, "steps": result["steps"],
               "images_per_s": result["images_per_s"], "finished": True}
     timing[kind] = record

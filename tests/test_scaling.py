@@ -1,5 +1,6 @@
-"""``benchmarks/scaling.py`` at tiny size: each configuration trains for a few seconds through the
-project's own functions, is scored on the validation split, and a rerun resumes from the results."""
+"""``benchmarks/scaling.py`` at tiny size: each configuration trains for a budget of a few optimizer
+steps (``--clock steps``: the same at any load) through the project's own functions, is scored on
+the validation split, and a rerun resumes from the results."""
 
 from __future__ import annotations
 
@@ -39,14 +40,16 @@ def test_tiny_study_trains_scores_reports_and_resumes(tiny_benchmark: Path, tmp_
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_benchmark, tmp_path / "unused", tmp_path / "unused")))
     report = tmp_path / "scaling.md"
     argv = ["--recipe", str(recipe), "--data", str(tiny_benchmark), "--sources", "IXI,BraTS2021",
-            "--configs", "g32x8-w8-r1-resnet18,g32x8-w16-r1-resnet18", "--seconds", "3", "--device", "cpu",
+            "--configs", "g32x8-w8-r1-resnet18,g32x8-w16-r1-resnet18", "--seconds", "8", "--clock", "steps",
+            "--device", "cpu",
             "--out", str(tmp_path / "study"), "--report", str(report), "--set", "train.batch_size=4"]
     results = scaling.main(argv)
     assert [r["name"] for r in results] == ["g32x8-w8-r1-resnet18", "g32x8-w16-r1-resnet18"]
     for r in results:
-        assert r["encoder_stage"]["steps"] >= 1 and r["diffusion_stage"]["steps"] >= 1
-        assert r["encoder_stage"]["seconds"] < 3 + 30  # the clock stopped it (imports, data, first step, export)
-        assert 0 < r["val"]["healthy_l1"] < 1 and 0 <= r["val"]["brats_auprc"] <= 1
+        # the budget of 8 steps, a quarter for stage 1, stopped each stage exactly
+        assert (r["encoder_stage"]["steps"], r["diffusion_stage"]["steps"]) == (2, 6)
+        assert r["encoder_stage"]["clock"] == "steps" and r["diffusion_stage"]["seconds"] == 6
+        assert 0 < r["val"]["healthy_l1"] < 1 and 0 <= r["val"]["brats_auprc"] <= 1  # smoke: scored at all
         assert r["train_pflops"] > 0 and r["unet_m"] > 0
     assert results[0]["unet_m"] < results[1]["unet_m"]
     text = report.read_text()
@@ -63,20 +66,20 @@ def test_rungs_continue_one_training_and_share_a_trained_encoder(tiny_benchmark:
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_benchmark, tmp_path / "unused", tmp_path / "unused")))
     common = ["--recipe", str(recipe), "--data", str(tiny_benchmark), "--sources", "IXI,BraTS2021",
               "--device", "cpu", "--set", "train.batch_size=4"]
-    first = scaling.main([*common, "--configs", "g32x8-w8-r1-resnet18", "--seconds", "2",
+    first = scaling.main([*common, "--configs", "g32x8-w8-r1-resnet18", "--seconds", "4", "--clock", "steps",
                           "--out", str(tmp_path / "one"), "--report", str(tmp_path / "one.md")])
     source = tmp_path / "one" / "runs" / "g32x8-w8-r1-resnet18"
     argv = [*common, "--configs", "g32x8-w8-r1-resnet18,g32x8-w16-r1-resnet18", "--rungs", "2,5",
-            "--encoder-from", str(source), "--out", str(tmp_path / "study"), "--report", str(tmp_path / "s.md")]
+            "--clock", "steps", "--encoder-from", str(source), "--out", str(tmp_path / "study"), "--report", str(tmp_path / "s.md")]
     results = scaling.main(argv)
     assert [(r["name"], r["rung_s"]) for r in results] == [
         ("g32x8-w8-r1-resnet18", 2.0), ("g32x8-w8-r1-resnet18", 5.0),
         ("g32x8-w16-r1-resnet18", 2.0), ("g32x8-w16-r1-resnet18", 5.0)]
     for early, late in (results[:2], results[2:]):
         # the second rung trains on from the first: more steps, more compute, the same adopted encoder
-        assert late["diffusion_stage"]["steps"] > early["diffusion_stage"]["steps"]
+        assert (early["diffusion_stage"]["steps"], late["diffusion_stage"]["steps"]) == (2, 5)
         assert late["train_pflops"] > early["train_pflops"]
-        assert early["encoder_stage"]["steps"] == first[0]["encoder_stage"]["steps"]
+        assert early["encoder_stage"]["steps"] == first[0]["encoder_stage"]["steps"] == 1
         assert early["encoder_stage"]["from"] == str(source)
         assert any(k.endswith("/auprc") for k in late["val"]["cases"])
     text = (tmp_path / "s.md").read_text()

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cdiff_cli.config import load_recipe
 from cdiff_cli.errors import CheckpointError, CdiffError
-from cdiff_cli.train.loop import TrainingInterrupted
+from cdiff_cli.train.loop import Budget, TrainingInterrupted
 from cdiff_cli.train.run import train_stage
 
 
@@ -104,6 +104,36 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(trained: Path, tiny_pr
     b = load_file(str(part.run_dir / "diffusion" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_a_spent_budget_exports_the_model_and_a_resume_continues_exactly(trained: Path, tiny_prepared: Path,
+                                                                          tmp_path: Path) -> None:
+    """A budget (here a fake clock that ticks once per check, so it is spent after 3 steps whatever the
+    load) ends the run with the model exported; resuming without it trains on to the recipe's steps
+    and gives the weights of an uninterrupted run."""
+    base = ["train.steps=5", "train.ckpt_every=100", "train.val_every=0"]
+    full = load_recipe(tiny_prepared, [f"runs_dir={tmp_path / 'full'}", *base])
+    _copy_encoder(trained, full.run_dir)
+    train_stage("diffusion", full, "cpu")
+
+    ticks = iter(range(100))
+    part = load_recipe(tiny_prepared, [f"runs_dir={tmp_path / 'part'}", *base])
+    _copy_encoder(trained, part.run_dir)
+    result = train_stage("diffusion", part, "cpu", budget=Budget(seconds=3, clock=lambda: float(next(ticks))))
+    assert (result["steps"], result["stopped_by"]) == (3, "budget")
+    assert (part.run_dir / "diffusion" / "model.safetensors").is_file()
+    again = train_stage("diffusion", part, "cpu", resume=True, budget=Budget(steps=1))  # one more step
+    assert (again["steps"], again["stopped_by"]) == (4, "budget")
+    last = train_stage("diffusion", part, "cpu", resume=True)
+    assert (last["steps"], last["stopped_by"]) == (5, "steps")
+    a = load_file(str(full.run_dir / "diffusion" / "model.safetensors"))
+    b = load_file(str(part.run_dir / "diffusion" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights after budgets differ from the uninterrupted run"
+    stop_at_2 = load_recipe(tiny_prepared, [f"runs_dir={tmp_path / 'cb'}", *base])
+    _copy_encoder(trained, stop_at_2.run_dir)
+    assert train_stage("diffusion", stop_at_2, "cpu", budget=Budget(stop=lambda step: step >= 2))["steps"] == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        Budget(steps=0)
 
 
 def test_resume_with_another_architecture_is_refused(trained: Path, tiny_prepared: Path, tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 A stage supplies a ``net`` whose ``forward(**inputs)`` returns ``(loss, logs)`` and an
 ``inputs(batch, rnd)`` method that turns a data batch into tensors (augmentations, noise,
 timesteps) from a :class:`StepRandom`. The loop owns everything else: optimizer, warm-up,
-clipping, accumulation, bf16 autocast, EMA, DDP, validation, logs, checkpoints, resume and
-Ctrl-C.
+clipping, accumulation, bf16 autocast, EMA, DDP, validation, logs, checkpoints, resume,
+Ctrl-C, and an optional :class:`Budget` that ends a run early as if its steps were done.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +46,37 @@ class TrainingInterrupted(CdiffError):
 
     exit_code = 130
     label = ""
+
+
+@dataclass
+class Budget:
+    """An end for a run beside ``cfg.steps``: when it is spent, the loop stops at the step boundary
+    and exports the model exactly as at its last step, with a checkpoint that a later ``--resume``
+    (with a larger budget or none) continues from. At least one step is always made.
+
+    ``steps``: optimizer steps made in this run (not counting those it resumed from).
+    ``seconds``: of ``clock``, counted from the budget's creation (so data loading counts, as it
+    does for a user waiting); any callable works: ``time.monotonic``, ``time.process_time``, a
+    fake clock in a test. ``stop(step)``: any other condition, asked after every step.
+    """
+
+    steps: int | None = None
+    seconds: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    stop: Callable[[int], bool] | None = None
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"a budget of {self.steps} steps: give at least 1")
+        self.started = self.clock()
+
+    def spent(self, steps_made: int, step: int) -> bool:
+        if self.steps is not None and steps_made >= self.steps:
+            return True
+        if self.seconds is not None and self.clock() - self.started >= self.seconds:
+            return True
+        return self.stop is not None and bool(self.stop(step))
 
 
 def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
@@ -248,8 +280,10 @@ def fit(
     resume: bool = False,
     stop_after: int | None = None,
     on_start: Callable[[], None] | None = None,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
-    """Train ``stage.net`` for ``cfg.steps`` optimizer steps; return a summary.
+    """Train ``stage.net`` for ``cfg.steps`` optimizer steps, or until ``budget`` is spent; return a
+    summary (``stopped_by``: ``"steps"`` or ``"budget"``).
 
     ``stop_after`` ends the run early (as if interrupted) after that many steps: tests use it
     to check that an interrupted-and-resumed run equals an uninterrupted one. ``on_start`` runs
@@ -295,6 +329,7 @@ def fit(
         return save_checkpoint(ckpt_root, state, {"net": net}, optimizer, shadow, cfg.keep_last)
 
     loss_value = math.nan
+    first_step, stopped_by = state.step, "steps"
     seen_images, t_start = 0, time.perf_counter()
     epoch_iter = _batches(train_ds, cfg, seed, dist_info, state.epoch, state.batch_in_epoch)
     with _StopFlag() as stop, make_progress() as bar:
@@ -343,13 +378,18 @@ def fit(
                 if interrupted or state.step == stop_after:
                     raise TrainingInterrupted(f"{stage.name} stopped at step {state.step}; checkpoint "
                                               f"{path}; continue with --resume")
+            if budget is not None and state.step < cfg.steps and _all_true(
+                    budget.spent(state.step - first_step, state.step), dist_info, device):
+                stopped_by = "budget"
+                break
     last = checkpoint()
     weights = net.state_dict()
     if ema is not None:
         weights = ema.apply_to(weights)
     result = {"stage": stage.name, "steps": state.step, "final_loss": loss_value,
               "images_per_s": round(seen_images / max(time.perf_counter() - t_start, 1e-9), 2),
-              "checkpoint": str(last) if last else None, "world_size": dist_info.world_size}
+              "checkpoint": str(last) if last else None, "world_size": dist_info.world_size,
+              "stopped_by": stopped_by}
     if dist_info.is_main:
         result["model"] = str(stage.export(weights, result))
     return result

@@ -12,12 +12,14 @@ from cdiff_cli.data.dataset import open_training_data
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import barrier, cleanup_distributed, derive_seed, init_distributed
-from cdiff_cli.train.loop import fit
+from cdiff_cli.train.loop import Budget, fit
 
 
 def train_stage(kind: Literal["encoder", "diffusion"], recipe: Recipe, device_spec: str = "auto",
-                resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
-    """Train ``kind`` as the recipe says; works alone or under ``torchrun`` (DDP)."""
+                resume: bool = False, stop_after: int | None = None,
+                budget: Budget | None = None) -> dict[str, Any]:
+    """Train ``kind`` as the recipe says; works alone or under ``torchrun`` (DDP). ``budget`` ends it
+    early with the model exported (see :class:`~cdiff_cli.train.loop.Budget`)."""
     from cdiff_cli.train.stages import DiffusionStage, EncoderStage
 
     if kind == "encoder" and not method_spec(recipe.method).needs_encoder:
@@ -45,7 +47,7 @@ def train_stage(kind: Literal["encoder", "diffusion"], recipe: Recipe, device_sp
                  f"{tcfg.batch_size * dist_info.world_size * tcfg.grad_accum}")
 
         result = fit(stage, tcfg, train, val, out_dir, recipe.seed, recipe.model_hash(), device, dist_info,
-                     resume=resume, stop_after=stop_after, on_start=on_start)
+                     resume=resume, stop_after=stop_after, on_start=on_start, budget=budget)
         barrier(dist_info)
         return result
     finally:
