@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CDIFF := $(VENV)/bin/cdiff
 
-.PHONY: demo quickstart test install clean-demo anatomy
+.PHONY: demo quickstart test test-fast install clean-demo anatomy
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ quickstart: $(VENV)/.installed anatomy
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the edit loop: everything but the tests marked slow (the app under load, the studies, crash safety, ...)
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 clean-demo:
 	rm -rf demo

@@ -11,6 +11,11 @@ from typing import Any
 
 import pytest
 
+# The only clock a test may read: a bound that a working process never reaches, however loaded the
+# machine (a wait for a server to answer, a thread to hand over an item, training to log its first
+# step); reaching it means a hang, not slowness. Timing claims live in benchmarks/.
+HANG_S = 600.0
+
 os.environ.setdefault("CDIFF_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # hermetic anatomy cache: the tests never see a user's fetched anatomies (MNI152 only, from nilearn)

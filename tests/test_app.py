@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_model_folder
+from conftest import HANG_S, make_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 _SERVER: dict[str, Any] = {}
@@ -58,7 +58,7 @@ def start_app_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Pat
                             stderr=subprocess.STDOUT)
     atexit.register(_stop, proc)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while True:
         if proc.poll() is not None:
             pytest.fail(f"app.py exited with {proc.returncode}:\n{(base / 'app.log').read_text()[-3000:]}")
@@ -70,7 +70,7 @@ def start_app_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Pat
             pass
         if time.monotonic() > deadline:
             _stop(proc)
-            pytest.fail(f"app.py did not answer within 120 s:\n{(base / 'app.log').read_text()[-3000:]}")
+            pytest.fail(f"app.py did not answer within {HANG_S:.0f} s:\n{(base / 'app.log').read_text()[-3000:]}")
         time.sleep(0.5)
     _SERVER.update(proc=proc, url=url, dir=base)
     return url, base
@@ -109,7 +109,7 @@ def _rgb(path: str) -> np.ndarray:
 
 
 def test_page_serves_the_model_and_the_warning(server: tuple[str, Path]) -> None:
-    with urllib.request.urlopen(server[0] + "config", timeout=10) as r:
+    with urllib.request.urlopen(server[0] + "config", timeout=HANG_S) as r:
         config = r.read().decode()
     assert "NOT FOR CLINICAL USE" in config
     assert "cdiff model `tiny`" in config and "calibrated threshold 0.2000" in config
@@ -133,11 +133,9 @@ def test_nifti_volume_and_slider(client: Any, server: tuple[str, Path]) -> None:
     *panels, slider, score = _analyze(client, nii, "", calibrated=False, threshold=0.05)
     assert slider["visible"] is True and slider["maximum"] == 7  # the tiny recipe's 8 slices
     assert "Volume anomaly score" in score and f"Slice {slider['value']} / 7" in score
-    t0 = time.perf_counter()
     other = 0 if slider["value"] != 0 else 7
     image, recon, overlay, _, score2 = client.predict(other, 0.05, False, 2, api_name="/show_slice")
     assert f"Slice {other} / 7" in score2
-    assert time.perf_counter() - t0 < 30  # generous: a render, not a reconstruction (never fails on speed alone)
     assert not np.array_equal(_rgb(image), _rgb(panels[0]))
 
 

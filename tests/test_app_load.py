@@ -17,6 +17,8 @@ import pytest
 
 from test_app import _bad_files, _examples, start_app_server
 
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
+
 N_USERS = 16
 BAD = ["corrupt", "not an image", "4-D", "huge", "corrupt volume", "empty"]
 

@@ -12,6 +12,8 @@ from cdiff_cli.eval.benchmark import PRESETS, aggregate, markdown, method_recipe
 from cdiff_cli.models.methods import METHODS, method_spec
 from test_train import run_cli
 
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
+
 
 def test_every_method_has_a_preset_that_only_changes_what_defines_it(tiny_prepared: Path, tmp_path: Path) -> None:
     assert set(PRESETS) == set(METHODS)

@@ -373,7 +373,9 @@ def test_localize_refuses_a_colour_model_in_one_line(celeba_run: dict[str, Path]
     assert not out.exists()
 
 
-def test_evaluate_contrastive(celeba_run: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_contrastive_smoke(celeba_run: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """The report's fields and the gap (the difference of the class means) are checked exactly; the tiny
+    model's AUROC and k-NN accuracy only for their ranges (smoke)."""
     out = celeba_run["root"] / "eval"
     code, err = run_cli(["evaluate", str(celeba_run["recipe"]), "--out", str(out), "--device", "cpu"], capsys)
     assert code == 0, err

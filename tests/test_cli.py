@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,26 +24,25 @@ def _cdiff(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_help_is_fast_and_lists_every_subcommand() -> None:
-    _cdiff("--help")  # warm the file cache: the first run on a cold CI disk measures the disk
-    t0 = time.perf_counter()
+def test_help_lists_every_subcommand() -> None:
     proc = _cdiff("--help")
-    wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     for name in SUBCOMMANDS:
         assert re.search(rf"\b{re.escape(name)}\b", proc.stdout), f"{name} missing from cdiff --help"
-    assert wall < 2.0, f"cdiff --help took {wall:.2f} s"
 
 
-def test_import_time_of_the_cli_is_well_under_a_second() -> None:
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import cdiff_cli.cli.main"], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=120, check=False)
+def test_help_loads_only_the_cli_and_its_error_kinds() -> None:
+    """Why ``cdiff --help`` is instant, checked by what it loads, not by a clock (its time is measured in
+    ``benchmarks/bench_cli.py``): no heavy library and, of the package, only the command table."""
+    code = ("import sys, json\nfrom cdiff_cli.cli.main import main\nsys.argv = ['cdiff', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('cdiff_cli') or m.split('.')[0] in "
+            f"{HEAVY!r})), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # lines: "import time: self [us] | cumulative | imported package"
-    cumulative = {line.split("|")[2].strip(): int(line.split("|")[1]) for line in proc.stderr.splitlines()
-                  if line.startswith("import time:") and line.split("|")[1].strip().isdigit()}
-    micros = cumulative["cdiff_cli.cli.main"]
-    assert micros < 1_000_000, f"import cdiff_cli.cli.main took {micros / 1e6:.2f} s"
+    loaded = set(__import__("json").loads(proc.stderr.strip().splitlines()[-1]))
+    assert loaded <= {"cdiff_cli", "cdiff_cli.cli", "cdiff_cli.cli.main", "cdiff_cli.errors"}, loaded
 
 
 def test_cli_module_imports_no_heavy_library() -> None:

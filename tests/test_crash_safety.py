@@ -33,6 +33,9 @@ from safetensors.torch import load_file
 from cdiff_cli.config import load_recipe
 from cdiff_cli.train.run import train_stage
 from test_train import run_cli
+from conftest import HANG_S
+
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
 
 COMMON = ["train.steps=6", "train.ckpt_every=1", "train.val_every=0", "train.log_every=1",
           "encoder.trainable_in_diffusion=false"]  # a frozen encoder: 46 MB checkpoints instead of 174 MB
@@ -126,7 +129,7 @@ def _spawn(recipe: Path, runs: Path, log: Path, *extra: str) -> subprocess.Popen
 
 
 def _kill_when(proc: subprocess.Popen[bytes], watch: Watcher, ready: Any, delay: float = 0.0,
-               timeout: float = 240) -> bool:
+               timeout: float = HANG_S) -> bool:
     """SIGKILL ``proc`` ``delay`` s after ``ready()`` holds; False when it exited on its own first."""
     deadline = time.monotonic() + timeout
     while not ready():
@@ -294,13 +297,13 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_completes(
     log = tmp_path / "train.log"
     long = ["train.steps=100000", "train.ckpt_every=100000"]
     proc = _spawn(tiny_prepared, runs, log, *long)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_S
     while "step 2 train loss" not in log.read_text():
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(120) == 130, log.read_text()
+    assert proc.wait(HANG_S) == 130, log.read_text()
     last = log.read_text().strip().splitlines()[-1]
     m = re.fullmatch(r"cdiff: diffusion stopped at step (\d+); checkpoint (\S+); continue with --resume", last)
     assert m, last

@@ -10,7 +10,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
 
 ROOT = Path(__file__).resolve().parents[1]
 

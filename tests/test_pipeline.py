@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from cdiff_cli.infer.pipeline import pipelined
+from conftest import HANG_S
 
 
 def test_results_come_in_input_order_with_each_stage_seeing_its_item() -> None:
@@ -25,9 +26,9 @@ def test_reading_the_next_item_and_writing_the_previous_overlap_the_compute() ->
 
     def compute(i: int, a: int) -> int:
         if i == 0:  # only returns if item 1 is read while item 0 computes
-            assert read_1.wait(10), "the next item was not read during the compute"
+            assert read_1.wait(HANG_S), "the next item was not read during the compute"
         if i == 1:
-            assert wrote_0.wait(10), "the previous item was not written during the compute"
+            assert wrote_0.wait(HANG_S), "the previous item was not written during the compute"
         return a
 
     def finish(i: int, a: int, c: int) -> int:
@@ -109,7 +110,7 @@ def test_the_network_gives_a_core_to_a_busy_writer_and_takes_it_back(monkeypatch
 
         def compute(i: int, a: int) -> int:
             if i == 1:  # item 0 is being written now
-                assert writing.wait(10)
+                assert writing.wait(HANG_S)
                 seen.append(pipeline.share_cores())
                 release.set()
             if i == 2:  # nothing is being read or written any more
@@ -121,7 +122,7 @@ def test_the_network_gives_a_core_to_a_busy_writer_and_takes_it_back(monkeypatch
         def finish(i: int, a: int, c: int) -> int:
             if i == 0:
                 writing.set()
-                assert release.wait(10)
+                assert release.wait(HANG_S)
             return c
 
         assert pipeline.share_cores() == 0  # no pipeline: torch's threads are left alone

@@ -159,18 +159,16 @@ def test_empty_mask_and_shape_mismatch(tmp_path: Path) -> None:
         preprocess_volume(img, None, load_volume(tmp_path / "seg.nii.gz", "segmentation"), cfg())
 
 
-def test_speed_full_size_volume() -> None:
-    import time
-
+def test_full_size_volume_reaches_the_grid() -> None:
+    """A BraTS-size volume (240x240x155) through the whole preprocessing (its speed: benchmarks/bench_infer.py)."""
     a = np.diag([-1.0, -1.0, 1.0, 1.0])
     x, y, z = np.ogrid[:240, :240, :155]
     brain = ((x - 120) ** 2 / 75**2 + (y - 120) ** 2 / 90**2 + (z - 77) ** 2 / 60**2) < 1
     data = (brain * (100 + (x % 7))).astype(np.float32)
     c = recipe_from_dict({"data": {"sources": [{"name": "x", "layout": "brats", "path": "/n"}]}}).data
-    t = time.perf_counter()
     out = preprocess_volume(nifti(data, a), None, None, c)
     assert out.volume.shape == (50, 96, 96)
-    assert time.perf_counter() - t < 5  # typically ~0.2 s; loose to never flake on a busy machine
+    assert 0.0 <= out.volume.min() and out.volume.max() <= 1.0 and out.volume.max() > 0.5
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import yaml
 
 from conftest import tiny_recipe_dict
 
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
