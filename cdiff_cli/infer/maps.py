@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from cdiff_cli.errors import DataError
+from cdiff_cli.errors import DataError, first_line
 from cdiff_cli.infer.pipeline import stage
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def read_volume(model: LoadedModel, img: Any, name: str) -> Input:
         with stage("preprocess volume"):
             prep = preprocess_volume(img, None, None, model.recipe.data)
     except (ValueError, MemoryError) as e:
-        raise DataError(f"{name} could not be preprocessed ({str(e).splitlines()[0][:120]})") from None
+        raise DataError(f"{name} could not be preprocessed ({first_line(e)[:120]})") from None
     return Input("volume", prep.volume[:, None].astype(np.float32), name=name, prep=prep, affine=np.asarray(img.affine))
 
 
