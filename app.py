@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from cdiff_cli.errors import CdiffError
+from cdiff_cli.errors import CdiffError, first_line
 from cdiff_cli.app.analysis import Analysis
 from cdiff_cli.app.examples import example_files
 from cdiff_cli.app.render import Rendered
@@ -54,7 +54,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error("the input is too large to process here", title="Out of memory") from None
         except Exception as e:  # noqa: BLE001 - never let one request take the app down
             log.exception("request failed")
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = first_line(e, "")[:200]
             raise gr.Error(f"unexpected error ({type(e).__name__}: {first})", title="Error") from None
 
     return wrapper

@@ -78,12 +78,12 @@ def nova_scores(api: Any, nova: Path, thr: dict[str, float], noise_seeds: tuple[
     the T2-captioned ones are scored."""
     from cdiff_cli.data.nova import is_t2
     from cdiff_cli.eval.detection import reference_image_ap, reference_nova_metrics
-    from cdiff_cli.eval.localize import _annotated, _image_list
+    from cdiff_cli.eval.localize import annotated_images, input_files
     from cdiff_cli.train.distributed import derive_seed
 
     loc = api.loaded.recipe.localize
-    images = _image_list(nova)
-    gold = _annotated(nova, images, None)
+    images = input_files(nova)
+    gold = annotated_images(nova, images, None)
     scored = {p.name for p in images if p.name in gold and (not loc.t2_filter or is_t2(gold[p.name].caption))}
     runs: dict[str, list[list[tuple[str, list[Any], list[Any]]]]] = {k: [] for k in thr}
     for noise in noise_seeds:

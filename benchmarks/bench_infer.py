@@ -15,7 +15,7 @@ depend on the weights):
 
 Both pipelines read the next input and write the previous one in threads while the network
 runs (``infer/pipeline.py``), so the per-stage breakdown lists busy time per stage, which
-overlaps. The ratio bound / end-to-end is printed (target >= 80%), with that breakdown (and ``--profile`` for a cProfile listing). Then a fresh subprocess reconstructs
+overlaps; the stages report it themselves (``infer.pipeline.record_stages``). The ratio bound / end-to-end is printed (target >= 80%), with that breakdown (and ``--profile`` for a cProfile listing). Then a fresh subprocess reconstructs
 the 240x240x155 volume through ``reconstruct_inputs`` (what ``cdiff reconstruct`` calls) and
 reports its peak resident memory (``VmHWM``; ``ru_maxrss`` would include this parent's; target < 3 GB).
 
@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,71 +109,25 @@ def write_brats_volume(path: Path, seed: int = 0) -> None:
 # ------------------------------------------------------------------------------------ timing
 
 
-class Stopwatch:
-    """Sums wall time spent in patched functions (``module.attr`` or ``Class.method``)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._undo: list[tuple[Any, str, Any]] = []
-
-    def wrap(self, owner: Any, attr: str, label: str) -> None:
-        inner = getattr(owner, attr)
-        watch = self
-
-        def timed(*args: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kw)
-            finally:
-                watch.seconds[label] += time.perf_counter() - t0
-                watch.calls[label] += 1
-
-        self._undo.append((owner, attr, inner))
-        setattr(owner, attr, timed)
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.calls.clear()
-
-    def restore(self) -> None:
-        for owner, attr, inner in reversed(self._undo):
-            setattr(owner, attr, inner)
-        self._undo.clear()
-
-
-def install_stopwatch() -> Stopwatch:
-    from cdiff_cli.data import images2d, nifti, preprocess
-    from cdiff_cli.diffusion.schedule import GaussianDiffusion
-    from cdiff_cli.infer import postprocess
-    from cdiff_cli.api import files
-    from cdiff_cli.eval import localize as loc
-    from cdiff_cli.infer import preview
-    from cdiff_cli.infer import reconstruct as rec
-    from cdiff_cli.models.encoder import Encoder
-    from cdiff_cli.models.unet import ConditionalUNet
-
-    sw = Stopwatch()
-    for owner, attr, label in [
-        (images2d, "load_image_2d", "load image"),
-        (images2d, "to_model_input", "preprocess 2-D"),
-        (nifti, "load_volume", "load NIfTI"),
-        (preprocess, "preprocess_volume", "preprocess volume"),
-        (rec, "reconstruct_slices", "reconstruct_slices (all passes)"),
-        (Encoder, "forward", "  encoder forward"),
-        (GaussianDiffusion, "sample_noise", "  noise"),
-        (ConditionalUNet, "forward", "  U-Net forward"),
-        (rec, "postprocess_volume", "post-process volume (erode, median)"),
-        (images2d, "from_model_grid", "map back to the image grid"),
-        (postprocess, "boxes_from_map", "boxes (median, label, top-k)"),
-        (loc, "_picture", "pictures (PNG with boxes)"),
-        (loc, "write_json", "JSON outputs"),
-        (preprocess, "to_original_grid", "map back to the input grid"),
-        (files, "write_nifti", "write NIfTI (gzip)"),
-        (preview, "save_volume_preview", "volume preview PNG"),
-    ]:
-        sw.wrap(owner, attr, label)
-    return sw
+# the package's stage names (``infer/pipeline.STAGES``) -> the lines of the table; indented = inside "reconstruct"
+LABELS = {
+    "load image": "load image",
+    "preprocess image": "preprocess 2-D",
+    "load volume": "load NIfTI",
+    "preprocess volume": "preprocess volume",
+    "reconstruct": "reconstruct_slices (all passes)",
+    "encoder": "  encoder forward",
+    "noise": "  noise",
+    "network": "  U-Net forward",
+    "post-process volume": "post-process volume (erode, median)",
+    "to image grid": "map back to the image grid",
+    "boxes": "boxes (median, label, top-k)",
+    "pictures": "pictures (PNG with boxes)",
+    "write json": "JSON outputs",
+    "to input grid": "map back to the input grid",
+    "write nifti": "write NIfTI (gzip)",
+    "volume preview": "volume preview PNG",
+}
 
 
 def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int = 1) -> float:
@@ -322,7 +275,9 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}; "
           f"model load {load_s:.2f} s (not counted below)")
 
-    sw = install_stopwatch()
+    from cdiff_cli.eval.localize import chunk_size
+    from cdiff_cli.infer.pipeline import record_stages
+
     rows = []
     breakdowns = {}
     variants = [v for v in args.share.split(",") if v]
@@ -337,9 +292,7 @@ def main() -> None:
         reconstruct_files(Model(model), volumes, tmp / f"rec{i}")
         return time.perf_counter() - t0
 
-    from cdiff_cli.eval.localize import _chunk_size
-
-    pipelines = [("localize", args.images, timed_localize, _chunk_size(model)),
+    pipelines = [("localize", args.images, timed_localize, chunk_size(model)),
                  (f"reconstruct ({len(volumes)} x 240x240x155)", d_slices * len(volumes), timed_reconstruct, None)]
     for name, n_slices, run, batch in pipelines:
         # the variants and the bound alternate, so all see the same background load; the fastest of each is kept
@@ -348,11 +301,11 @@ def main() -> None:
         for i in range(args.repeats + 1):  # the first round warms caches and is discarded
             for v in variants:
                 os.environ["CDIFF_SHARE_CORES"] = "1" if v == "on" else "0"
-                sw.reset()
-                with maybe_profile(args.profile and i == args.repeats and v == variants[0], name):
+                with record_stages() as times, maybe_profile(args.profile and i == args.repeats and v == variants[0],
+                                                             name):
                     dt = run(i)
                 if i and dt < best[v][0]:
-                    best[v] = (dt, {k: (sec, sw.calls[k]) for k, sec in sw.seconds.items()})
+                    best[v] = (dt, {LABELS.get(k, k): (sec, times.calls[k]) for k, sec in times.seconds.items()})
             if i:
                 bound = min(bound, unet_bound(model, n_slices, batch))
         for v in variants:
@@ -360,7 +313,6 @@ def main() -> None:
             rows.append((label, n_slices, best[v][0], bound))
             breakdowns[label] = best[v]
     os.environ.pop("CDIFF_SHARE_CORES", None)
-    sw.restore()
 
     print(f"\nfastest of {args.repeats} runs after one warm-up (e2e and bound alternating); bound = U-Net forward passes alone on the same "
           f"slices x {n_t} timesteps\n")

@@ -85,7 +85,7 @@ def time_ours(shape: tuple[int, ...], cfg: SimplexConfig, device: torch.device, 
               repeats: int) -> tuple[float, float, torch.Tensor]:
     """(first call s with an empty geometry cache, warm median s, the last batch)."""
     torch.set_num_threads(threads)
-    S._padded_geometry.cache_clear()
+    S.clear_geometry_cache()
     gen = torch.Generator().manual_seed(0)
 
     def once() -> tuple[float, torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is spelled: pyproject.toml reads it from here
 __all__ = ["AnomalyMap", "Box", "Model", "Reconstruction", "SliceBoxes", "load_model"]
 
 if TYPE_CHECKING:

@@ -25,3 +25,13 @@ class DataError(CdiffError):
 
 class CheckpointError(CdiffError):
     """A model folder or checkpoint is missing, corrupt or does not match the recipe."""
+
+
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of ``error``'s message, for a one-line report; ``default`` (else the
+    exception's type name) when the message is empty. Many libraries put a traceback-like
+    explanation or the whole offending document after the first line."""
+    lines = str(error).strip().splitlines()
+    if lines:
+        return lines[0]
+    return type(error).__name__ if default is None else default

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cdiff_cli.errors import CdiffError
+from cdiff_cli.errors import CdiffError, DataError, first_line
 
 
 def _umask() -> int:
@@ -106,3 +106,36 @@ def safe_child(parent: Path, name: str) -> Path:
     if base in {"", ".", ".."}:
         raise CdiffError(f"unusable output name derived from {name!r}")
     return parent / base
+
+
+def require_file(path: Path, what: str, expected: str, error: type[CdiffError] = DataError,
+                 allow_empty: bool = True) -> int:
+    """Check that ``path`` is an existing, readable file before parsing it, so that a wrong path
+    gives one line naming ``what`` it should be (``expected``: the kind of file, said when a
+    folder is there) instead of a parser's traceback; its size in bytes."""
+    if not path.exists():
+        raise error(f"{what} not found: {path}")
+    if path.is_dir():
+        raise error(f"{what} is a directory, expected {expected}: {path}")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if size == 0 and not allow_empty:
+        raise error(f"{what} {path} is empty (0 bytes)")
+    return size
+
+
+def read_json(path: Path, what: str, hint: str = "", error: type[CdiffError] = DataError) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing, unreadable or malformed file raises ``error`` as one
+    line naming ``what`` the file is, ending with ``hint`` (how to write it again)."""
+    end = f"; {hint}" if hint else ""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}{end}") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{what} {path} is corrupt: not readable JSON ({first_line(e)[:100]}){end}") from None
+    if not isinstance(doc, dict):
+        raise error(f"{what} {path} is corrupt: not a JSON object{end}")
+    return doc

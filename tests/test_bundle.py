@@ -1,9 +1,9 @@
 """The bundled reference model is a complete run folder (push dry-run, load), and
-``scripts/bundle_reference.py`` makes such bundles: a frozen encoder stored once, float16."""
+``cdiff_cli.hub.bundle`` (``scripts/bundle_reference.py``) makes such bundles: a frozen encoder
+stored once, float16."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,15 +14,12 @@ from safetensors import safe_open
 
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.hub import push
+from cdiff_cli.hub.bundle import bundle
 from cdiff_cli.infer.model import REFERENCE, load_model
 from cdiff_cli.train.checkpoint import load_weights
 from conftest import make_model_folder, tiny_recipe_dict
 
 CPU = torch.device("cpu")
-_spec = importlib.util.spec_from_file_location("bundle_reference",
-                                               Path(__file__).resolve().parents[1] / "scripts" / "bundle_reference.py")
-bundle_reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bundle_reference)  # type: ignore[union-attr]
 
 
 def _keys(path: Path) -> list[str]:
@@ -60,7 +57,7 @@ def frozen_run(tmp_path: Path) -> Path:
 
 def test_bundle_stores_a_frozen_encoder_once_and_loads(frozen_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
-    bundle_reference.bundle(frozen_run, out, max_mb=25)
+    bundle(frozen_run, out, max_mb=25)
     assert not any(k.startswith("encoder.") for k in _keys(out / "diffusion" / "model.safetensors"))
     assert (out / "eval" / "metrics.json").is_file() and (out / "encoder" / "log.csv").is_file()
     model = load_model(out, CPU)
@@ -74,7 +71,7 @@ def test_bundle_stores_a_frozen_encoder_once_and_loads(frozen_run: Path, tmp_pat
 def test_bundle_recovers_a_frozen_encoder_from_an_older_bundle(frozen_run: Path, tmp_path: Path) -> None:
     shutil.rmtree(frozen_run / "encoder")  # the older layout: the encoder only inside diffusion/
     out = tmp_path / "bundle"
-    bundle_reference.bundle(frozen_run, out, max_mb=25)
+    bundle(frozen_run, out, max_mb=25)
     cfg = json.loads((out / "encoder" / "config.json").read_text())
     assert cfg["kind"] == "encoder" and "frozen" in cfg["training"]["recovered_from"]
     load_model(out, CPU)
@@ -84,9 +81,9 @@ def test_bundle_refuses_what_it_cannot_complete(tmp_path: Path, frozen_run: Path
     trained = make_model_folder(tmp_path / "runs" / "trained")
     shutil.rmtree(trained / "encoder")
     with pytest.raises(CdiffError, match="not recoverable"):
-        bundle_reference.bundle(trained, tmp_path / "b1", max_mb=25)
+        bundle(trained, tmp_path / "b1", max_mb=25)
     with pytest.raises(CdiffError, match="above --max-mb"):
-        bundle_reference.bundle(frozen_run, tmp_path / "b2", max_mb=0.01)
+        bundle(frozen_run, tmp_path / "b2", max_mb=0.01)
     assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
 
 

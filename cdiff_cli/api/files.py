@@ -15,7 +15,7 @@ from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.fileio import safe_child
 from cdiff_cli.infer.files import collect_inputs, write_maps, write_nifti
-from cdiff_cli.infer.pipeline import pipelined
+from cdiff_cli.infer.pipeline import pipelined, stage
 from cdiff_cli.infer.reconstruct import output_stem
 
 
@@ -27,10 +27,13 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
     preview = safe_child(out, f"{stem}_preview.png")
     if result.kind == "volume":
         paths = {"recon": safe_child(out, f"{stem}_recon.nii.gz"), "anomaly": safe_child(out, f"{stem}_anomaly.nii.gz")}
-        write_nifti(paths["recon"], result.recon, result.affine)
-        write_nifti(paths["anomaly"], result.anomaly, result.affine)
+        for key in ("recon", "anomaly"):
+            data = getattr(result, key)  # mapped onto the input grid on first read: not part of the write
+            with stage("write nifti"):
+                write_nifti(paths[key], data, result.affine)
         slices = informative_slices(g.anomaly, g.mask, n=4)
-        save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name)
+        with stage("volume preview"):
+            save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name)
     else:
         paths = write_maps(out, stem, recon=result.recon, anomaly=result.anomaly)
         save_preview(preview, result.image, result.recon, result.anomaly, title=path.name)

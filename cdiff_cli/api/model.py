@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
@@ -239,6 +239,7 @@ class Model:
         confidence, the ``max`` or ``mean`` map value inside it (default ``localize.score``). ``x`` may be
         a result of :meth:`anomaly_map` (no network pass) or any input (``kw`` as for it).
         """
+        from cdiff_cli.infer.pipeline import stage
         from cdiff_cli.infer.postprocess import boxes_from_map
 
         result = x if isinstance(x, AnomalyMap) else self.anomaly_map(x, **kw)
@@ -246,8 +247,12 @@ class Model:
         k = self.recipe.localize.top_k if top_k is None else int(top_k)
         if k < 1:
             raise CdiffError(f"top_k {k}: must be at least 1")
-        find: Callable[[np.ndarray], list[Box]] = lambda m: boxes_from_map(  # noqa: E731
-            m, thr, k, 1, 4, self.recipe.localize.score if score is None else score)
+        how = self.recipe.localize.score if score is None else score
+
+        def find(m: np.ndarray) -> list[Box]:
+            with stage("boxes"):
+                return boxes_from_map(m, thr, k, 1, 4, how)
+
         g = result.grid
         if result.kind == "image":
             per = [find(m) for m in (result.anomaly[None] if result.anomaly.ndim == 2 else result.anomaly)]

@@ -121,11 +121,9 @@ def _finish(kind: Literal["image", "volume"], name: str, image: np.ndarray, reco
 
 
 def _shrink(img: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
+    from cdiff_cli.data.images2d import resize_2d
 
     h, w = img.shape
     s = side / max(h, w)
-    out = Image.fromarray(img.astype(np.float32)).resize((max(1, round(w * s)), max(1, round(h * s))),
-                                                         Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(out, dtype=np.float32), 0, 1)
+    return np.clip(resize_2d(img, (max(1, round(h * s)), max(1, round(w * s)))), 0, 1)
 

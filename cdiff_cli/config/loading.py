@@ -10,7 +10,8 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cdiff_cli.errors import RecipeError
+from cdiff_cli.errors import RecipeError, first_line
+from cdiff_cli.fileio import require_file
 
 from cdiff_cli.config.recipe import Recipe
 
@@ -22,15 +23,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     Raises :class:`RecipeError` with one line naming the key on any problem.
     """
     path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"recipe not found: {path}")
-    if path.is_dir():
-        raise RecipeError(f"recipe is a directory, expected a YAML file: {path}")
+    require_file(path, "recipe", "a YAML file", RecipeError)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"{path} is not valid YAML: {first}") from e
+        raise RecipeError(f"{path} is not valid YAML: {first_line(e)}") from e
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -25,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from cdiff_cli.data import nova
-from cdiff_cli.errors import DataError
+from cdiff_cli.errors import DataError, first_line
+from cdiff_cli.fileio import require_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding (decompression bombs)
@@ -53,15 +54,7 @@ def load_image_2d(
     Every problem a user's file can have becomes a one-line :class:`DataError` naming it.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"image not found: {path}")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, expected an image file")
-    try:
-        if path.stat().st_size == 0:
-            raise DataError(f"{path} is empty (0 bytes)")
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    require_file(path, "image", "an image file", allow_empty=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -81,7 +74,7 @@ def load_image_2d(
         except DataError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DataError(f"{path} is too large to decode safely: {_first_line(e)}") from e
+            raise DataError(f"{path} is too large to decode safely: {first_line(e)}") from e
         except UnidentifiedImageError as e:
             fmt = _sniff(path)
             if fmt is None:
@@ -92,7 +85,7 @@ def load_image_2d(
                 f"{hint if fmt == 'TIFF' else ''}"
             ) from e
         except Exception as e:  # PIL decoders raise OSError, SyntaxError, struct.error, ... on bad bytes
-            raise DataError(f"{path} is corrupt or truncated: {_first_line(e)}") from e
+            raise DataError(f"{path} is corrupt or truncated: {first_line(e)}") from e
     if not np.isfinite(arr).all():
         raise DataError(f"{path} contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
@@ -269,7 +262,7 @@ def to_model_grid(arr: np.ndarray, meta: dict[str, Any], binary: bool = False) -
     if tuple(arr.shape) != (h, w):
         raise ValueError(f"array shape {arr.shape} differs from the original image ({h}, {w})")
     (th, tw), (nh, nw), (top, left) = meta["model_hw"], meta["resized_hw"], meta["pad"]
-    small = _resize(np.asarray(arr, dtype=np.float32), (nh, nw))
+    small = resize_2d(np.asarray(arr, dtype=np.float32), (nh, nw))
     out = np.zeros((th, tw), np.float32)
     out[top : top + nh, left : left + nw] = small
     return (out >= 0.5).astype(np.uint8) if binary else out
@@ -284,7 +277,7 @@ def from_model_grid(arr: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
         raise ValueError(f"map shape {arr.shape} does not end in the model grid ({th}, {tw})")
     (nh, nw), (top, left), (h, w) = meta["resized_hw"], meta["pad"], meta["orig_hw"]
     flat = arr.reshape(-1, th, tw)
-    out = [_resize(a[top : top + nh, left : left + nw], (h, w)) for a in flat]
+    out = [resize_2d(a[top : top + nh, left : left + nw], (h, w)) for a in flat]
     return np.stack(out).reshape(*arr.shape[:-2], h, w)
 
 
@@ -309,13 +302,10 @@ def _scales(meta: dict[str, Any]) -> tuple[float, float]:
     return nh / h, nw / w
 
 
-def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def resize_2d(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A 2-D array resized bilinearly to ``hw`` = (H, W), as float32 (a copy at the same size):
+    PIL's float mode, so intensities are not rounded to 8 bits on the way."""
     if a.shape == tuple(hw):
         return a.astype(np.float32, copy=True)
     im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
     return np.asarray(im.resize((int(hw[1]), int(hw[0])), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

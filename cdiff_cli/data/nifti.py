@@ -16,7 +16,8 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from cdiff_cli.errors import DataError
+from cdiff_cli.errors import DataError, first_line
+from cdiff_cli.fileio import require_file
 
 What = Literal["image", "mask", "segmentation"]
 
@@ -64,7 +65,7 @@ def check_magic(path: Path, what: str = "image") -> None:
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = first_line(e, "")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -75,16 +76,7 @@ def load_volume(path: str | Path, what: What = "image") -> nib.Nifti1Image:
     affine; ``img.extra["path"]`` remembers where it came from for later messages.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise DataError(f"{what} {path} is a directory, expected a .nii or .nii.gz file")
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    if size == 0:
-        raise DataError(f"{what} {path} is empty (0 bytes)")
+    require_file(path, what, "a .nii or .nii.gz file", allow_empty=False)
     check_magic(path, what)
     try:
         img = nib.load(str(path))

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from cdiff_cli.data.nova_boxes import Box, is_missing, parse_boxes, short_repr
-from cdiff_cli.errors import DataError
+from cdiff_cli.errors import DataError, first_line
+from cdiff_cli.fileio import require_file
 
 _CAPTION_COLUMNS = ("caption_text", "caption")
 _BOX_COLUMNS = ("bboxes", "bbox_gold")
@@ -102,8 +103,7 @@ def read_annotations(path: str | Path, images_root: str | Path | None = None) ->
     row (1-based) for a malformed box or file name.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}" if not path.exists() else f"{path} is not a file")
+    require_file(path, "annotation file", "a CSV or parquet file")
     rows, columns = _read_parquet(path) if path.suffix.lower() == ".parquet" else _read_csv(path)
     name_col = "filename" if "filename" in columns else None
     if name_col is None:
@@ -150,7 +150,7 @@ def _read_parquet(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         table = pq.read_table(path, columns=wanted)  # never the (possibly embedded) image bytes
         return table.to_pylist(), names
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(f"{path} is not a readable parquet file: {_first_line(e)}") from e
+        raise DataError(f"{path} is not a readable parquet file: {first_line(e)}") from e
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -160,7 +160,7 @@ def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             rows = list(reader)
             columns = [c.strip() for c in (reader.fieldnames or []) if c is not None]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path} is not a readable CSV file: {_first_line(e)}") from e
+        raise DataError(f"{path} is not a readable CSV file: {first_line(e)}") from e
     rows = [{(k or "").strip(): v for k, v in r.items()} for r in rows]
     return rows, columns
 
@@ -237,11 +237,6 @@ def _opt_str(v: Any) -> str | None:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     return str(v).strip()
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _common_dir(paths: Sequence[Path]) -> str:

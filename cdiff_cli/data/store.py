@@ -27,7 +27,7 @@ import numpy as np
 
 from cdiff_cli.data.preprocess import Prepared
 from cdiff_cli.errors import DataError
-from cdiff_cli.fileio import json_default
+from cdiff_cli.fileio import json_default, read_json
 
 FORMAT = "cdiff-prepared-store"
 VERSION = 1
@@ -178,13 +178,8 @@ class PreparedStore:
         if not folder.is_dir():
             raise DataError(f"no prepared store at {folder}; {hint}")
         meta = folder / "subjects.json"
-        try:
-            doc = json.loads(meta.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"prepared store {folder} has no subjects.json; {hint}") from None
-        except (OSError, ValueError) as e:
-            raise DataError(f"prepared store {folder}: subjects.json is corrupt ({e}); {hint}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        doc = read_json(meta, "prepared store index", hint)
+        if doc.get("format") != FORMAT:
             raise DataError(f"{meta} is not a cdiff prepared store; {hint}")
         if doc.get("version") != VERSION:
             got = doc.get("version")

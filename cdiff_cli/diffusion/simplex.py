@@ -242,6 +242,11 @@ def _padded_geometry(height: int, width: int, feature: float, dims: int, level: 
     return geometry(rows, cols, feature, phase)
 
 
+def clear_geometry_cache() -> None:
+    """Forget the cached grid geometries, so that the next call builds them again (to time a first call)."""
+    _padded_geometry.cache_clear()
+
+
 def draw_randomness(
     n: int, cfg: SimplexConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

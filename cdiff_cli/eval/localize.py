@@ -27,7 +27,7 @@ from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import safe_child, write_json, write_text
 from cdiff_cli.infer.files import collect_inputs, is_nifti
 from cdiff_cli.infer.model import LoadedModel
-from cdiff_cli.infer.pipeline import pipelined
+from cdiff_cli.infer.pipeline import pipelined, stage
 from cdiff_cli.infer.reconstruct import output_stem
 from cdiff_cli.train.distributed import derive_seed
 
@@ -67,8 +67,8 @@ def _threshold(model: LoadedModel, settings: LocalizeConfig) -> tuple[float, str
     return value, "fixed"
 
 
-def _annotated(input_dir: Path, images: list[Path], annotations: Path | None) -> dict[str, Any]:
-    """file name -> NovaRecord when annotations are given or found in a NOVA folder."""
+def annotated_images(input_dir: Path, images: list[Path], annotations: Path | None) -> dict[str, Any]:
+    """file name -> NovaRecord, from ``annotations`` or the ones found in a NOVA folder; {} without any."""
     from cdiff_cli.data.nova import find_annotations, join_images, read_annotations
 
     path = annotations or (find_annotations(input_dir) if input_dir.is_dir() else None)
@@ -84,7 +84,8 @@ def _annotated(input_dir: Path, images: list[Path], annotations: Path | None) ->
     return {p.name: rec for p, rec in matched}
 
 
-def _image_list(input_dir: Path) -> list[Path]:
+def input_files(input_dir: Path) -> list[Path]:
+    """The images and volumes ``cdiff localize`` reads from ``input_dir`` (a NOVA folder: its ``images/``)."""
     if not input_dir.exists():
         raise DataError(f"input not found: {input_dir}")
     if input_dir.is_dir() and (input_dir / "images").is_dir():  # NOVA layout: images/ + data/
@@ -103,10 +104,10 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     """
     from cdiff_cli.data.nova import is_t2
 
-    files = _image_list(input_dir)
+    files = input_files(input_dir)
     images = [p for p in files if not is_nifti(p)]
     volumes = [p for p in files if is_nifti(p)]
-    gold = _annotated(input_dir, images, annotations) if images else {}
+    gold = annotated_images(input_dir, images, annotations) if images else {}
     api = load_model(model_spec, device=device_spec)
     model = api.loaded
     if model.channels != 1:
@@ -121,7 +122,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     records: list[dict[str, Any]] = []
     # images in chunks, volumes one at a time; the next chunk is read and the previous one
     # boxed and drawn while the network runs on this one
-    n = _chunk_size(model)
+    n = chunk_size(model)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
     boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images")
     with make_progress() as bar:
@@ -131,7 +132,8 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
             bar.advance(task, len(chunk))
     seconds = time.perf_counter() - t0
     coco = _coco(records)
-    write_json(out / "boxes.json", coco)
+    with stage("write json"):
+        write_json(out / "boxes.json", coco)
     result: dict[str, Any] = {"n_images": len(records), "boxes": str(out / "boxes.json"),
                               "pictures": str(out / "images"), "threshold": thr, "threshold_kind": thr_kind,
                               "settings": settings.model_dump(mode="json"), "settings_from": origin,
@@ -142,11 +144,12 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
         if not scored:
             raise DataError("no annotated image passes the T2-caption filter; use --no-t2-filter")
         result.update(_metrics(out, scored, t2_only, thr, thr_kind, result))
-    write_json(out / "localize.json", {k: v for k, v in result.items()})
+    with stage("write json"):
+        write_json(out / "localize.json", {k: v for k, v in result.items()})
     return result
 
 
-def _chunk_size(model: LoadedModel) -> int:
+def chunk_size(model: LoadedModel) -> int:
     """Images per network call: the recipe's batch on a GPU; on a CPU, where throughput per
     slice no longer grows past a few slices, small chunks let reading and drawing overlap."""
     bs = model.recipe.infer.batch_size
@@ -208,8 +211,9 @@ def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> 
 
     gold_boxes = list(r["record"].gold_boxes) if r["record"] is not None else None
     name = output_stem(r["file"]) if "slice" not in r else f"{output_stem(r['file'])}_z{r['slice']:03d}"
-    save_boxes_image(safe_child(folder, f"{name}.png"), image, r["boxes"], gold_boxes=gold_boxes,
-                     title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})")
+    with stage("pictures"):
+        save_boxes_image(safe_child(folder, f"{name}.png"), image, r["boxes"], gold_boxes=gold_boxes,
+                         title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})")
 
 
 def _coco(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError, safe_open
 
-from cdiff_cli.errors import CdiffError, CheckpointError
-from cdiff_cli.fileio import atomic_dir
+from cdiff_cli.errors import CdiffError, CheckpointError, first_line
+from cdiff_cli.fileio import atomic_dir, read_json
 from cdiff_cli.hub.card import render_card
 from cdiff_cli.infer.model import read_config
 from cdiff_cli.models.methods import method_spec
@@ -70,23 +70,13 @@ def check_repo_id(repo_id: str) -> str:
     return rid
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{what} {path} is not readable JSON ({str(e).splitlines()[0][:100]})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what} {path} must hold a JSON object")
-    return data
-
-
 def _check_weights(path: Path, prefixes: tuple[str, ...]) -> None:
     """Header-only check: a readable safetensors file whose tensors carry the expected prefixes."""
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(e)[:100]})") from None
     for prefix in prefixes:
         if not any(k.startswith(prefix + ".") for k in keys):
             raise CheckpointError(f"{path} holds no '{prefix}.*' tensors; is it a cdiff model file?")
@@ -121,19 +111,19 @@ def collect(run_dir: Path, repo_id: str) -> UploadFolder:
     try:
         yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{run_dir / 'recipe.yaml'} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{run_dir / 'recipe.yaml'} is not valid YAML ({first_line(e)})") from None
 
     folder = UploadFolder(repo_id=repo_id, copies=list(required))
     calibration = None
     cal = diffusion / "calibration.json"
     if cal.is_file():
-        calibration = _read_json(cal, "calibration")
+        calibration = read_json(cal, "calibration", error=CheckpointError)
         folder.copies.append(("diffusion/calibration.json", cal))
     metrics: dict[str, Any] = {}
     for key in ("eval", "localize"):
         path = run_dir / key / "metrics.json"
         if path.is_file():
-            doc = _read_json(path, f"{key} metrics")
+            doc = read_json(path, f"{key} metrics", error=CheckpointError)
             metrics[key] = {k: v for k, v in doc.items() if k not in _DROP_EVAL_KEYS}
     if metrics:
         folder.generated["metrics.json"] = json.dumps(metrics, indent=2) + "\n"
@@ -201,7 +191,7 @@ def push(run_dir: Path, repo_id: str, private: bool = False, revision: str | Non
             commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                        commit_message=message, repo_type="model")
         except Exception as e:  # any Hub/network failure: one line, token removed
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise CheckpointError(f"upload to {repo_id} failed: {type(e).__name__}: {scrub(first, token)[:300]}") \
                 from None
     return {"repo_id": repo_id, "url": scrub(str(repo_url), token),

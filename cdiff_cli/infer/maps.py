@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from cdiff_cli.errors import DataError
+from cdiff_cli.errors import DataError, first_line
+from cdiff_cli.infer.pipeline import stage
 
 if TYPE_CHECKING:
     from cdiff_cli.infer.model import LoadedModel
@@ -55,12 +56,16 @@ class Input:
         if self.kind == "volume":
             from cdiff_cli.data.preprocess import to_original_grid
 
-            return to_original_grid(grid, self.prep.meta)
+            with stage("to input grid"):
+                return to_original_grid(grid, self.prep.meta)
         if self.kind == "prepared":
             return grid[0] if self.single else grid
         from cdiff_cli.data.images2d import from_model_grid
 
-        back = [from_model_grid(a, meta) for a, meta in zip(grid, self.metas)]
+        back = []
+        for a, meta in zip(grid, self.metas):
+            with stage("to image grid"):
+                back.append(from_model_grid(a, meta))
         return back[0] if self.single else np.stack(back)
 
 
@@ -111,7 +116,10 @@ def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool) ->
     from cdiff_cli.data.images2d import to_model_input
 
     pct = model.recipe.data.percentiles
-    pairs = [to_model_input(im, model.image_hw, percentiles=pct) for im in raw]
+    pairs = []
+    for im in raw:
+        with stage("preprocess image"):
+            pairs.append(to_model_input(im, model.image_hw, percentiles=pct))
     return Input("image", np.stack([x for x, _ in pairs])[:, None].astype(np.float32), name=name, raw=raw,
                  metas=[m for _, m in pairs], single=single)
 
@@ -142,10 +150,14 @@ def _read_path(model: LoadedModel, path: Path, kind: Kind) -> Input:
     if volume:
         from cdiff_cli.data.nifti import load_volume
 
-        return read_volume(model, load_volume(path), path.name)
+        with stage("load volume"):
+            img = load_volume(path)
+        return read_volume(model, img, path.name)
     from cdiff_cli.data.images2d import load_image_2d
 
-    return read_images(model, load_image_2d(path)[None], path.name, single=True)
+    with stage("load image"):
+        raw = load_image_2d(path)[None]
+    return read_images(model, raw, path.name, single=True)
 
 
 def read_volume(model: LoadedModel, img: Any, name: str) -> Input:
@@ -155,9 +167,10 @@ def read_volume(model: LoadedModel, img: Any, name: str) -> Input:
     if model.channels != 1:
         raise DataError(f"{name}: this {model.channels}-channel model reads 2-D colour images, not NIfTI volumes")
     try:
-        prep = preprocess_volume(img, None, None, model.recipe.data)
+        with stage("preprocess volume"):
+            prep = preprocess_volume(img, None, None, model.recipe.data)
     except (ValueError, MemoryError) as e:
-        raise DataError(f"{name} could not be preprocessed ({str(e).splitlines()[0][:120]})") from None
+        raise DataError(f"{name} could not be preprocessed ({first_line(e)[:120]})") from None
     return Input("volume", prep.volume[:, None].astype(np.float32), name=name, prep=prep, affine=np.asarray(img.affine))
 
 

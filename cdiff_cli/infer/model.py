@@ -23,6 +23,7 @@ import torch
 
 from cdiff_cli.config import Recipe, recipe_from_dict
 from cdiff_cli.errors import CheckpointError, RecipeError
+from cdiff_cli.fileio import read_json
 from cdiff_cli.train.checkpoint import load_into, load_weights, split_prefixed
 
 REFERENCE = Path(__file__).resolve().parents[1] / "assets" / "reference"  # the bundled default model
@@ -183,10 +184,7 @@ def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> Loa
     calibration: dict[str, Any] = {}
     cal = folder / "calibration.json"
     if cal.is_file():
-        try:
-            calibration = json.loads(cal.read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{cal} is not valid JSON ({e})") from e
+        calibration = read_json(cal, "calibration", error=CheckpointError)
     diffusion = GaussianDiffusion(recipe.diffusion).to(device) if method.uses_diffusion else None
     return LoadedModel(recipe=recipe, unet=unet, encoder=encoder, diffusion=diffusion,
                        device=device, folder=folder, calibration=calibration)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from cdiff_cli.infer.pipeline import share_cores
+from cdiff_cli.infer.pipeline import share_cores, stage
 
 CPU_PIECE_PIXELS = 1 << 16  # pixels per call on the CPU: 16 slices of 64x64, 7 of 96x96
 
@@ -30,5 +30,6 @@ def in_pieces(net: Callable[..., torch.Tensor], x: torch.Tensor, *rest: torch.Te
     out = []
     for i in range(0, len(x), piece):
         share_cores()  # a reading/writing thread may have started or ended since the last piece
-        out.append(net(x[i : i + piece], *(r[i : i + piece] if r is not None else None for r in rest)))
+        with stage("network"):
+            out.append(net(x[i : i + piece], *(r[i : i + piece] if r is not None else None for r in rest)))
     return out[0] if len(out) == 1 else torch.cat(out)

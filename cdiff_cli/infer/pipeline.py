@@ -18,15 +18,24 @@ reading or writing call busy at that moment (at least one), on all of them other
 on the CPU comes in small pieces anyway, ``infer/reconstruct.py``, so the count follows the
 other threads). ``CDIFF_SHARE_CORES=0`` turns this off (``benchmarks/bench_infer.py``
 compares both).
+
+Busy time per stage. The steps of the path from an input to its maps report themselves with
+``with stage(name):`` (names in ``STAGES``); inside ``with record_stages() as times:`` each
+report adds its seconds and one call to ``times``, from whichever thread it runs in, so a
+benchmark can say where the time goes without patching functions. Outside a recording
+``stage`` returns one shared no-op context: nothing is timed or allocated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections import deque
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 T = TypeVar("T")  # an input item
@@ -151,3 +160,81 @@ def _drain(finishing: deque[Future[R]]) -> BaseException | None:
         error = finishing.popleft().exception()
         first = first or error
     return first
+
+
+# ------------------------------------------------------------------------------ busy time per stage
+
+# the stages that report, in the order an input meets them (nested: inside "reconstruct")
+STAGES = ("load image", "preprocess image", "load volume", "preprocess volume", "reconstruct", "encoder", "noise",
+          "network", "post-process volume", "to image grid", "boxes", "pictures", "to input grid", "write nifti",
+          "volume preview", "write json")
+
+
+class StageTimes:
+    """Busy seconds and calls per stage, summed over every thread that reported while recording.
+
+    A pipeline runs reading and writing beside the network, so the stages' seconds overlap and
+    may add up to more than the wall time.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.calls: defaultdict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[name] += seconds
+            self.calls[name] += 1
+
+    def reset(self) -> None:
+        """Forget what was recorded (between the repeats of a benchmark)."""
+        with self._lock:
+            self.seconds.clear()
+            self.calls.clear()
+
+
+class _Timed:
+    """Times one block as stage ``name`` into ``times``."""
+
+    __slots__ = ("name", "t0", "times")
+
+    def __init__(self, times: StageTimes, name: str) -> None:
+        self.times, self.name, self.t0 = times, name, 0.0
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.times.add(self.name, time.perf_counter() - self.t0)
+
+
+_RECORDING: StageTimes | None = None  # process-wide: the reading and writing threads report into it too
+_IDLE = contextlib.nullcontext()
+
+
+def stage(name: str) -> AbstractContextManager[None]:
+    """``with stage(name):`` times the block as stage ``name`` while :func:`record_stages` records;
+    otherwise it is a shared no-op."""
+    times = _RECORDING
+    return _IDLE if times is None else _Timed(times, name)
+
+
+@contextlib.contextmanager
+def record_stages() -> Iterator[StageTimes]:
+    """Record the busy time of every :func:`stage` until the block ends (one recording at a time).
+
+    >>> with record_stages() as times:
+    ...     with stage("boxes"):
+    ...         pass
+    >>> dict(times.calls)
+    {'boxes': 1}
+    """
+    global _RECORDING
+    if _RECORDING is not None:
+        raise RuntimeError("record_stages() is already recording")
+    _RECORDING = times = StageTimes()
+    try:
+        yield times
+    finally:
+        _RECORDING = None

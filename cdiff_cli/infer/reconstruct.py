@@ -22,7 +22,7 @@ from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.baselines import reconstruct_autoencoder, reconstruct_partial_reverse, reconstruct_patched
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pieces import in_pieces
-from cdiff_cli.infer.pipeline import share_cores
+from cdiff_cli.infer.pipeline import share_cores, stage
 from cdiff_cli.infer.postprocess import median_filter_2d, postprocess_volume
 from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import derive_seed
@@ -41,10 +41,14 @@ def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...
     diffusion, device = model.diffusion, model.device
     n_t, b = len(timesteps), chunk.shape[0]
     share_cores()
-    z = model.encoder(chunk) if model.encoder is not None else None  # (B, z_dim)
+    z = None
+    if model.encoder is not None:
+        with stage("encoder"):
+            z = model.encoder(chunk)  # (B, z_dim)
     x0 = to_model_range(chunk).repeat(n_t, 1, 1, 1)  # (T*B, C, H, W)
     t = torch.tensor(timesteps, device=device).repeat_interleave(b)  # (T*B,)
-    noise = diffusion.sample_noise(tuple(x0.shape), generator, device=device)
+    with stage("noise"):
+        noise = diffusion.sample_noise(tuple(x0.shape), generator, device=device)
     x_t = diffusion.q_sample(x0, t, noise)
     pred = in_pieces(model.unet, x_t, t, z.repeat(n_t, 1) if z is not None else None)
     x0_hat = diffusion.model_x0(pred.float(), x_t.float(), t)
@@ -96,16 +100,17 @@ def reconstruct_slices(
         raise CdiffError(f"noise passes {passes}: must be at least 1")
     reconstruct = RECONSTRUCTORS[inference]
     passes = 1 if inference == "autoencode" else passes
-    for start in range(0, len(xs), batch_size):
-        chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
-        b = chunk.shape[0]
-        total = torch.zeros_like(chunk, device="cpu")
-        for k in range(passes):
-            generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start, *([k] if k else [])))
-            with _autocast(device, cfg.amp):
-                recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
-            total += recon.float().cpu()
-        out[start : start + b] = total / passes
+    with stage("reconstruct"):
+        for start in range(0, len(xs), batch_size):
+            chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
+            b = chunk.shape[0]
+            total = torch.zeros_like(chunk, device="cpu")
+            for k in range(passes):
+                generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start, *([k] if k else [])))
+                with _autocast(device, cfg.amp):
+                    recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
+                total += recon.float().cpu()
+            out[start : start + b] = total / passes
     return out.numpy()
 
 
@@ -119,7 +124,8 @@ class VolumeResult:
 def volume_maps(volume: np.ndarray, recon: np.ndarray, mask: np.ndarray, eval_cfg: EvalConfig) -> VolumeResult:
     """The residual and the post-processed anomaly map of a reconstructed volume (D, H, W)."""
     residual = np.abs(volume.astype(np.float32) - recon)
-    anomaly = postprocess_volume(residual, mask, eval_cfg.erosion_iterations, eval_cfg.median_size)
+    with stage("post-process volume"):
+        anomaly = postprocess_volume(residual, mask, eval_cfg.erosion_iterations, eval_cfg.median_size)
     return VolumeResult(recon=recon, residual=residual, anomaly=anomaly.astype(np.float32))
 
 

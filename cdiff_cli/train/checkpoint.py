@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cdiff_cli.errors import CheckpointError
+from cdiff_cli.errors import CheckpointError, first_line
 from cdiff_cli.fileio import atomic_dir, atomic_path, write_json
 
 STEP_PREFIX = "step_"
@@ -50,7 +50,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from e
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(e)[:120]})") from e
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
