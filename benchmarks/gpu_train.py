@@ -6,9 +6,9 @@ measurements. ``train``: takes the largest prepared preset that is ready, picks 
 U-Net (the paper's layout: channel_mult (1, 2, 2), 3 res blocks, middle attention) whose
 float16 bundle still comes back (``--max-mib``; the ResNet-18 encoder is frozen in stage 2, so
 the bundle stores it once), trains both stages for the seconds left (``timed_training.py``:
-the project's own ``train_stage``, stopped by the clock as Ctrl-C would), evaluates it with
+the project's own ``train_stage`` with a seconds ``Budget``), evaluates it with
 ``cdiff_cli.eval.protocol.evaluate`` (fold-0 test split, the reference protocol), bundles it
-with ``scripts/bundle_reference.py`` and writes to ``--out``: ``metrics.json`` and the bundle
+with ``cdiff_cli.hub.bundle.bundle`` and writes to ``--out``: ``metrics.json`` and the bundle
 as ``model.tar.NN`` parts of at most 16 MiB (``cat model.tar.* | tar x`` gives a run folder
 that ``cdiff push``, ``cdiff evaluate --model`` and the app read).
 
@@ -21,7 +21,6 @@ that ``cdiff push``, ``cdiff evaluate --model`` and the app read).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import math
@@ -137,15 +136,9 @@ def pack(folder: Path, out: Path) -> list[str]:
     return names
 
 
-def _bundle_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bundle_reference", ROOT / "scripts" / "bundle_reference.py")
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
-
-
 def train(args: argparse.Namespace) -> dict[str, Any]:
     from cdiff_cli.eval.protocol import evaluate
+    from cdiff_cli.hub.bundle import bundle
 
     t0 = time.perf_counter()
     presets = args.presets.split(",")
@@ -162,7 +155,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stages["diffusion"] = train_for("diffusion", recipe, train_s * (1 - args.encoder_fraction), device)
     metrics = evaluate(recipe, str(recipe.run_dir), None, device)["metrics"]
     bundle_dir = args.work / f"cdiff-gpu-{preset}-w{width}"
-    _bundle_module().bundle(recipe.run_dir, bundle_dir, max_mb=args.max_mib * 2**20 / 1e6 + 1)
+    bundle(recipe.run_dir, bundle_dir, max_mb=args.max_mib * 2**20 / 1e6 + 1)
     parts = pack(bundle_dir, args.out)
     summary = {"preset": preset, "data": json.loads((args.work / f"ready-{preset}.json").read_text()),
                "unet_width": width, "bundle_weights_mib": round(mib, 1), "speed_option": option,
