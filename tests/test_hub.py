@@ -322,3 +322,38 @@ def test_ddpm_run_has_no_encoder_folder(tmp_path: Path) -> None:
     files = {p for p, _ in push.dry_run(run, "bob/ddpm-tiny", out)}
     assert files == {"README.md", "recipe.yaml", "diffusion/model.safetensors", "diffusion/config.json"}
     assert "DDPM baseline" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("failure", ["proxy", "timeout", "refused", "http503", "http404"])
+def test_every_network_or_hub_failure_is_one_line(failure: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the network does while a Hub id is resolved (a proxy's error page, a timeout, a refused
+    connection, an HTTP error), the user gets one line that says what happened and what to do."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from cdiff_cli.infer.model import load_model
+
+    _hub_cache(tmp_path, monkeypatch, None)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    request = httpx.Request("GET", "https://huggingface.co/api/models/alice/model")
+    errors = {
+        "proxy": httpx.ProxyError("502 Bad Gateway from proxy\n<html>... a long page ...</html>", request=request),
+        "timeout": httpx.ConnectTimeout("timed out", request=request),
+        "refused": httpx.ConnectError("[Errno 111] Connection refused", request=request),
+        "http503": HfHubHTTPError("503 Service Unavailable\nmore", response=httpx.Response(503, request=request)),
+        "http404": HfHubHTTPError("404 Repository Not Found\nmore", response=httpx.Response(404, request=request)),
+    }
+
+    def fake_download(repo_id: str, **kw: object) -> str:
+        if kw.get("local_files_only"):
+            raise LocalEntryNotFoundError("not cached")
+        raise errors[failure]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    with pytest.raises(CheckpointError, match="could not fetch alice/model from the Hugging Face Hub") as info:
+        load_model("alice/model", torch.device("cpu"))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400
+    assert ("HTTP 404" in message and "check the id" in message) if failure == "http404" else "connection" in message

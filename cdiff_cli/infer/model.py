@@ -97,7 +97,7 @@ def resolve_model_dir(spec: str | os.PathLike[str] | None) -> Path:
 
 def _from_hub(spec: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo_id, _, revision = spec.partition("@")
     patterns = ["diffusion/*", "encoder/config.json", "recipe.yaml", "*.json", "README.md"]
@@ -109,15 +109,26 @@ def _from_hub(spec: str) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         raise CheckpointError(
             f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: on a connected machine run "
-            f"`huggingface-cli download {repo_id}` (or unset HF_HUB_OFFLINE), or pass a local run directory"
+            f"`hf download {repo_id}` (or unset HF_HUB_OFFLINE), or pass a local run directory"
         )
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"could not fetch {repo_id} from the Hugging Face Hub ({type(e).__name__}); check the id and your "
-            f"connection, or download it with `huggingface-cli download {repo_id}` and retry"
-        ) from e
+    except Exception as e:  # noqa: BLE001 - refused, timed out, proxy, 4xx/5xx, DNS: the network's, not ours
+        raise CheckpointError(hub_failure(repo_id, e)) from e
+
+
+def hub_failure(repo_id: str, error: BaseException) -> str:
+    """One line for any failure of the network or the Hub (httpx's transport errors, a proxy's
+    answer, HTTP 4xx/5xx, a repository that is not there, an offline cache), with what to do."""
+    from cdiff_cli.errors import first_line
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    what = f"HTTP {status}" if status else type(error).__name__
+    hint = ("check the id (and HF_TOKEN for a private repository)" if status in (401, 403, 404)
+            else "check your connection or proxy")
+    detail = first_line(error, default="")[:160]
+    return (f"could not fetch {repo_id} from the Hugging Face Hub ({what}{': ' + detail if detail else ''}); "
+            f"{hint}, or download it with `hf download {repo_id}` and pass the local folder")
 
 
 def _shared_encoder(root: Path, spec: str | os.PathLike[str] | None) -> Path:
@@ -129,9 +140,9 @@ def _shared_encoder(root: Path, spec: str | os.PathLike[str] | None) -> Path:
         repo_id, _, revision = str(spec).partition("@")
         try:
             return Path(hf_hub_download(repo_id, "encoder/model.safetensors", revision=revision or None))
-        except Exception as e:  # offline, missing file, network: one line
-            raise CheckpointError(f"{spec}: the frozen encoder encoder/model.safetensors could not be fetched "
-                                  f"({type(e).__name__})") from e
+        except Exception as e:  # noqa: BLE001 - offline, missing file, network: one line
+            raise CheckpointError(f"{spec}: the frozen encoder encoder/model.safetensors: "
+                                  f"{hub_failure(repo_id, e)}") from e
     return path
 
 
