@@ -40,7 +40,7 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
 
 def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> list[dict[str, Any]]:
     """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes); one dict per file, in order."""
-    from cdiff_cli.natural.infer import is_natural_model, reconstruct_natural_file
+    from cdiff_cli.infer.contrastive import is_natural_model, reconstruct_natural_file
 
     written = []
     if is_natural_model(model.loaded):  # CelebA-like RGB images: their own reader, one file at a time

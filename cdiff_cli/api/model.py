@@ -164,7 +164,7 @@ class Model:
         a nibabel image is a volume, arrays 2-D an image, 3-D a volume, 4-D a batch of images.
         """
         from cdiff_cli.infer.maps import read_input
-        from cdiff_cli.natural.infer import is_natural_model
+        from cdiff_cli.infer.contrastive import is_natural_model
 
         if is_natural_model(self.loaded):
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "

@@ -56,7 +56,7 @@ class Analysis:
 def analyze_image(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
     """A 2-D slice (or, for a natural-image model, a photograph) on its own pixels."""
     from cdiff_cli.data.images2d import foreground_mask, load_image_2d
-    from cdiff_cli.natural.infer import analyze_natural_image, is_natural_model
+    from cdiff_cli.infer.contrastive import analyze_natural_image, is_natural_model
 
     report(0.15, "reading the image")
     if is_natural_model(model.loaded):  # CelebA-like: RGB input and reconstruction, heatmap over the crop

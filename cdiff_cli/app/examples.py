@@ -77,7 +77,7 @@ def make_examples(folder: Path, model: Model) -> list[Path]:
 
 def example_files(model: Model, cache_dir: Path | None = None, extra_dir: Path | None = None) -> list[Path]:
     """Files under ``extra_dir`` (e.g. ``examples/``) if any, then the generated phantoms."""
-    from cdiff_cli.natural.infer import is_natural_model
+    from cdiff_cli.infer.contrastive import is_natural_model
 
     found: list[Path] = []
     if extra_dir is not None and extra_dir.is_dir():
@@ -89,7 +89,7 @@ def example_files(model: Model, cache_dir: Path | None = None, extra_dir: Path |
                                 Path.home() / ".cache" / "cdiff" / "app-examples")) / key
     make = make_examples
     if is_natural_model(model.loaded):  # faces from the CelebA fixture generator, with and without glasses
-        from cdiff_cli.natural.synthetic import example_faces as make  # type: ignore[assignment]
+        from cdiff_cli.synthetic.celeba import example_faces as make  # type: ignore[assignment]
     try:
         return found + make(folder, model)
     except (OSError, CdiffError):  # a read-only home: fall back to the temp dir

@@ -94,7 +94,7 @@ def open_training_data(
 ) -> SliceDataset:
     """Slices of the training source for ``split`` of fold ``data.fold`` (from splits.json); for a
     2-D contrastive-analysis source (celeba, attributes), its background images of ``split``."""
-    from cdiff_cli.natural.store import contrastive_source, open_ca_training
+    from cdiff_cli.data.contrastive_store import contrastive_source, open_ca_training
 
     ca = contrastive_source(recipe)
     if ca is not None:

@@ -138,7 +138,7 @@ def prepare(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
         for source in cfg.sources:
             tmp = stack.enter_context(atomic_dir(root / source.name))
             if source.layout in CA_LAYOUTS:
-                from cdiff_cli.natural.store import prepare_ca
+                from cdiff_cli.data.contrastive_store import prepare_ca
 
                 entry = prepare_ca(source, cfg, tmp, progress)
             elif source.layout in _2D_LAYOUTS:

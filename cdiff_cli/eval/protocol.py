@@ -265,11 +265,11 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
              max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """Evaluate one model, or several comma-separated ones (folds), and write the reports
     (``max_test``/``max_val``: only :func:`volume_subset` of each test/validation split)."""
-    from cdiff_cli.natural.store import contrastive_source
+    from cdiff_cli.data.contrastive_store import contrastive_source
     from cdiff_cli.train.distributed import resolve_device
 
     if contrastive_source(recipe) is not None:  # CelebA-like recipes: the paper's Table 1 protocol instead
-        from cdiff_cli.natural.evaluate import evaluate_contrastive
+        from cdiff_cli.eval.contrastive_protocol import evaluate_contrastive
 
         return evaluate_contrastive(recipe, model_spec, out, device_spec)
     device = resolve_device(device_spec)

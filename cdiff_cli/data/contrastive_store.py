@@ -31,8 +31,8 @@ from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
 from cdiff_cli.data.images2d import load_image_2d
 from cdiff_cli.errors import DataError
 from cdiff_cli.fileio import write_json
-from cdiff_cli.natural.attributes import assign_roles, read_table, seeded_splits, target_and_exclude
-from cdiff_cli.natural.grid import to_natural_input
+from cdiff_cli.data.contrastive_attributes import assign_roles, read_table, seeded_splits, target_and_exclude
+from cdiff_cli.data.contrastive_grid import to_natural_input
 
 log = logging.getLogger(__name__)
 FORMAT = "cdiff-ca2d-store"

@@ -25,10 +25,10 @@ from cdiff_cli.eval.perceptual import lpips_distances, lpips_status
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, load_model, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_healthy
-from cdiff_cli.natural import metrics as C
-from cdiff_cli.natural.infer import NaturalResult, anomaly_natural
-from cdiff_cli.natural.probes import encoder_probes, subsample
-from cdiff_cli.natural.store import CAStore, ca_grid, contrastive_source
+from cdiff_cli.eval import contrastive_metrics as C
+from cdiff_cli.infer.contrastive import NaturalResult, anomaly_natural
+from cdiff_cli.eval.contrastive_probes import encoder_probes, subsample
+from cdiff_cli.data.contrastive_store import CAStore, ca_grid, contrastive_source
 
 ROLES = {"background": "NEG", "target": "EG"}
 
@@ -61,7 +61,7 @@ def _stats(values: np.ndarray | None) -> dict[str, float] | None:
 
 def evaluate_contrastive(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str) -> dict[str, Any]:
     """Evaluate one model on the recipe's contrastive-analysis store; write metrics.json, metrics.md, plots."""
-    from cdiff_cli.natural.report import contrastive_table, plot_error_histograms, plot_target_grid
+    from cdiff_cli.eval.contrastive_report import contrastive_table, plot_error_histograms, plot_target_grid
     from cdiff_cli.train.distributed import resolve_device
 
     source = contrastive_source(recipe)
