@@ -1,11 +1,12 @@
-"""Inference on natural 2-D images (CelebA-like models, RGB or gray): maps, files, app panels,
-and the stage-1 encoder alone (for the encoder probes).
+"""Inference for the contrastive domain (``config/domains.py``: CelebA-like models of natural
+2-D images, RGB or gray): maps, files, app panels, and the stage-1 encoder alone (for the
+encoder probes).
 
-A model is "natural" when its recipe trains on a celeba/attributes source or has
-``data.channels: 3``: its inputs get the natural preprocessing of :mod:`cdiff_cli.data.contrastive_grid`
-(centred crop + resize, intensities as they are) instead of the brain pipeline (foreground
-mask, percentile rescale, letterbox). The anomaly map of a colour image is the channel mean of
-|x - x_hat| (one number per pixel), 2-D median-filtered.
+A model is of this domain when its recipe trains on a celeba/attributes source or has
+``data.channels: 3`` (``config.domain_of``): its inputs get the natural preprocessing of
+:mod:`cdiff_cli.data.contrastive_grid` (centred crop + resize, intensities as they are) instead
+of the brain pipeline (foreground mask, percentile rescale, letterbox). The anomaly map of a
+colour image is the channel mean of |x - x_hat| (one number per pixel), 2-D median-filtered.
 """
 
 from __future__ import annotations
@@ -24,12 +25,6 @@ from cdiff_cli.infer.files import write_maps
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.postprocess import median_filter_2d
 from cdiff_cli.infer.reconstruct import output_stem, reconstruct_slices
-
-
-def is_natural_model(model: LoadedModel) -> bool:
-    from cdiff_cli.data.contrastive_store import contrastive_source
-
-    return model.channels == 3 or contrastive_source(model.recipe) is not None
 
 
 def center_crop_of(model: LoadedModel) -> int | None:
