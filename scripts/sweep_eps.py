@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> list[dict]:
     from cdiff_cli.config import load_recipe
     from cdiff_cli.fileio import write_json
-    from cdiff_cli.natural.infer import load_encoder
-    from cdiff_cli.natural.probes import encoder_probes
-    from cdiff_cli.natural.store import CAStore, ca_grid, contrastive_source
+    from cdiff_cli.infer.contrastive import load_encoder
+    from cdiff_cli.eval.contrastive_probes import encoder_probes
+    from cdiff_cli.data.contrastive_store import CAStore, ca_grid, contrastive_source
     from cdiff_cli.train.distributed import resolve_device
     from cdiff_cli.train.run import train_stage
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ssim_hand_cases() -> None:
-    from cdiff_cli.natural.metrics import gaussian_window, ssim, ssim_batch
+    from cdiff_cli.eval.contrastive_metrics import gaussian_window, ssim, ssim_batch
 
     rng = np.random.default_rng(0)
     x = rng.random((3, 16, 16))
@@ -51,7 +51,7 @@ def test_ssim_hand_cases() -> None:
 
 
 def test_ssim_matches_reference_implementations() -> None:
-    from cdiff_cli.natural.metrics import ssim_batch
+    from cdiff_cli.eval.contrastive_metrics import ssim_batch
 
     rng = np.random.default_rng(1)
     x = rng.random((2, 3, 24, 30))
@@ -82,7 +82,7 @@ def test_ssim_matches_reference_implementations() -> None:
 
 
 def test_mse_knn_and_accuracies() -> None:
-    from cdiff_cli.natural.metrics import accuracy, balanced_accuracy, knn_predict, majority_chance, mse_batch
+    from cdiff_cli.eval.contrastive_metrics import accuracy, balanced_accuracy, knn_predict, majority_chance, mse_batch
 
     assert mse_batch(np.zeros((2, 1, 2, 2)), np.array([[[[1, 1], [0, 0]]], [[[0, 0], [0, 0]]]])).tolist() == [0.5, 0.0]
     train = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0], [0.1, 0.9]])
@@ -101,7 +101,7 @@ def test_mse_knn_and_accuracies() -> None:
 
 
 def test_attribute_probe_and_identity_knn_protocols() -> None:
-    from cdiff_cli.natural.probes import attribute_probe, subsample
+    from cdiff_cli.eval.contrastive_probes import attribute_probe, subsample
 
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(60, bool), np.ones(60, bool)]
@@ -146,7 +146,7 @@ def _jpeg(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 
 
 def _mini_celeba(root: Path) -> Path:
     """Five images: background, glasses, glasses + hat, plain, lipstick (still background)."""
-    from cdiff_cli.natural.attributes import CELEBA_ATTRIBUTES
+    from cdiff_cli.data.contrastive_attributes import CELEBA_ATTRIBUTES
 
     on = {1: [], 2: ["Eyeglasses"], 3: ["Eyeglasses", "Wearing_Hat"], 4: [], 5: ["Wearing_Lipstick"]}
     rows = []
@@ -160,7 +160,7 @@ def _mini_celeba(root: Path) -> Path:
 
 
 def test_celeba_reader_roles_and_user_errors(tmp_path: Path) -> None:
-    from cdiff_cli.natural.attributes import CELEBA_ACCESSORIES, assign_roles, read_celeba
+    from cdiff_cli.data.contrastive_attributes import CELEBA_ACCESSORIES, assign_roles, read_celeba
     from cdiff_cli.errors import DataError, RecipeError
 
     root = _mini_celeba(tmp_path / "celeba")
@@ -185,7 +185,7 @@ def test_celeba_reader_roles_and_user_errors(tmp_path: Path) -> None:
 
 def test_attribute_csv_reader(tmp_path: Path) -> None:
     from cdiff_cli.config import DataSource
-    from cdiff_cli.natural.attributes import assign_roles, read_attribute_csv
+    from cdiff_cli.data.contrastive_attributes import assign_roles, read_attribute_csv
     from cdiff_cli.errors import DataError, RecipeError
 
     for i in range(4):
@@ -207,7 +207,7 @@ def test_attribute_csv_reader(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="file_column 'file'"):
         read_attribute_csv(src(file_column="file"))
     from cdiff_cli.config import DataConfig
-    from cdiff_cli.natural.attributes import seeded_splits
+    from cdiff_cli.data.contrastive_attributes import seeded_splits
 
     no_split = read_attribute_csv(src(split_column=None))  # seeded, by identity: a person stays in one split
     cfg = DataConfig(sources=[src()], test_fraction=0.5)
@@ -235,7 +235,7 @@ def test_layout_fields_are_validated() -> None:
 
 
 def test_natural_preprocessing_and_its_inverse() -> None:
-    from cdiff_cli.natural.grid import crop_box, crop_mask, from_natural_grid, to_natural_input
+    from cdiff_cli.data.contrastive_grid import crop_box, crop_mask, from_natural_grid, to_natural_input
 
     assert crop_box((218, 178), (64, 64), 140) == (39, 19, 140, 140)
     assert crop_box((218, 178), (64, 64), None) == (20, 0, 178, 178)  # as large as fits
@@ -270,8 +270,8 @@ def test_rgb_views_are_batched_and_deterministic() -> None:
 
 
 def test_fixture_is_deterministic_and_in_the_real_format(tmp_path: Path) -> None:
-    from cdiff_cli.natural.attributes import CELEBA_ATTRIBUTES, read_celeba
-    from cdiff_cli.natural.synthetic import synthesize_celeba
+    from cdiff_cli.data.contrastive_attributes import CELEBA_ATTRIBUTES, read_celeba
+    from cdiff_cli.synthetic.celeba import synthesize_celeba
 
     s = synthesize_celeba(tmp_path / "a", seed=3, identities=3, per_identity=4)
     synthesize_celeba(tmp_path / "b", seed=3, identities=3, per_identity=4)
@@ -339,7 +339,7 @@ class _NullCapture:
 
 
 def test_prepared_store(celeba_run: dict[str, Path]) -> None:
-    from cdiff_cli.natural.store import CAStore
+    from cdiff_cli.data.contrastive_store import CAStore
 
     store = CAStore.open(celeba_run["root"] / "prepared" / "celeba")
     assert store.images_array().shape[1:] == (3, 32, 32) and store.images_array().dtype == np.uint8
@@ -430,7 +430,7 @@ def test_user_errors_are_one_line(celeba_run: dict[str, Path], tmp_path: Path,
 
     shutil.copytree(celeba_run["fixture"], fixture)
     raw = _recipe(fixture, tmp_path)
-    from cdiff_cli.natural.store import CAStore
+    from cdiff_cli.data.contrastive_store import CAStore
 
     first, second = CAStore.open(celeba_run["root"] / "prepared" / "celeba").files[:2]  # two images that are kept
     (fixture / "img_align_celeba" / first).write_bytes(b"\xff\xd8\xff garbage")

@@ -163,3 +163,24 @@ def test_reference_recipe_is_the_quickstart_network_at_the_papers_grid() -> None
     assert ref.unet == quick.unet and ref.encoder == quick.encoder  # what fits the 25 MB bundle
     assert ref.train.batch_size * ref.train.grad_accum == quick.train.batch_size
     assert ref.localize.threshold == "calibrated"
+
+
+def test_each_recipe_has_one_domain_chosen_from_its_trained_source() -> None:
+    """Image folders never train (the first healthy 3-D or contrastive source decides), colour is only
+    contrastive, and every layout belongs to exactly one domain."""
+    from typing import get_args
+
+    from cdiff_cli.config import DOMAINS, Layout, domain_of, layout_domain, trained_source
+
+    def recipe(*sources: tuple[str, str], channels: int = 1) -> Recipe:
+        return recipe_from_dict({"data": {"channels": channels, "sources": [
+            {"name": f"s{i}", "layout": layout, "path": "x", "role": role} for i, (layout, role) in enumerate(sources)]}})
+
+    assert sorted(layout for d in DOMAINS.values() for layout in d.layouts) == sorted(get_args(Layout))
+    assert {layout_domain(layout).name for layout in ("nova", "folder")} == {"images"}
+    nova_first = recipe(("nova", "healthy"), ("ixi", "healthy"), ("brats", "lesion"))
+    assert trained_source(nova_first).name == "s1" and domain_of(nova_first).name == "volumes"
+    assert domain_of(recipe(("folder", "healthy"), ("celeba", "healthy"))).name == "contrastive"
+    assert trained_source(recipe(("nova", "healthy"))) is None
+    assert domain_of(recipe(("nova", "healthy"))).name == "volumes"  # whose training data says there is none
+    assert domain_of(recipe(("ixi", "healthy"), channels=3)).colour

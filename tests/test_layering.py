@@ -11,11 +11,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cdiff_cli"
 # lower index = lower layer; a module may import its own layer or any layer below it
 LAYERS = ["errors", "fileio", "console", "config", "data", "synthetic", "models", "diffusion", "train", "infer",
           "api", "app", "eval", "hub", "cli"]
-# feature packages: each module keeps the layer of what it does (the natural-image contrastive analysis)
-FEATURE_LAYERS = {
-    "natural": {"attributes": "data", "grid": "data", "store": "data", "synthetic": "data", "infer": "infer",
-                "metrics": "eval", "probes": "eval", "report": "eval", "evaluate": "eval"},
-}
 
 
 def module_name(path: Path) -> str:
@@ -24,14 +19,10 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> int | None:
+    """The layer of a module is its top folder (or top-level module): no per-module exceptions."""
     parts = module.split(".")
     if parts[0] != "cdiff_cli" or len(parts) < 2:
         return None
-    if parts[1] in FEATURE_LAYERS:
-        if len(parts) == 2:  # the package itself: a docstring, no imports
-            return 0
-        layer = FEATURE_LAYERS[parts[1]].get(parts[2])
-        return None if layer is None else LAYERS.index(layer)
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else None
 
 

@@ -7,13 +7,16 @@ size. The next file is read and the previous one written while the network runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cdiff_cli.api.model import AnomalyMap, Input, Model, load_model
+from cdiff_cli.config import DomainName
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.fileio import safe_child
+from cdiff_cli.infer.contrastive import reconstruct_natural_file
 from cdiff_cli.infer.files import collect_inputs, write_maps, write_nifti
 from cdiff_cli.infer.pipeline import pipelined, stage
 from cdiff_cli.infer.reconstruct import output_stem
@@ -41,20 +44,32 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
             "score": result.score}
 
 
+Stages = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]  # read, reconstruct, write
+
+
+def _grid_stages(model: Model, out: Path, kw: dict[str, Any]) -> Stages:
+    """Brain MRI: the three :class:`Model` stages, the next file read while the network runs."""
+    def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
+        return write_result(model.maps(inp, recon), path, out)
+
+    return model.read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish
+
+
+def _photograph_stages(model: Model, out: Path, kw: dict[str, Any]) -> Stages:
+    """Photographs (CelebA-like, RGB): their own reader and writer, one file at a time."""
+    return (lambda path: None, lambda path, _: reconstruct_natural_file(model.loaded, path, out, **kw),
+            lambda path, _, result: result)
+
+
+# the api layer's part of the domain table (config/domains.py): how a model of each domain goes through files
+FILE_STAGES: dict[DomainName, Callable[[Model, Path, dict[str, Any]], Stages]] = {
+    "volumes": _grid_stages, "contrastive": _photograph_stages}
+
+
 def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> list[dict[str, Any]]:
     """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes); one dict per file, in order."""
-    from cdiff_cli.natural.infer import is_natural_model, reconstruct_natural_file
-
     written = []
-    if is_natural_model(model.loaded):  # CelebA-like RGB images: their own reader, one file at a time
-        stages: tuple[Any, Any, Any] = (
-            lambda path: None, lambda path, _: reconstruct_natural_file(model.loaded, path, out, **kw),
-            lambda path, _, result: result)
-    else:
-        def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
-            return write_result(model.maps(inp, recon), path, out)
-
-        stages = (model.read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish)
+    stages = FILE_STAGES[model.domain.name](model, out, kw)
     with make_progress() as bar:
         task = bar.add_task("reconstruct", total=len(files))
         for result in pipelined(files, *stages):

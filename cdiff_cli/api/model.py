@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import nibabel as nib
     import torch
 
-    from cdiff_cli.config import Recipe
+    from cdiff_cli.config import Domain, Recipe
     from cdiff_cli.infer.model import LoadedModel
 
 InputLike = Union[str, os.PathLike, np.ndarray, "torch.Tensor", "nib.spatialimages.SpatialImage"]
@@ -139,6 +139,11 @@ class Model:
         return self.loaded.device
 
     @property
+    def domain(self) -> Domain:
+        """What the model reads: brain MRI (slices and volumes) or photographs (``config/domains.py``)."""
+        return self.loaded.domain
+
+    @property
     def image_hw(self) -> tuple[int, int]:
         return self.loaded.image_hw
 
@@ -164,9 +169,8 @@ class Model:
         a nibabel image is a volume, arrays 2-D an image, 3-D a volume, 4-D a batch of images.
         """
         from cdiff_cli.infer.maps import read_input
-        from cdiff_cli.natural.infer import is_natural_model
 
-        if is_natural_model(self.loaded):
+        if self.domain.colour:
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "
                             "brain MRI; use `cdiff reconstruct` for its maps")
         return read_input(self.loaded, x, kind, affine, mask)

@@ -16,6 +16,7 @@ from cdiff_cli.errors import DataError
 
 if TYPE_CHECKING:
     from cdiff_cli.api import Model
+    from cdiff_cli.config import DomainName
 
 Progress = Callable[[float, str], None]
 MAX_VOXELS = 64_000_000  # a 400 x 400 x 400 volume; refuse larger before reading the voxels
@@ -54,16 +55,25 @@ class Analysis:
 
 
 def analyze_image(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
-    """A 2-D slice (or, for a natural-image model, a photograph) on its own pixels."""
-    from cdiff_cli.data.images2d import foreground_mask, load_image_2d
-    from cdiff_cli.natural.infer import analyze_natural_image, is_natural_model
-
+    """A 2-D slice (or, for a model of photographs, a photograph) on its own pixels."""
     report(0.15, "reading the image")
-    if is_natural_model(model.loaded):  # CelebA-like: RGB input and reconstruction, heatmap over the crop
-        report(0.35, f"reconstructing ({len(steps)} noise level(s))")
-        rgb, rec, amap, crop = analyze_natural_image(model.loaded, path, steps, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS,
-                                                     DISPLAY_MAX_SIDE)
-        return _finish("image", path.name, rgb[None], rec[None], amap[None], crop[None], steps)
+    return IMAGE_ANALYSES[model.domain.name](model, path, steps, report)
+
+
+def _analyze_photograph(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
+    """CelebA-like: RGB input and reconstruction, heatmap over the centred crop."""
+    from cdiff_cli.infer.contrastive import analyze_natural_image
+
+    report(0.35, f"reconstructing ({len(steps)} noise level(s))")
+    rgb, rec, amap, crop = analyze_natural_image(model.loaded, path, steps, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS,
+                                                 DISPLAY_MAX_SIDE)
+    return _finish("image", path.name, rgb[None], rec[None], amap[None], crop[None], steps)
+
+
+def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
+    """A brain slice, as `cdiff localize` reads it."""
+    from cdiff_cli.data.images2d import foreground_mask, load_image_2d
+
     img = load_image_2d(path, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS)  # (H, W) in [0, 1]
     if max(img.shape) > DISPLAY_MAX_SIDE:
         img = _shrink(img, DISPLAY_MAX_SIDE)
@@ -78,6 +88,11 @@ def analyze_image(model: Model, path: Path, steps: tuple[int, ...], report: Prog
     fg, _ = foreground_mask(img)
     anomaly = result.anomaly * fg
     return _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
+
+
+# the app's part of the domain table (config/domains.py): how an uploaded 2-D image is analysed
+IMAGE_ANALYSES: dict[DomainName, Callable[[Model, Path, tuple[int, ...], Progress], Analysis]] = {
+    "volumes": _analyze_slice, "contrastive": _analyze_photograph}
 
 
 def analyze_volume(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:

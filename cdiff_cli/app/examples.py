@@ -1,5 +1,5 @@
 """Example inputs for the app: deterministic synthetic T2-like phantoms shaped for the model's
-grid (a PNG slice and a NIfTI volume), or faces for a natural-image model; cached on disk."""
+grid (a PNG slice and a NIfTI volume), or faces for a model of photographs; cached on disk."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from cdiff_cli.errors import CdiffError
+from cdiff_cli.synthetic.celeba import example_faces
 
 if TYPE_CHECKING:
     from cdiff_cli.api import Model
+    from cdiff_cli.config import DomainName
 
 PHANTOM_VERSION = 2  # bump when the example phantoms change (they are cached on disk)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -75,10 +77,14 @@ def make_examples(folder: Path, model: Model) -> list[Path]:
     return [png, vol]
 
 
-def example_files(model: Model, cache_dir: Path | None = None, extra_dir: Path | None = None) -> list[Path]:
-    """Files under ``extra_dir`` (e.g. ``examples/``) if any, then the generated phantoms."""
-    from cdiff_cli.natural.infer import is_natural_model
+# the app's part of the domain table (config/domains.py): the examples offered for a model of each domain
+EXAMPLES: dict[DomainName, Callable[[Path, Model], list[Path]]] = {"volumes": make_examples,
+                                                                  "contrastive": example_faces}
 
+
+def example_files(model: Model, cache_dir: Path | None = None, extra_dir: Path | None = None) -> list[Path]:
+    """Files under ``extra_dir`` (e.g. ``examples/``) if any, then the generated examples of the
+    model's domain (phantoms, or faces with and without glasses from the CelebA fixture generator)."""
     found: list[Path] = []
     if extra_dir is not None and extra_dir.is_dir():
         found = sorted(p for p in extra_dir.iterdir() if p.is_file() and p.name.lower().endswith(
@@ -87,9 +93,7 @@ def example_files(model: Model, cache_dir: Path | None = None, extra_dir: Path |
                               model.recipe.data.spacing)).encode()).hexdigest()[:10]
     folder = (cache_dir or Path(os.environ.get("CDIFF_APP_CACHE", "") or
                                 Path.home() / ".cache" / "cdiff" / "app-examples")) / key
-    make = make_examples
-    if is_natural_model(model.loaded):  # faces from the CelebA fixture generator, with and without glasses
-        from cdiff_cli.natural.synthetic import example_faces as make  # type: ignore[assignment]
+    make = EXAMPLES[model.domain.name]
     try:
         return found + make(folder, model)
     except (OSError, CdiffError):  # a read-only home: fall back to the temp dir

@@ -21,7 +21,7 @@ def _summary(title: str, rows: dict[str, Any]) -> None:
 
 def run_synthesize(out_dir: Path, seed: int, preset: str) -> None:
     if preset.startswith("celeba"):
-        from cdiff_cli.natural.synthetic import PRESETS, synthesize_celeba
+        from cdiff_cli.synthetic.celeba import PRESETS, synthesize_celeba
 
         if preset not in PRESETS:
             raise CdiffError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")

@@ -9,16 +9,18 @@ cross-field checks and checkpoint hashes), ``loading`` the YAML, overrides and m
 """
 
 from cdiff_cli.config.loading import apply_override, check_unknown_keys, load_recipe, recipe_from_dict, save_resolved
-from cdiff_cli.config.recipe import Recipe
+from cdiff_cli.config.domains import CA_LAYOUTS, DOMAINS, IMAGE_LAYOUTS, Domain, DomainName, layout_domain
+from cdiff_cli.config.recipe import Recipe, domain_of, trained_source
 from cdiff_cli.config.sections import (
-    CA_LAYOUTS, ENCODER_METHODS, METHOD_DEFAULTS, AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig,
+    ENCODER_METHODS, METHOD_DEFAULTS, AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig,
     EncoderConfig, EvalConfig, InferConfig, Layout, LocalizeConfig, Method, PatchConfig, Section, SimplexConfig,
     TrainConfig, UNetConfig, Variance, ViewConfig,
 )
 
 __all__ = [
-    "CA_LAYOUTS", "ENCODER_METHODS", "METHOD_DEFAULTS", "AEConfig", "AnoDDPMConfig", "DataConfig", "DataSource",
-    "DiffusionConfig", "EncoderConfig", "EvalConfig", "InferConfig", "Layout", "LocalizeConfig", "Method",
+    "CA_LAYOUTS", "DOMAINS", "IMAGE_LAYOUTS", "Domain", "DomainName", "ENCODER_METHODS", "METHOD_DEFAULTS",
+    "AEConfig", "AnoDDPMConfig", "DataConfig", "DataSource", "DiffusionConfig", "EncoderConfig", "EvalConfig", "InferConfig", "Layout", "LocalizeConfig", "Method",
     "PatchConfig", "Recipe", "Section", "SimplexConfig", "TrainConfig", "UNetConfig", "Variance", "ViewConfig",
-    "apply_override", "check_unknown_keys", "load_recipe", "recipe_from_dict", "save_resolved",
+    "apply_override", "check_unknown_keys", "domain_of", "layout_domain", "load_recipe", "recipe_from_dict",
+    "save_resolved", "trained_source",
 ]

@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 from pydantic import Field, model_validator
 
+from cdiff_cli.config.domains import DOMAINS, Domain, layout_domain
 from cdiff_cli.config.sections import (
-    AEConfig, AnoDDPMConfig, DataConfig, DiffusionConfig, ENCODER_METHODS, EncoderConfig, EvalConfig,
+    AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig, ENCODER_METHODS, EncoderConfig, EvalConfig,
     InferConfig, LocalizeConfig, METHOD_DEFAULTS, Method, PatchConfig, Section, TrainConfig, UNetConfig,
     _encoder_train_defaults,
 )
@@ -116,6 +117,20 @@ class Recipe(Section):
         own = {d["method"]: d[d["method"]]} if d["method"] in ("pddpm", "anoddpm", "ae") else {}  # its own section
         return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
                         **{k: d[k] for k in ("encoder", "unet", "diffusion")}, **own})
+
+
+def trained_source(recipe: Recipe) -> DataSource | None:
+    """The first healthy source of a domain that trains: what both stages learn from (None: none)."""
+    return next((s for s in recipe.data.sources if s.role == "healthy" and layout_domain(s.layout).trains), None)
+
+
+def domain_of(recipe: Recipe) -> Domain:
+    """The recipe's domain, chosen here once: that of its trained source (``volumes`` without one,
+    whose training data then says so); colour (``data.channels: 3``) only exists for contrastive
+    image sets, so a colour recipe is one whatever its sources."""
+    source = trained_source(recipe)
+    domain = layout_domain(source.layout) if source is not None else DOMAINS["volumes"]
+    return DOMAINS["contrastive"] if recipe.data.channels == 3 else domain
 
 
 # Fields added after checkpoints were written, with the value that reproduces the behaviour from before them

@@ -11,10 +11,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cdiff_cli.config.domains import CA_LAYOUTS, Layout
 
-
-Layout = Literal["ixi", "brats", "mslub", "behrendt", "nova", "manifest", "folder", "celeba", "attributes"]
-CA_LAYOUTS = ("celeba", "attributes")  # 2-D contrastive analysis: background and target images in one source
 _CA_FIELDS = ("table", "file_column", "target", "exclude", "identity_column", "split_column", "center_crop")
 
 

@@ -1,20 +1,25 @@
-"""Slices of a prepared store as a torch Dataset (no augmentation: that runs batched on device).
+"""The training data of each domain as a torch Dataset (no augmentation: that runs batched on
+device): axial slices of a prepared volume store, or the background images of a
+contrastive-analysis store; ``TRAINING_DATA`` is the data layer's part of the domain table
+(``config/domains.py``).
 
-Each item is one axial slice read straight from the memmaps, so a DataLoader worker costs a
-few kilobytes of I/O per sample. Memmaps open lazily in each worker process.
+Each item is one slice (or image) read straight from the memmaps, so a DataLoader worker costs
+a few kilobytes of I/O per sample. Memmaps open lazily in each worker process.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cdiff_cli.config import Recipe
+from cdiff_cli.config import DomainName, Recipe, domain_of, trained_source
+from cdiff_cli.data.contrastive_store import CAStore, ca_grid, contrastive_source
 from cdiff_cli.data.splits import fold_subjects
 from cdiff_cli.data.store import PreparedStore, grid_config
 from cdiff_cli.errors import DataError
@@ -67,11 +72,27 @@ class SliceDataset(Dataset):
         return item
 
 
+class CADataset(Dataset):
+    """Images of one split and role; items like :class:`SliceDataset`'s: ``{"image": (C, H, W)
+    float32 in [0, 1], "mask": (1, H, W) ones, "subject": file, "slice": 0}``."""
+
+    def __init__(self, store: CAStore, rows: np.ndarray) -> None:
+        self.store, self.rows = store, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = int(self.rows[i])
+        x = torch.from_numpy(np.asarray(self.store.images_array()[r], dtype=np.float32) / 255.0)  # (C, H, W)
+        return {"image": x, "mask": torch.ones((1, *x.shape[1:])), "subject": str(self.store.files[r]), "slice": 0}
+
+
 def training_source(recipe: Recipe) -> str:
     """The first healthy source: the one the models are trained on."""
-    for s in recipe.data.sources:
-        if s.role == "healthy" and s.layout not in ("nova", "folder"):
-            return s.name
+    source = trained_source(recipe)
+    if source is not None:
+        return source.name
     raise DataError("the recipe has no healthy source to train on (data.sources[*].role: healthy; 3-D, celeba or "
                     "attributes layout)")
 
@@ -89,16 +110,12 @@ def load_splits(recipe: Recipe) -> dict[str, Any]:
     return doc
 
 
-def open_training_data(
-    recipe: Recipe, split: Literal["train", "val", "test"] = "train", with_seg: bool = False
-) -> SliceDataset:
-    """Slices of the training source for ``split`` of fold ``data.fold`` (from splits.json); for a
-    2-D contrastive-analysis source (celeba, attributes), its background images of ``split``."""
-    from cdiff_cli.natural.store import contrastive_source, open_ca_training
+Split = Literal["train", "val", "test"]
+TrainingData = Callable[[Recipe, Split, bool], "SliceDataset | CADataset"]
 
-    ca = contrastive_source(recipe)
-    if ca is not None:
-        return open_ca_training(recipe, ca, split)  # type: ignore[return-value]
+
+def open_volume_training(recipe: Recipe, split: Split = "train", with_seg: bool = False) -> SliceDataset:
+    """Slices of the training source for ``split`` of fold ``data.fold`` (from splits.json)."""
     name = training_source(recipe)
     splits = load_splits(recipe)
     if name not in splits:
@@ -113,3 +130,26 @@ def open_training_data(
         with_seg=with_seg,
         expect=grid_config(recipe.data),
     )
+
+
+def open_contrastive_training(recipe: Recipe, split: Split = "train", with_seg: bool = False) -> CADataset:
+    """Background images of ``split``: what both stages train (and validate) on (no segmentations)."""
+    source = contrastive_source(recipe)
+    if source is None:  # data.channels: 3 on a grayscale source
+        raise DataError("data.channels: 3 (colour) trains on a celeba or attributes source; the recipe has none")
+    store = CAStore.open(Path(recipe.data.prepared) / source.name, expect=ca_grid(recipe.data, source))
+    rows = store.select(split, "background")
+    if not len(rows):
+        raise DataError(f"the {split} split of source {source.name} holds no background images")
+    return CADataset(store, rows)
+
+
+# the data layer's part of the domain table: what each domain trains on (2-D image folders train nothing)
+TRAINING_DATA: dict[DomainName, TrainingData] = {"volumes": open_volume_training,
+                                                 "contrastive": open_contrastive_training}
+
+
+def open_training_data(recipe: Recipe, split: Split = "train", with_seg: bool = False) -> SliceDataset | CADataset:
+    """What the recipe's domain trains on for ``split``: volume slices of fold ``data.fold``, or
+    the background images of a contrastive-analysis source."""
+    return TRAINING_DATA[domain_of(recipe).name](recipe, split, with_seg)

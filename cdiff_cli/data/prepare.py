@@ -20,19 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
+from cdiff_cli.config import DataConfig, DataSource, DomainName, Recipe, layout_domain
+from cdiff_cli.data.contrastive_store import prepare_ca
 from cdiff_cli.data.nifti import load_volume
 from cdiff_cli.data.preprocess import Prepared, preprocess_volume
 from cdiff_cli.data.readers import SubjectFiles, read_source_with_splits
 from cdiff_cli.data.splits import leakage_summary, make_splits, read_groups
 from cdiff_cli.data.store import StoreWriter, grid_config
+from cdiff_cli.data.store2d import prepare_2d
 from cdiff_cli.errors import DataError
 from cdiff_cli.fileio import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (source name, done, total)
-_2D_LAYOUTS = ("nova", "folder")
+Preparer = Callable[[DataSource, DataConfig, Path, "Progress | None"], dict[str, Any]]
 
 
 def process_subject(sf: SubjectFiles, cfg: DataConfig) -> Prepared:
@@ -111,6 +113,20 @@ def prepare_source(
     }
 
 
+def prepare_images(source: DataSource, cfg: DataConfig, out_dir: Path, progress: Progress | None = None
+                   ) -> dict[str, Any]:
+    """Prepare one 2-D image folder (``folder``, ``nova``) into ``out_dir``; returns its summary."""
+    entry = prepare_2d(source, cfg, out_dir)
+    entry.setdefault("layout", source.layout)
+    entry.setdefault("role", source.role)
+    return entry
+
+
+# the data layer's part of the domain table (config/domains.py): how each domain stores a source
+PREPARERS: dict[DomainName, Preparer] = {"volumes": prepare_source, "images": prepare_images,
+                                         "contrastive": prepare_ca}
+
+
 def _count(groups: dict[str, str] | None, ids: list[str]) -> dict[str, int]:
     """Prepared subjects per original brain (synthetic data only)."""
     out: dict[str, int] = {}
@@ -137,21 +153,9 @@ def prepare(recipe: Recipe, progress: Progress | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:  # every store is renamed into place only if all succeed
         for source in cfg.sources:
             tmp = stack.enter_context(atomic_dir(root / source.name))
-            if source.layout in CA_LAYOUTS:
-                from cdiff_cli.natural.store import prepare_ca
-
-                entry = prepare_ca(source, cfg, tmp, progress)
-            elif source.layout in _2D_LAYOUTS:
-                from cdiff_cli.data.store2d import prepare_2d
-
-                result = prepare_2d(source, cfg, tmp)
-                entry = dict(result) if isinstance(result, dict) else {"result": result}
-                entry.setdefault("layout", source.layout)
-                entry.setdefault("role", source.role)
-                if "out_dir" in entry:
-                    entry["out_dir"] = str(root / source.name)  # not the temporary folder
-            else:
-                entry = prepare_source(source, cfg, tmp, progress)
+            entry = PREPARERS[layout_domain(source.layout).name](source, cfg, tmp, progress)
+            if "out_dir" in entry:
+                entry["out_dir"] = str(root / source.name)  # not the temporary folder
             summary["sources"][source.name] = entry
 
     splits_path = root / "splits.json"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cdiff_cli.config import DataConfig, DataSource
+from cdiff_cli.config import IMAGE_LAYOUTS, DataConfig, DataSource
 from cdiff_cli.data import nova
 from cdiff_cli.data.images2d import (
     box_to_model_grid,
@@ -34,7 +34,7 @@ def prepare_2d(source: DataSource, cfg: DataConfig, out_dir: str | Path) -> dict
     lesion_fraction = share of the model grid inside gold boxes, 0 without annotations).
     Ids: the path relative to ``source.path`` (the file name for a flat folder).
     """
-    if source.layout not in ("folder", "nova"):
+    if source.layout not in IMAGE_LAYOUTS:
         raise DataError(f"source {source.name!r}: prepare_2d reads layouts 'folder' and 'nova', not {source.layout!r}")
     root = Path(source.path)
     images = list_images(root, recursive=True)

@@ -19,13 +19,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from cdiff_cli.api import AnomalyMap, Model, load_model
-from cdiff_cli.config import EvalConfig, Recipe, save_resolved
+from cdiff_cli.config import IMAGE_LAYOUTS, DomainName, EvalConfig, Recipe, domain_of, save_resolved
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.data.dataset import load_splits, training_source
 from cdiff_cli.data.splits import fold_subjects
 from cdiff_cli.data.store import PreparedStore, grid_config
 from cdiff_cli.errors import CheckpointError, DataError
 from cdiff_cli.eval import metrics as M
+from cdiff_cli.eval.contrastive_protocol import evaluate_contrastive
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_healthy, remove_small_components
@@ -115,7 +116,7 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
                               "max_val_volumes": max_val}
     curves: dict[str, Any] = {}
     for src in recipe.data.sources:
-        if src.role != "lesion" or src.layout in ("nova", "folder") or src.name not in splits:
+        if src.role != "lesion" or src.layout in IMAGE_LAYOUTS or src.name not in splits:
             continue
         store = PreparedStore.open(prepared / src.name)
         if not store.has_seg:
@@ -261,17 +262,12 @@ def _plots(out: Path, fold0: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items() if v.exists()}
 
 
-def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
-             max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
+def evaluate_volumes(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
+                     max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
     """Evaluate one model, or several comma-separated ones (folds), and write the reports
     (``max_test``/``max_val``: only :func:`volume_subset` of each test/validation split)."""
-    from cdiff_cli.natural.store import contrastive_source
     from cdiff_cli.train.distributed import resolve_device
 
-    if contrastive_source(recipe) is not None:  # CelebA-like recipes: the paper's Table 1 protocol instead
-        from cdiff_cli.natural.evaluate import evaluate_contrastive
-
-        return evaluate_contrastive(recipe, model_spec, out, device_spec)
     device = resolve_device(device_spec)
     if model_spec is None:  # the recipe's own run, else the bundled reference model
         specs: list[str | None] = [str(recipe.run_dir) if (recipe.run_dir / "diffusion").is_dir() else None]
@@ -295,6 +291,25 @@ def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_sp
                          f"{list(model.recipe.infer.timesteps)}): the calibration stays in metrics.json only")
     return write_evaluation(out, recipe, per_fold, model.recipe.method,
                             [s if s is not None else "bundled reference" for s in specs], t0)
+
+
+class Evaluate(Protocol):
+    """One domain's ``cdiff evaluate``: the recipe, a model (None: the recipe's own run), the output
+    folder (None: ``runs/NAME/eval``), a device, and the volume caps (where the domain has volumes)."""
+
+    def __call__(self, recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
+                 max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]: ...
+
+
+# the eval layer's part of the domain table (config/domains.py): the protocol of each domain that trains
+PROTOCOLS: dict[DomainName, Evaluate] = {"volumes": evaluate_volumes, "contrastive": evaluate_contrastive}
+
+
+def evaluate(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
+             max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
+    """``cdiff evaluate``: the protocol of the recipe's domain (volumes: the paper's Table 2;
+    contrastive image sets: its Table 1), then the reports."""
+    return PROTOCOLS[domain_of(recipe).name](recipe, model_spec, out, device_spec, max_test, max_val)
 
 
 def write_evaluation(out: Path, recipe: Recipe, per_fold: list[dict[str, Any]], method: str, models: list[str],

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cdiff_cli.config import Recipe, recipe_from_dict
+from cdiff_cli.config import Domain, Recipe, domain_of, recipe_from_dict
 from cdiff_cli.errors import CheckpointError, RecipeError
 from cdiff_cli.fileio import read_json
 from cdiff_cli.train.checkpoint import load_into, load_weights, split_prefixed
@@ -56,6 +56,11 @@ class LoadedModel:
     @property
     def channels(self) -> int:
         return self.recipe.data.channels
+
+    @property
+    def domain(self) -> Domain:
+        """What the model reads (``config/domains.py``): brain MRI, or photographs of a contrastive set."""
+        return domain_of(self.recipe)
 
     def calibrated_threshold(self) -> float:
         if "threshold" not in self.calibration:

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.fileio import write_bytes, write_json, write_text
-from cdiff_cli.natural.attributes import CELEBA_ATTRIBUTES
+from cdiff_cli.data.contrastive_attributes import CELEBA_ATTRIBUTES
 
 FORMAT = "cdiff-synthetic-celeba-v1"
 SIZE = (178, 218)  # (W, H) of aligned CelebA

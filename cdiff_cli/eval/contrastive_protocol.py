@@ -25,10 +25,10 @@ from cdiff_cli.eval.perceptual import lpips_distances, lpips_status
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, load_model, read_config, resolve_model_dir
 from cdiff_cli.infer.postprocess import calibrate_healthy
-from cdiff_cli.natural import metrics as C
-from cdiff_cli.natural.infer import NaturalResult, anomaly_natural
-from cdiff_cli.natural.probes import encoder_probes, subsample
-from cdiff_cli.natural.store import CAStore, ca_grid, contrastive_source
+from cdiff_cli.eval import contrastive_metrics as C
+from cdiff_cli.infer.contrastive import NaturalResult, anomaly_natural
+from cdiff_cli.eval.contrastive_probes import encoder_probes, subsample
+from cdiff_cli.data.contrastive_store import CAStore, ca_grid, contrastive_source
 
 ROLES = {"background": "NEG", "target": "EG"}
 
@@ -59,13 +59,16 @@ def _stats(values: np.ndarray | None) -> dict[str, float] | None:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def evaluate_contrastive(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str) -> dict[str, Any]:
-    """Evaluate one model on the recipe's contrastive-analysis store; write metrics.json, metrics.md, plots."""
-    from cdiff_cli.natural.report import contrastive_table, plot_error_histograms, plot_target_grid
+def evaluate_contrastive(recipe: Recipe, model_spec: str | None, out: Path | None, device_spec: str,
+                         max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
+    """Evaluate one model on the recipe's contrastive-analysis store; write metrics.json, metrics.md, plots
+    (``max_test``/``max_val`` cap volumes, which this domain has none of: ``eval.max_images`` caps images)."""
+    from cdiff_cli.eval.contrastive_report import contrastive_table, plot_error_histograms, plot_target_grid
     from cdiff_cli.train.distributed import resolve_device
 
     source = contrastive_source(recipe)
-    assert source is not None
+    if source is None:  # data.channels: 3 on a grayscale source
+        raise CdiffError("data.channels: 3 (colour) is evaluated on a celeba or attributes source; the recipe has none")
     if model_spec is not None and "," in model_spec:
         raise CdiffError("the contrastive-analysis protocol evaluates one model at a time (no folds)")
     spec = model_spec or (str(recipe.run_dir) if (recipe.run_dir / "diffusion").is_dir() else None)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdiff_cli.natural import metrics as C
-from cdiff_cli.natural.infer import embed
-from cdiff_cli.natural.store import CAStore
+from cdiff_cli.eval import contrastive_metrics as C
+from cdiff_cli.infer.contrastive import embed
+from cdiff_cli.data.contrastive_store import CAStore
 
 K = 3
 

@@ -1,11 +1,12 @@
-"""Inference on natural 2-D images (CelebA-like models, RGB or gray): maps, files, app panels,
-and the stage-1 encoder alone (for the encoder probes).
+"""Inference for the contrastive domain (``config/domains.py``: CelebA-like models of natural
+2-D images, RGB or gray): maps, files, app panels, and the stage-1 encoder alone (for the
+encoder probes).
 
-A model is "natural" when its recipe trains on a celeba/attributes source or has
-``data.channels: 3``: its inputs get the natural preprocessing of :mod:`cdiff_cli.natural.grid`
-(centred crop + resize, intensities as they are) instead of the brain pipeline (foreground
-mask, percentile rescale, letterbox). The anomaly map of a colour image is the channel mean of
-|x - x_hat| (one number per pixel), 2-D median-filtered.
+A model is of this domain when its recipe trains on a celeba/attributes source or has
+``data.channels: 3`` (``config.domain_of``): its inputs get the natural preprocessing of
+:mod:`cdiff_cli.data.contrastive_grid` (centred crop + resize, intensities as they are) instead
+of the brain pipeline (foreground mask, percentile rescale, letterbox). The anomaly map of a
+colour image is the channel mean of |x - x_hat| (one number per pixel), 2-D median-filtered.
 """
 
 from __future__ import annotations
@@ -26,14 +27,8 @@ from cdiff_cli.infer.postprocess import median_filter_2d
 from cdiff_cli.infer.reconstruct import output_stem, reconstruct_slices
 
 
-def is_natural_model(model: LoadedModel) -> bool:
-    from cdiff_cli.natural.store import contrastive_source
-
-    return model.channels == 3 or contrastive_source(model.recipe) is not None
-
-
 def center_crop_of(model: LoadedModel) -> int | None:
-    from cdiff_cli.natural.store import contrastive_source
+    from cdiff_cli.data.contrastive_store import contrastive_source
 
     src = contrastive_source(model.recipe)
     return src.center_crop if src is not None else None
@@ -63,7 +58,7 @@ def anomaly_natural(model: LoadedModel, images: np.ndarray, median_size: int = 1
 def _load(model: LoadedModel, path: Path, **limits: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(image (C, H, W) in [0, 1] on its own pixels, x (C, h, w) on the model grid, meta)."""
     from cdiff_cli.data.images2d import load_image_2d
-    from cdiff_cli.natural.grid import to_natural_input
+    from cdiff_cli.data.contrastive_grid import to_natural_input
 
     img = load_image_2d(path, channels=3, **limits)  # (3, H, W)
     if model.channels == 1:
@@ -75,7 +70,7 @@ def _load(model: LoadedModel, path: Path, **limits: int) -> tuple[np.ndarray, np
 def reconstruct_natural_file(model: LoadedModel, path: Path, out: Path, **kw: Any) -> dict[str, Any]:
     """``cdiff reconstruct`` for one image: ``_recon.npy`` (C, H, W) and ``_anomaly.npy`` (H, W) on
     the image's own pixels (outside the centred crop: the input and 0), and a colour preview."""
-    from cdiff_cli.natural.grid import from_natural_grid
+    from cdiff_cli.data.contrastive_grid import from_natural_grid
 
     if path.name.lower().endswith((".nii", ".nii.gz")):
         raise DataError(f"{path.name}: this model reads 2-D natural images (PNG/JPG), not NIfTI volumes")
@@ -97,7 +92,7 @@ def analyze_natural_image(model: LoadedModel, path: Path, steps: tuple[int, ...]
     pixels (shrunk to ``display_max``); the mask is the centred crop the model saw."""
     from PIL import Image
 
-    from cdiff_cli.natural.grid import crop_mask, from_natural_grid, to_natural_input
+    from cdiff_cli.data.contrastive_grid import crop_mask, from_natural_grid, to_natural_input
 
     img, _, _ = _load(model, path, max_side=max_side, max_pixels=max_pixels)  # (C, H, W)
     h, w = img.shape[1:]

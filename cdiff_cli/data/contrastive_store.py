@@ -1,5 +1,6 @@
 """The 2-D contrastive-analysis store: CelebA-like images on the model grid with their
-attributes, identity, split and background/target role; and its training Dataset.
+attributes, identity, split and background/target role (its training Dataset, which needs
+torch, is ``dataset.CADataset``: ``cdiff prepare`` does without it).
 
 Layout of ``<prepared>/<source>/`` (written atomically by ``cdiff prepare``)::
 
@@ -21,18 +22,16 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe
+from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe, trained_source
 from cdiff_cli.data.images2d import load_image_2d
 from cdiff_cli.errors import DataError
 from cdiff_cli.fileio import write_json
-from cdiff_cli.natural.attributes import assign_roles, read_table, seeded_splits, target_and_exclude
-from cdiff_cli.natural.grid import to_natural_input
+from cdiff_cli.data.contrastive_attributes import assign_roles, read_table, seeded_splits, target_and_exclude
+from cdiff_cli.data.contrastive_grid import to_natural_input
 
 log = logging.getLogger(__name__)
 FORMAT = "cdiff-ca2d-store"
@@ -43,10 +42,8 @@ _HEADER = ["index", "file", "identity", "split", "role"]
 
 def contrastive_source(recipe: Recipe) -> DataSource | None:
     """The recipe's training source when it is a 2-D contrastive-analysis one (celeba, attributes)."""
-    for s in recipe.data.sources:
-        if s.role == "healthy" and s.layout not in ("nova", "folder"):
-            return s if s.layout in CA_LAYOUTS else None
-    return None
+    source = trained_source(recipe)
+    return source if source is not None and source.layout in CA_LAYOUTS else None
 
 
 def ca_grid(cfg: DataConfig, source: DataSource) -> dict[str, Any]:
@@ -200,28 +197,3 @@ class CAStore:
 
     def attributes(self) -> tuple[list[str], np.ndarray]:
         return list(self.doc["attributes"]), np.load(self.folder / "attributes.npy", allow_pickle=False)
-
-
-class CADataset(Dataset):
-    """Images of one split and role; items like :class:`SliceDataset`'s: ``{"image": (C, H, W)
-    float32 in [0, 1], "mask": (1, H, W) ones, "subject": file, "slice": 0}``."""
-
-    def __init__(self, store: CAStore, rows: np.ndarray) -> None:
-        self.store, self.rows = store, np.asarray(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        r = int(self.rows[i])
-        x = torch.from_numpy(np.asarray(self.store.images_array()[r], dtype=np.float32) / 255.0)  # (C, H, W)
-        return {"image": x, "mask": torch.ones((1, *x.shape[1:])), "subject": str(self.store.files[r]), "slice": 0}
-
-
-def open_ca_training(recipe: Recipe, source: DataSource, split: Literal["train", "val", "test"]) -> CADataset:
-    """Background images of ``split``: what both stages train (and validate) on."""
-    store = CAStore.open(Path(recipe.data.prepared) / source.name, expect=ca_grid(recipe.data, source))
-    rows = store.select(split, "background")
-    if not len(rows):
-        raise DataError(f"the {split} split of source {source.name} holds no background images")
-    return CADataset(store, rows)

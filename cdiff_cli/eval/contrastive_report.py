@@ -1,7 +1,7 @@
 """The contrastive-analysis report: a Markdown table shaped like the paper's Table 1 and the
 figures next to it (error histograms, a grid of target images | reconstructions | maps).
 
-Values come from :mod:`cdiff_cli.natural.evaluate`'s metrics.json document; missing numbers
+Values come from :mod:`cdiff_cli.eval.contrastive_protocol`'s metrics.json document; missing numbers
 show as "–" and an unavailable metric (LPIPS without its weights) says why, never a number.
 """
 
