@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from cdiff_cli.data.images2d import resize_2d
 
 META_VERSION = 1
 
@@ -28,13 +29,6 @@ def crop_box(hw: tuple[int, int], model_hw: tuple[int, int], center_crop: int | 
         cw = w
         ch = max(1, min(h, round(cw * th / tw)))
     return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def _resize_plane(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if a.shape == tuple(hw):
-        return a.astype(np.float32, copy=True)
-    im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
-    return np.asarray(im.resize((int(hw[1]), int(hw[0])), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _planes(img: np.ndarray) -> np.ndarray:
@@ -58,7 +52,7 @@ def to_natural_input(img: np.ndarray, model_hw: tuple[int, int], center_crop: in
         planes = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), planes, axes=1)[None]
     top, left, ch, cw = crop_box(planes.shape[1:], model_hw, center_crop)
     crop = planes[:, top : top + ch, left : left + cw]
-    x = np.stack([_resize_plane(p, model_hw) for p in crop])  # (C, h, w)
+    x = np.stack([resize_2d(p, model_hw) for p in crop])  # (C, h, w)
     meta = {"kind": "centercrop2d", "version": META_VERSION, "orig_hw": list(planes.shape[1:]),
             "model_hw": [int(model_hw[0]), int(model_hw[1])], "box": [top, left, ch, cw]}
     return np.clip(x, 0.0, 1.0), meta
@@ -79,7 +73,7 @@ def from_natural_grid(arr: np.ndarray, meta: dict[str, Any], base: np.ndarray | 
         raise ValueError(f"base shape {out.shape} differs from the output {(*lead, h, w)}")
     flat_in, flat_out = arr.reshape(-1, th, tw), out.reshape(-1, h, w)
     for a, o in zip(flat_in, flat_out):
-        o[top : top + ch, left : left + cw] = _resize_plane(a, (ch, cw))
+        o[top : top + ch, left : left + cw] = resize_2d(a, (ch, cw))
     return flat_out.reshape(*lead, h, w)
 
 

@@ -16,7 +16,6 @@ Excluded images (an excluded attribute, e.g. a hat) are not stored; they are cou
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ import numpy as np
 from cdiff_cli.config import CA_LAYOUTS, DataConfig, DataSource, Recipe, trained_source
 from cdiff_cli.data.images2d import load_image_2d
 from cdiff_cli.errors import DataError
-from cdiff_cli.fileio import write_json
+from cdiff_cli.fileio import read_json, write_json
 from cdiff_cli.data.contrastive_attributes import assign_roles, read_table, seeded_splits, target_and_exclude
 from cdiff_cli.data.contrastive_grid import to_natural_input
 
@@ -142,13 +141,8 @@ class CAStore:
     def open(cls, folder: str | Path, expect: dict[str, Any] | None = None) -> CAStore:
         folder = Path(folder)
         hint = "run `cdiff prepare <recipe>`"
-        try:
-            doc = json.loads((folder / "store.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"no prepared contrastive-analysis store at {folder}; {hint}") from None
-        except (OSError, ValueError) as e:
-            raise DataError(f"prepared store {folder}: store.json is corrupt ({e}); {hint}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        doc = read_json(folder / "store.json", "the prepared contrastive-analysis store's index", hint)
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
             raise DataError(f"{folder} is not a version-{VERSION} contrastive-analysis store; {hint}")
         if expect is not None and doc.get("config") != expect:
             raise DataError(f"prepared store {folder} is stale: prepared with {doc.get('config')}, the recipe wants "

@@ -9,7 +9,6 @@ a few kilobytes of I/O per sample. Memmaps open lazily in each worker process.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from cdiff_cli.data.contrastive_store import CAStore, ca_grid, contrastive_sourc
 from cdiff_cli.data.splits import fold_subjects
 from cdiff_cli.data.store import PreparedStore, grid_config
 from cdiff_cli.errors import DataError
+from cdiff_cli.fileio import read_json
 
 
 class SliceDataset(Dataset):
@@ -98,16 +98,9 @@ def training_source(recipe: Recipe) -> str:
 
 
 def load_splits(recipe: Recipe) -> dict[str, Any]:
-    path = Path(recipe.data.prepared) / "splits.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"no {path}; run `cdiff prepare <recipe>` first") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is corrupt ({e}); run `cdiff prepare <recipe>` again") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path} is corrupt; run `cdiff prepare <recipe>` again")
-    return doc
+    """The subject splits that `cdiff prepare` wrote (one line if missing or corrupt)."""
+    return read_json(Path(recipe.data.prepared) / "splits.json", "the prepared splits",
+                     hint="run `cdiff prepare <recipe>` (again)")
 
 
 Split = Literal["train", "val", "test"]
