@@ -182,7 +182,19 @@ class Model:
         output; ``passes``: the mean over that many noise draws, default ``infer.noise_passes``)."""
         from cdiff_cli.infer.reconstruct import reconstruct_slices
 
+        timesteps, seed, batch_size, passes = self.check_options(timesteps, seed, batch_size, passes)
         return reconstruct_slices(self.loaded, slices, timesteps, seed, batch_size, passes)[:, 0]
+
+    def check_options(self, timesteps: Any = None, seed: Any = None, batch_size: Any = None,
+                      passes: Any = None) -> tuple[tuple[int, ...] | None, int | None, int | None, int | None]:
+        """The inference options as their types, or one :class:`CdiffError` line (None: the recipe's)."""
+        from cdiff_cli.infer.options import count_of, seed_of, timesteps_of
+
+        steps = self.loaded.diffusion.num_timesteps if self.loaded.diffusion is not None else 1000
+        return (None if timesteps is None else timesteps_of(timesteps, steps),
+                None if seed is None else seed_of(seed),
+                None if batch_size is None else count_of("batch_size", batch_size),
+                None if passes is None else count_of("noise passes", passes))
 
     def maps(self, inp: Input, recon: np.ndarray, *, median_size: int | None = None,
              erosion: int | None = None) -> AnomalyMap:
@@ -205,6 +217,7 @@ class Model:
         ``timesteps``: noise levels to average over (default: the recipe's ``infer.timesteps``);
         ``seed``: the noise seed (default ``infer.seed``).
         """
+        self.check_options(timesteps, seed, batch_size)  # before the input is read: a typo fails at once
         inp = self.read(x, kind=kind, affine=affine)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
         return Reconstruction(kind=inp.kind, recon=inp.to_input_grid(recon), grid_image=inp.slices[:, 0],
@@ -227,6 +240,12 @@ class Model:
         >>> all(isinstance(s, SliceBoxes) for s in model.boxes(maps, threshold=0.1))
         True
         """
+        from cdiff_cli.infer.options import count_of
+
+        self.check_options(timesteps, seed, batch_size, passes)  # before the input is read: a typo fails at once
+        for name, value in (("median_size", median_size), ("erosion", erosion)):
+            if value is not None:
+                count_of(name, value, minimum=0)
         inp = self.read(x, kind=kind, affine=affine, mask=mask)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                         passes=passes)
@@ -246,11 +265,13 @@ class Model:
         from cdiff_cli.infer.pipeline import stage
         from cdiff_cli.infer.postprocess import boxes_from_map
 
-        result = x if isinstance(x, AnomalyMap) else self.anomaly_map(x, **kw)
+        from cdiff_cli.infer.options import count_of
+
         thr = self.resolve_threshold(threshold)
-        k = self.recipe.localize.top_k if top_k is None else int(top_k)
-        if k < 1:
-            raise CdiffError(f"top_k {k}: must be at least 1")
+        k = self.recipe.localize.top_k if top_k is None else count_of("top_k", top_k)
+        if score not in (None, "max", "mean"):
+            raise CdiffError(f"score {score!r}: expected 'max' or 'mean'")
+        result = x if isinstance(x, AnomalyMap) else self.anomaly_map(x, **kw)
         how = self.recipe.localize.score if score is None else score
 
         def find(m: np.ndarray) -> list[Box]:
@@ -269,13 +290,7 @@ class Model:
 
     def resolve_threshold(self, threshold: float | Literal["calibrated"] | None) -> float:
         """A box threshold as a number: ``calibrated`` reads the model's stored one."""
-        value = self.recipe.localize.threshold if threshold is None else threshold
-        if value == "calibrated":
-            return self.loaded.calibrated_threshold()
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise CdiffError(f"threshold {value!r}: expected a number or 'calibrated'") from None
-        if not np.isfinite(number):
-            raise CdiffError(f"threshold {value!r}: must be a finite number")
-        return number
+        from cdiff_cli.infer.options import threshold_of
+
+        value = threshold_of(self.recipe.localize.threshold if threshold is None else threshold)
+        return self.loaded.calibrated_threshold() if value == "calibrated" else value

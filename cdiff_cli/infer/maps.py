@@ -113,8 +113,10 @@ def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarr
 
 def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool) -> Input:
     """2-D images (N, H, W) on their own pixels -> letterboxed, percentile-rescaled model input."""
+    from cdiff_cli.data.extent import check_image_extent
     from cdiff_cli.data.images2d import to_model_input
 
+    check_image_extent(raw.shape[-2:], name)
     pct = model.recipe.data.percentiles
     pairs = []
     for im in raw:
@@ -162,10 +164,12 @@ def _read_path(model: LoadedModel, path: Path, kind: Kind) -> Input:
 
 def read_volume(model: LoadedModel, img: Any, name: str) -> Input:
     """A nibabel volume on its own voxels -> the prepared grid (RAS, crop, rescale, resample)."""
+    from cdiff_cli.data.extent import check_volume_extent
     from cdiff_cli.data.preprocess import preprocess_volume
 
     if model.channels != 1:
         raise DataError(f"{name}: this {model.channels}-channel model reads 2-D colour images, not NIfTI volumes")
+    check_volume_extent(img.shape, img.header.get_zooms(), name)
     try:
         with stage("preprocess volume"):
             prep = preprocess_volume(img, None, None, model.recipe.data)
@@ -175,9 +179,21 @@ def read_volume(model: LoadedModel, img: Any, name: str) -> Input:
 
 
 def _as_array(x: Any) -> np.ndarray:
+    """A real-valued float32 array, or one line saying why ``x`` is not one (complex values are
+    refused, never silently cast: their magnitude or phase is the user's choice to make)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, on any device
+        if x.is_complex():
+            raise DataError("the input is a complex tensor: pass its magnitude (x.abs()) or real part")
         x = x.detach().float().cpu().numpy()
-    arr = np.asarray(x, dtype=np.float32)
+    try:
+        raw = np.asarray(x)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise DataError(f"the input is not an array of numbers ({first_line(e)[:100]})") from None
+    if np.iscomplexobj(raw):
+        raise DataError("the input holds complex values: pass its magnitude (np.abs) or real part")
+    if raw.dtype.kind not in "biuf":
+        raise DataError(f"the input is an array of {raw.dtype} values, expected numbers (an image or a volume)")
+    arr = raw.astype(np.float32)
     if not np.isfinite(arr).all():
         raise DataError("the input contains NaN or infinite values")
     return arr

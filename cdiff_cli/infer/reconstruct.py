@@ -82,8 +82,8 @@ def reconstruct_slices(
     cfg = model.recipe.infer
     timesteps = tuple(timesteps or cfg.timesteps)
     seed = cfg.seed if seed is None else seed
-    batch_size = batch_size or cfg.batch_size
-    passes = passes or cfg.noise_passes
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    passes = cfg.noise_passes if passes is None else passes
     diffusion, device = model.diffusion, model.device
     inference = method_spec(model.recipe.method).inference
     bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps] if inference in ("one_pass", "patched") else []
