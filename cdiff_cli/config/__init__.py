@@ -11,14 +11,14 @@ cross-field checks and checkpoint hashes), ``loading`` the YAML, overrides and m
 from cdiff_cli.config.loading import apply_override, check_unknown_keys, load_recipe, recipe_from_dict, save_resolved
 from cdiff_cli.config.recipe import Recipe
 from cdiff_cli.config.sections import (
-    CA_LAYOUTS, ENCODER_METHODS, METHOD_DEFAULTS, AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig,
-    EncoderConfig, EvalConfig, InferConfig, Layout, LocalizeConfig, Method, PatchConfig, Section, SimplexConfig,
+    CA_LAYOUTS, AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig,
+    EncoderConfig, EvalConfig, InferConfig, Layout, LocalizeConfig, PatchConfig, Section, SimplexConfig,
     TrainConfig, UNetConfig, Variance, ViewConfig,
 )
 
 __all__ = [
-    "CA_LAYOUTS", "ENCODER_METHODS", "METHOD_DEFAULTS", "AEConfig", "AnoDDPMConfig", "DataConfig", "DataSource",
-    "DiffusionConfig", "EncoderConfig", "EvalConfig", "InferConfig", "Layout", "LocalizeConfig", "Method",
+    "CA_LAYOUTS", "AEConfig", "AnoDDPMConfig", "DataConfig", "DataSource",
+    "DiffusionConfig", "EncoderConfig", "EvalConfig", "InferConfig", "Layout", "LocalizeConfig",
     "PatchConfig", "Recipe", "Section", "SimplexConfig", "TrainConfig", "UNetConfig", "Variance", "ViewConfig",
     "apply_override", "check_unknown_keys", "load_recipe", "recipe_from_dict", "save_resolved",
 ]
