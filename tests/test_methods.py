@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 from test_train import run_cli
 from torch.utils.data import Dataset
 
-from cdiff_cli.config import ENCODER_METHODS, Method, Recipe, load_recipe, recipe_from_dict, save_resolved
+from cdiff_cli.config import Recipe, load_recipe, recipe_from_dict, save_resolved
+from cdiff_cli.config.methods import METHODS, method_spec
 from cdiff_cli.diffusion.patches import cell_masks
 from cdiff_cli.diffusion.schedule import GaussianDiffusion
 from cdiff_cli.errors import CdiffError, RecipeError
 from cdiff_cli.infer.model import LoadedModel, load_model
 from cdiff_cli.infer.reconstruct import RECONSTRUCTORS, reconstruct_slices
-from cdiff_cli.models.methods import METHODS, method_spec
 from cdiff_cli.train.distributed import DistInfo, StepRandom
 from cdiff_cli.train.loop import fit
 from cdiff_cli.train.stages import TRAINING_NETS, DiffusionStage, EncoderStage, PatchDiffusionNet
@@ -39,7 +39,7 @@ def raw_for(method: str, **extra: Any) -> dict[str, Any]:
     raw["train"] = {**raw["train"], "steps": 3, **quiet}
     raw["encoder_train"] = {**raw["encoder_train"], "steps": 2, **quiet}
     raw["infer"] = {"timesteps": [250, 500], "batch_size": 3}
-    if method not in ENCODER_METHODS:
+    if not method_spec(method).needs_encoder:
         raw["unet"]["cond_mode"] = "none"
     if method == "pddpm":
         raw["pddpm"] = {"cell": 16}  # a 2x2 grid on 32 px
@@ -97,9 +97,9 @@ def count_passes(net: torch.nn.Module) -> tuple[list[int], Any]:
 
 
 def test_every_method_has_a_spec_and_both_strategies() -> None:
-    assert set(METHODS) == set(get_args(Method))
+    assert list(METHODS) == ["cdiff", *BASELINES]
     for name, spec in METHODS.items():
-        assert spec.needs_encoder == (name in ENCODER_METHODS)
+        assert spec.name == name and spec.needs_encoder == (name in ("cdiff", "cddpm"))
         assert spec.training in TRAINING_NETS and spec.inference in RECONSTRUCTORS
     with pytest.raises(RecipeError, match="unknown method 'vae'; known methods: cdiff, ddpm"):
         method_spec("vae")

@@ -164,7 +164,7 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
 
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: int, budget: int | None,
                   encoder_budget: int | None, nova: Path | None, out: Path, device: str,
-                  ablations: str | None = None, max_test: int | None = None, subset: str = "anoddpm",
+                  ablations: str | None = None, max_test: int | None = None, subset: str | None = None,
                   resamples: int = 10_000, max_val: int | None = None) -> None:
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -181,7 +181,8 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: 
 
     result = benchmark(recipe_path, overrides, names, seeds, budget, encoder_budget, out, nova, device,
                        ablations=parse_ablations(ablations), max_test=max_test,
-                       subset=tuple(m.strip() for m in subset.split(",") if m.strip()), resamples=resamples,
+                       subset=None if subset is None else tuple(m.strip() for m in subset.split(",") if m.strip()),
+                       resamples=resamples,
                        max_val=max_val)
     info(Path(result["markdown"]).read_text())
     _summary("benchmark written", {"table": result["markdown"], "json": result["json"], "plot": result["plot"],

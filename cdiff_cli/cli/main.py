@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cdiff_cli.config.methods import METHODS, benchmark_defaults
 from cdiff_cli.errors import CdiffError
 
 app = typer.Typer(
@@ -211,9 +212,9 @@ def push(
 def benchmark(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: cdiff, ddpm, pddpm, cddpm, anoddpm, ae, and the "
+    methods: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}, and the "
                                          "references that train nothing: intensity, meanslice.")]
-    = "cdiff,ddpm,pddpm,cddpm,ae",
+    = ",".join(benchmark_defaults()[0]),
     seeds: Annotated[int, typer.Option(help="Seeds per method (recipe seed, +1, +2, ...).")] = 1,
     budget: Annotated[Optional[int], typer.Option(help="Training steps of the diffusion/AE stage for every "
                                                   "method (default: the recipe's train.steps).")] = None,
@@ -232,7 +233,7 @@ def benchmark(
                                                            "thresholds and localisation calibration on the first N "
                                                            "validation volumes of each set only.")] = None,
     subset: Annotated[str, typer.Option(help="Methods that --max-test-volumes and --max-val-volumes apply "
-                                        "to.")] = "anoddpm",
+                                        "to.")] = ",".join(benchmark_defaults()[1]),
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the paired intervals.")] = 10_000,
 ) -> None:
     from cdiff_cli.cli.commands import run_benchmark

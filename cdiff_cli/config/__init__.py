@@ -12,14 +12,15 @@ from cdiff_cli.config.loading import apply_override, check_unknown_keys, load_re
 from cdiff_cli.config.domains import CA_LAYOUTS, DOMAINS, IMAGE_LAYOUTS, Domain, DomainName, layout_domain
 from cdiff_cli.config.recipe import Recipe, domain_of, trained_source
 from cdiff_cli.config.sections import (
-    ENCODER_METHODS, METHOD_DEFAULTS, AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig,
-    EncoderConfig, EvalConfig, InferConfig, Layout, LocalizeConfig, Method, PatchConfig, Section, SimplexConfig,
+    AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig,
+    EncoderConfig, EvalConfig, InferConfig, Layout, LocalizeConfig, PatchConfig, Section, SimplexConfig,
     TrainConfig, UNetConfig, Variance, ViewConfig,
 )
 
 __all__ = [
-    "CA_LAYOUTS", "DOMAINS", "IMAGE_LAYOUTS", "Domain", "DomainName", "ENCODER_METHODS", "METHOD_DEFAULTS",
-    "AEConfig", "AnoDDPMConfig", "DataConfig", "DataSource", "DiffusionConfig", "EncoderConfig", "EvalConfig", "InferConfig", "Layout", "LocalizeConfig", "Method",
+    "CA_LAYOUTS", "DOMAINS", "IMAGE_LAYOUTS", "Domain", "DomainName",
+    "AEConfig", "AnoDDPMConfig", "DataConfig", "DataSource", "DiffusionConfig", "EncoderConfig", "EvalConfig",
+    "InferConfig", "Layout", "LocalizeConfig",
     "PatchConfig", "Recipe", "Section", "SimplexConfig", "TrainConfig", "UNetConfig", "Variance", "ViewConfig",
     "apply_override", "check_unknown_keys", "domain_of", "layout_domain", "load_recipe", "recipe_from_dict",
     "save_resolved", "trained_source",

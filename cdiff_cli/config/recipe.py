@@ -9,19 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cdiff_cli.config.domains import DOMAINS, Domain, layout_domain
+from cdiff_cli.config.methods import METHODS, method_spec
 from cdiff_cli.config.sections import (
-    AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig, ENCODER_METHODS, EncoderConfig, EvalConfig,
-    InferConfig, LocalizeConfig, METHOD_DEFAULTS, Method, PatchConfig, Section, TrainConfig, UNetConfig,
-    _encoder_train_defaults,
+    AEConfig, AnoDDPMConfig, DataConfig, DataSource, DiffusionConfig, EncoderConfig, EvalConfig, InferConfig,
+    LocalizeConfig, PatchConfig, Section, TrainConfig, UNetConfig, _encoder_train_defaults,
 )
 
 
 class Recipe(Section):
     name: str = Field("cdiff", pattern=r"^[A-Za-z0-9_.-]+$")
-    method: Method = "cdiff"
+    method: str = "cdiff"  # a name of the registry, config/methods/
     seed: int = 0
     runs_dir: Path = Path("runs")
     data: DataConfig
@@ -37,14 +37,26 @@ class Recipe(Section):
     anoddpm: AnoDDPMConfig = AnoDDPMConfig()
     ae: AEConfig = AEConfig()
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_method(cls, value: Any) -> Any:
+        """A registered name, else the message a ``Literal`` of the names gives; read at validation
+        time, so that a method registered after import is known."""
+        if isinstance(value, str) and value in METHODS:
+            return value
+        names = [repr(n) for n in METHODS]
+        listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise ValueError(f"Input should be {listed}")
+
     @model_validator(mode="before")
     @classmethod
     def _method_defaults(cls, data: Any) -> Any:
-        """Fill in the method's own defaults (:data:`METHOD_DEFAULTS`) for fields the recipe leaves out."""
-        if not isinstance(data, dict) or data.get("method") not in METHOD_DEFAULTS:
+        """Fill in the method's own defaults (``MethodSpec.defaults``) for fields the recipe leaves out."""
+        method = data.get("method") if isinstance(data, dict) else None
+        if not isinstance(method, str) or method not in METHODS or not METHODS[method].defaults:
             return data
         data = dict(data)
-        for section, values in METHOD_DEFAULTS[data["method"]].items():
+        for section, values in METHODS[method].defaults.items():
             given = data.get(section)
             if given is None or isinstance(given, dict):
                 data[section] = {**values, **(given or {})}
@@ -54,37 +66,28 @@ class Recipe(Section):
     def _check(self) -> Recipe:
         h, w = self.data.image_hw
         f = self.unet.downsample_factor
-        if self.method != "ae" and (h % f or w % f):  # the autoencoder has no U-Net
+        spec = method_spec(self.method)
+        if spec.network == "unet" and (h % f or w % f):  # the autoencoder has no U-Net
             raise ValueError(
                 f"data.size slice {h}x{w} must be divisible by the U-Net's downsampling factor {f} "
                 f"(2^(len(unet.channel_mult)-1))"
             )
         bad = [t for t in self.infer.timesteps if not 0 <= t < self.diffusion.timesteps]
-        if (bad or not self.infer.timesteps) and self.method not in ("anoddpm", "ae"):  # these two ignore them
+        if (bad or not self.infer.timesteps) and spec.uses_timesteps:  # anoddpm and ae ignore them
             raise ValueError(f"infer.timesteps must be non-empty and within 0..{self.diffusion.timesteps - 1}")
-        self._check_method(h, w)
+        self._check_method()
         return self
 
-    def _check_method(self, h: int, w: int) -> None:
-        """Settings a method cannot run with, as one line each (METHOD.md section 7)."""
-        m = self.method
-        if m in ENCODER_METHODS and self.unet.cond_mode == "none":
+    def _check_method(self) -> None:
+        """Settings a method cannot run with, as one line each (METHOD.md section 7): the encoder and
+        the U-Net's conditioning agree, then the method's own checks (its ``MethodSpec.check``)."""
+        m, spec = self.method, method_spec(self.method)
+        if spec.needs_encoder and self.unet.cond_mode == "none":
             raise ValueError(f"method {m!r} needs a conditioned U-Net: unet.cond_mode adagn or concat")
-        if m not in ENCODER_METHODS and m != "ae" and self.unet.cond_mode != "none":
+        if not spec.needs_encoder and spec.network == "unet" and self.unet.cond_mode != "none":
             raise ValueError(f"method {m!r} has no encoder: set unet.cond_mode=none")
-        if m == "cddpm" and self.encoder.objective != "spark":
-            raise ValueError(f"method 'cddpm' pretrains its encoder with SparK only: set encoder.objective=spark "
-                             f"(got {self.encoder.objective!r}; the contrastive variants are method cdiff)")
-        if m == "anoddpm" and self.anoddpm.t_start > self.diffusion.timesteps:
-            raise ValueError(f"anoddpm.t_start={self.anoddpm.t_start} must not exceed diffusion.timesteps="
-                             f"{self.diffusion.timesteps} (the partial reverse starts at index t_start - 1)")
-        ch, cw = self.pddpm.cell_hw((h, w))
-        if m == "pddpm" and (ch < 1 or cw < 1 or h % ch or w % cw):
-            raise ValueError(f"pddpm.cell {ch}x{cw} must tile the {h}x{w} slice exactly (a whole grid of cells)")
-        f = self.ae.downsample_factor
-        if m == "ae" and (h % f or w % f):
-            raise ValueError(f"data.size slice {h}x{w} must be divisible by the autoencoder's downsampling "
-                             f"factor {f} (2^len(ae.channels))")
+        if spec.check is not None:
+            spec.check(self)
 
     @property
     def run_dir(self) -> Path:
@@ -114,7 +117,8 @@ class Recipe(Section):
         crops = [s["center_crop"] for s in d["data"]["sources"] if s.get("center_crop")]
         if crops:  # natural images: the crop changes what the pixels are (absent: brain hashes unchanged)
             grid["center_crop"] = crops
-        own = {d["method"]: d[d["method"]]} if d["method"] in ("pddpm", "anoddpm", "ae") else {}  # its own section
+        section = method_spec(d["method"]).section
+        own = {section: d[section]} if section else {}  # the method's own section (pddpm:, anoddpm:, ae:)
         return _digest({"method": d["method"], "seed": d["seed"], "grid": grid,
                         **{k: d[k] for k in ("encoder", "unet", "diffusion")}, **own})
 

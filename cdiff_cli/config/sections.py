@@ -7,7 +7,7 @@ Every section forbids unknown keys; cross-field rules that span sections live in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -175,15 +175,6 @@ class DiffusionConfig(Section):
     loss: Literal["l1", "l2"] = "l1"
     noise: Literal["simplex", "gaussian"] = "simplex"
     simplex: SimplexConfig = SimplexConfig()
-
-
-# Methods (cdiff_cli/models/methods.py describes each): which need a stage-1 encoder, and their own sections
-Method = Literal["cdiff", "ddpm", "pddpm", "cddpm", "anoddpm", "ae"]
-ENCODER_METHODS = ("cdiff", "cddpm")  # U-Net conditioned on z = f(x0); the others train stage 2 alone
-# Defaults a method's reference code sets differently from ours, per section: used where a recipe leaves them out
-METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "cddpm": {"encoder": {"normalize_z": False, "spark_norm_pix": False, "spark_fill": 0.0}},
-}
 
 
 class PatchConfig(Section):

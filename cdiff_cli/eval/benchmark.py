@@ -1,6 +1,6 @@
 """``cdiff benchmark``: methods side by side under one protocol (METHOD.md section 7).
 
-Every method is the base recipe plus the few overrides that define it (:data:`PRESETS`), so
+Every method is the base recipe plus the few overrides that define it (``MethodSpec.preset``), so
 all of them see the same prepared data, split, network size, training budget and evaluation
 protocol. Each (method, seed) unit trains its stages, evaluates, localises on a NOVA-like
 folder when one is given, and times inference; its result is written as one JSON file, so
@@ -20,30 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cdiff_cli.config import Recipe, load_recipe
+from cdiff_cli.config.methods import METHODS, benchmark_defaults, method_spec
 from cdiff_cli.console import info
 from cdiff_cli.errors import CdiffError, RecipeError
 from cdiff_cli.eval.ablations import ABLATIONS, classify
 from cdiff_cli.eval.bench_report import COLUMNS, aggregate, markdown, write_reports  # noqa: F401 (re-exported)
 from cdiff_cli.fileio import write_json
-from cdiff_cli.models.methods import method_spec
 
 if TYPE_CHECKING:
     from cdiff_cli.eval.references import Reference
-
-# The overrides that turn the base recipe into each method; everything else stays shared.
-PRESETS: dict[str, list[str]] = {
-    "cdiff": ["method=cdiff"],
-    # the simplex noise of each baseline's own code: 2-D octaves (pDDPM/cDDPM code), 3-D slices (AnoDDPM)
-    "ddpm": ["method=ddpm", "unet.cond_mode=none", "infer.timesteps=[500]", "diffusion.simplex.dims=2"],
-    "pddpm": ["method=pddpm", "unet.cond_mode=none", "infer.timesteps=[500]", "diffusion.simplex.dims=2"],
-    # cddpm as its code trains it: the encoder joins stage 2 (SparK settings and raw z: METHOD_DEFAULTS)
-    "cddpm": ["method=cddpm", "encoder.objective=spark", "encoder.z_dim=512", "unet.cond_mode=concat",
-              "encoder.trainable_in_diffusion=true", "diffusion.simplex.dims=2"],
-    "anoddpm": ["method=anoddpm", "unet.cond_mode=none", "diffusion.objective=eps", "diffusion.schedule=linear",
-                "diffusion.loss=l2", "diffusion.simplex.dims=3"],
-    "ae": ["method=ae", "unet.cond_mode=none"],
-}
-
 
 REFERENCE_METHODS = ("intensity", "meanslice")  # train nothing: eval/references.py
 
@@ -66,9 +51,9 @@ class Unit:
 
 
 def check_method(method: str) -> None:
-    if method not in PRESETS and method not in REFERENCE_METHODS:
+    if method not in METHODS and method not in REFERENCE_METHODS:
         raise CdiffError(f"--methods: unknown method {method!r}; choose from "
-                         f"{', '.join([*PRESETS, *REFERENCE_METHODS])}")
+                         f"{', '.join([*METHODS, *REFERENCE_METHODS])}")
 
 
 def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: int, budget: int | None,
@@ -84,7 +69,9 @@ def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: in
         extra.append(f"train.steps={budget}")
     if encoder_budget is not None:
         extra.append(f"encoder_train.steps={encoder_budget}")
-    preset = PRESETS.get(method, ["method=cdiff"])  # references train nothing: only data and protocol matter
+    # the overrides that define the method, everything else shared; references train nothing: only data and
+    # protocol matter
+    preset = list(METHODS[method].preset) if method in METHODS else ["method=cdiff"]
     variant = [] if ablation is None else ABLATIONS[ablation]
     try:
         return load_recipe(recipe_path, [*overrides, *preset, *variant, *extra])
@@ -101,7 +88,7 @@ def plan_units(recipe_path: Path, overrides: list[str], methods: list[str], seed
     if ablations and "cdiff" not in methods:
         methods = ["cdiff", *methods]  # the default every ablation is compared with
     recipe = lambda m, s, a=None: method_recipe(recipe_path, overrides, m, s, budget, encoder_budget, out, a)  # noqa: E731
-    units = [Unit(m, s, recipe(m, s), "train") for m in methods if m in PRESETS for s in range(seeds)]
+    units = [Unit(m, s, recipe(m, s), "train") for m in methods if m in METHODS for s in range(seeds)]
     units += [Unit(m, 0, recipe(m, 0), "reference") for m in methods if m in REFERENCE_METHODS]
     for name in ablations:
         for s in range(seeds):
@@ -118,14 +105,16 @@ def plan_units(recipe_path: Path, overrides: list[str], methods: list[str], seed
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], seeds: int, budget: int | None,
                   encoder_budget: int | None, out: Path, nova: Path | None, device: str,
                   infer_slices: int = 32, ablations: list[str] | None = None, max_test: int | None = None,
-                  subset: tuple[str, ...] = ("anoddpm",), resamples: int = 10_000,
+                  subset: tuple[str, ...] | None = None, resamples: int = 10_000,
                   max_val: int | None = None) -> dict[str, Any]:
     """Train, evaluate and time every unit not finished yet, with an ETA; write the reports.
 
     ``max_test``: the methods in ``subset`` (AnoDDPM's 200 passes per slice) score only the
     fixed subset of test volumes of :func:`cdiff_cli.eval.protocol.volume_subset`; the paired
     statistics then pair on those volumes. ``max_val``: those methods also choose their Dice
-    thresholds and localisation calibration on that subset of each validation split."""
+    thresholds and localisation calibration on that subset of each validation split. ``subset``
+    None: the methods whose spec marks them costly (``MethodSpec.benchmark_subset``)."""
+    subset = tuple(benchmark_defaults()[1]) if subset is None else subset
     if seeds < 1:
         raise CdiffError(f"--seeds {seeds}: must be at least 1")
     if nova is not None and not nova.exists():

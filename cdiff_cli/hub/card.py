@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from cdiff_cli.config import Recipe
+from cdiff_cli.config.methods import method_spec
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.model import calibration_label
-from cdiff_cli.models.methods import method_spec
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
 TAGS = ["medical-imaging", "anomaly-detection", "diffusion", "mri", "brain"]
@@ -198,12 +198,8 @@ def _training(recipe: Recipe) -> str:
         rows.append(f"- Stage 1, encoder: {e.arch} (1 input channel, no pretrained weights), z = {e.z_dim}-d, "
                     f"objective `{e.objective}` (eps = {e.eps:g}, tau = {e.temperature:g}); {et.steps} steps, "
                     f"batch {et.batch_size}, {et.optimizer} lr {et.lr:g}.")
-    if spec.network == "ae":  # the autoencoder baseline: no U-Net, no noise
-        a = recipe.ae
-        rows += [(f"- Autoencoder: channels {list(a.channels)}, bottleneck {a.latent_channels} channels, {a.loss} loss; "
-                  f"{t.steps} steps, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, EMA {t.ema_decay:g}, "
-                  f"seed {recipe.seed}."), "- Inference: one pass, the reconstruction is AE(x)."]
-        return "\n".join(rows)
+    if spec.card_network is not None:  # a network other than the diffusion U-Net (the autoencoder): no noise
+        return "\n".join([*rows, *spec.card_network(recipe), f"- Inference: {spec.card_inference(recipe)}."])
     cond = {"adagn": "AdaGN (z scales every res block)", "concat": "concat (z joins the time embedding)",
             "none": "unconditioned (DDPM baseline)"}[u.cond_mode]
     rows += [
@@ -213,7 +209,7 @@ def _training(recipe: Recipe) -> str:
         f"- Diffusion: T = {df.timesteps}, {df.schedule} schedule, predicts `{df.objective}` with {df.loss} loss, "
         f"{df.noise} noise; {t.steps} steps, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, "
         f"EMA {t.ema_decay:g}, seed {recipe.seed}.",
-        f"- Inference: {_inference(recipe)}.",
+        f"- Inference: {spec.card_inference(recipe)}.",
     ]
     return "\n".join(rows)
 
@@ -265,38 +261,23 @@ def _calibration(calibration: dict[str, Any] | None) -> str:
             "`--threshold calibrated` uses it.")
 
 
-def _inference(recipe: Recipe) -> str:
-    spec, ts = method_spec(recipe.method), list(recipe.infer.timesteps)
-    if spec.inference == "patched":
-        ch, cw = recipe.pddpm.cell_hw(recipe.data.image_hw)
-        return (f"per noise level t in {ts}, one U-Net pass per {ch}x{cw} grid cell with only that cell noised; "
-                f"the cells' predictions stitched, reconstructions averaged")
-    if spec.inference == "partial_reverse":
-        a = recipe.anoddpm
-        return (f"noised to t = {a.t_start - 1}, then {a.t_start} ancestral steps back to t = 0 (one U-Net pass "
-                f"each, {a.variance.replace('_', ' ')} variance)")
-    return f"one U-Net pass per noise level t in {ts}, reconstructions averaged"
-
-
 def card_context(repo_id: str, recipe: Recipe, eval_metrics: dict[str, Any] | None = None,
                  localize_metrics: dict[str, Any] | None = None,
                  calibration: dict[str, Any] | None = None) -> dict[str, str]:
     name = repo_id.split("/")[-1]
     meta = front_matter(name, recipe, eval_metrics, localize_metrics)
     spec = method_spec(recipe.method)
-    method = ("cdiff: contrastive-guided conditional diffusion" if recipe.method == "cdiff"
-              else "DDPM baseline (the same U-Net without the encoder's z)" if recipe.method == "ddpm"
-              else f"{spec.title} ({spec.reference})")
+    baseline = f"{spec.title} ({spec.reference})"
+    summary = (f"It is a baseline, {baseline}, trained and evaluated the same way." if spec.card_summary is None
+               else spec.card_summary)
     return {
         "front_matter": "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---",
         "title": f"{name}: anomaly detection in brain MRI ({recipe.method})",
         "repo_id": repo_id,
         "run_name": recipe.name,
-        "method": method,
+        "method": baseline if spec.card_method is None else spec.card_method,
         "summary": f"`{repo_id}` is a `{recipe.method}` model trained with the `cdiff` toolkit (run `{recipe.name}`)."
-        + ("" if recipe.method == "cdiff" else " It is the DDPM baseline: the description below applies without the "
-           "encoder and its embedding z (the U-Net is unconditioned)." if recipe.method == "ddpm"
-           else f" It is a baseline, {spec.title} ({spec.reference}), trained and evaluated the same way."),
+        + (f" {summary}" if summary else ""),
         "grid": f"{recipe.data.image_hw[0]} x {recipe.data.image_hw[1]}",
         "training_data": _training_data(recipe, eval_metrics),
         "training": _training(recipe),

@@ -28,11 +28,11 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError, safe_open
 
+from cdiff_cli.config.methods import method_spec
 from cdiff_cli.errors import CdiffError, CheckpointError, first_line
 from cdiff_cli.fileio import atomic_dir, read_json
 from cdiff_cli.hub.card import render_card
 from cdiff_cli.infer.model import read_config
-from cdiff_cli.models.methods import method_spec
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")

@@ -174,8 +174,8 @@ def build_networks(recipe: Recipe) -> tuple[torch.nn.Module, torch.nn.Module | N
 
 def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> LoadedModel:
     """Build the networks from the stored recipe and load the weights strictly."""
+    from cdiff_cli.config.methods import method_spec
     from cdiff_cli.diffusion.schedule import GaussianDiffusion
-    from cdiff_cli.models.methods import method_spec
 
     root = resolve_model_dir(spec)
     folder = root / "diffusion"

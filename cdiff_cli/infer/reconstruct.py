@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cdiff_cli.config import EvalConfig
+from cdiff_cli.config.methods import method_spec
 from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.baselines import reconstruct_autoencoder, reconstruct_partial_reverse, reconstruct_patched
@@ -24,7 +25,6 @@ from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pieces import in_pieces
 from cdiff_cli.infer.pipeline import share_cores, stage
 from cdiff_cli.infer.postprocess import median_filter_2d, postprocess_volume
-from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import derive_seed
 
 
@@ -74,7 +74,7 @@ def reconstruct_slices(
 
     The same seed and batch size give the same output. Each batch runs the U-Net once on all
     (slice, t) pairs together, so an ensemble of 3 timesteps costs one 3x-larger pass. How a
-    method reconstructs, and what it costs, is its ``MethodSpec`` (``models/methods.py``):
+    method reconstructs, and what it costs, is its ``MethodSpec`` (``config/methods/``):
     anoddpm and ae ignore ``timesteps``. ``passes`` (default ``infer.noise_passes``): the mean
     of that many reconstructions from independent noise (the first is the single pass's own, so
     one pass is unchanged); the deterministic autoencoder runs once.
@@ -85,8 +85,8 @@ def reconstruct_slices(
     batch_size = cfg.batch_size if batch_size is None else batch_size
     passes = cfg.noise_passes if passes is None else passes
     diffusion, device = model.diffusion, model.device
-    inference = method_spec(model.recipe.method).inference
-    bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps] if inference in ("one_pass", "patched") else []
+    spec = method_spec(model.recipe.method)
+    bad = [t for t in timesteps if not 0 <= t < diffusion.num_timesteps] if spec.uses_timesteps else []
     if bad or not timesteps:  # a negative t would silently index from the end of the schedule
         raise CdiffError(f"timesteps {list(bad or timesteps)}: each must be within 0..{diffusion.num_timesteps - 1} "
                          f"(the model's noise schedule)")
@@ -98,8 +98,8 @@ def reconstruct_slices(
     out = torch.empty_like(xs)
     if passes < 1:
         raise CdiffError(f"noise passes {passes}: must be at least 1")
-    reconstruct = RECONSTRUCTORS[inference]
-    passes = 1 if inference == "autoencode" else passes
+    reconstruct = RECONSTRUCTORS[spec.inference]
+    passes = passes if spec.uses_diffusion else 1  # no noise to draw: one pass is all of them
     with stage("reconstruct"):
         for start in range(0, len(xs), batch_size):
             chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)

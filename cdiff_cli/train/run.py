@@ -7,10 +7,10 @@ from typing import Any, Literal
 import torch
 
 from cdiff_cli.config import Recipe, save_resolved
+from cdiff_cli.config.methods import method_spec
 from cdiff_cli.console import info
 from cdiff_cli.data.dataset import open_training_data
 from cdiff_cli.errors import CdiffError
-from cdiff_cli.models.methods import method_spec
 from cdiff_cli.train.distributed import barrier, cleanup_distributed, derive_seed, init_distributed
 from cdiff_cli.train.loop import Budget, fit
 

@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 
 from cdiff_cli.config import Recipe
+from cdiff_cli.config.methods import method_spec
 from cdiff_cli.diffusion.patches import cell_masks, noise_cells
 from cdiff_cli.diffusion.schedule import GaussianDiffusion, to_model_range
 from cdiff_cli.errors import CheckpointError
 from cdiff_cli.models.autoencoder import Autoencoder
 from cdiff_cli.models.encoder import Encoder
-from cdiff_cli.models.methods import method_spec
 from cdiff_cli.models.spark import SparK
 from cdiff_cli.models.unet import ConditionalUNet
 from cdiff_cli.train.checkpoint import load_into, load_weights, write_model_folder
@@ -149,7 +149,7 @@ class PatchDiffusionNet(DiffusionNet):
                 cell: torch.Tensor) -> tuple[torch.Tensor, dict]:
         x0m = to_model_range(x0)
         x_t, mask = self.noised(x0m, t, noise, cell)
-        pred = self.unet(x_t, t, None)  # pDDPM has no encoder (config.py checks unet.cond_mode=none)
+        pred = self.unet(x_t, t, None)  # pDDPM has no encoder (the recipe checks unet.cond_mode=none)
         inside = mask.expand_as(pred)  # (B, C, H, W)
         target = self.diffusion.training_target(x0m, noise)
         return diffusion_loss(pred.float()[inside], target.float()[inside], self.recipe.diffusion.loss), {}
