@@ -41,8 +41,10 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
             "score": result.score}
 
 
-def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> list[dict[str, Any]]:
-    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes); one dict per file, in order."""
+def reconstruct_files(model: Model, files: list[Path], out: Path, series: str | None = None,
+                      **kw: Any) -> list[dict[str, Any]]:
+    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes; ``series`` chooses in
+    DICOM folders); one dict per file, in order."""
     from cdiff_cli.natural.infer import is_natural_model, reconstruct_natural_file
 
     written = []
@@ -54,7 +56,10 @@ def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> 
         def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
             return write_result(model.maps(inp, recon), path, out)
 
-        stages = (model.read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish)
+        def read(path: Path) -> Input:
+            return model.read(path, series=series if path.is_dir() else None)
+
+        stages = (read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish)
     with make_progress() as bar:
         task = bar.add_task("reconstruct", total=len(files))
         for result in pipelined(files, *stages):
@@ -65,13 +70,14 @@ def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> 
 
 def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
                        timesteps: tuple[int, ...] | None, batch_size: int | None, seed: int | None,
-                       device_spec: str, passes: int | None = None) -> list[dict[str, Any]]:
+                       device_spec: str, passes: int | None = None,
+                       series: str | None = None) -> list[dict[str, Any]]:
     """The body of ``cdiff reconstruct``: expand folders, load the model, reconstruct, report scores."""
     files = collect_inputs(inputs)
     if out.exists() and not out.is_dir():
         raise CdiffError(f"--out {out} exists and is not a folder")
     model = load_model(model_spec, device=device_spec)
-    written = reconstruct_files(model, files, out, timesteps=timesteps, seed=seed, batch_size=batch_size,
+    written = reconstruct_files(model, files, out, series, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                 passes=passes)
     info("anomaly scores (mean of the map): " +
          ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +

@@ -151,12 +151,13 @@ class Model:
     # ------------------------------------------------------------------ the three stages
 
     def read(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
-             mask: np.ndarray | None = None) -> Input:
+             mask: np.ndarray | None = None, series: str | None = None) -> Input:
         """Bring ``x`` onto the model grid exactly as ``cdiff prepare`` prepares training data.
 
         ``kind`` (``auto`` decides from the input): ``image`` is a 2-D slice on its own pixels,
         (H, W), or a batch (N, H, W) / (N, 1, H, W) of equal size (a PNG/JPG path, or an array;
-        letterboxed, percentile-rescaled); ``volume`` a 3-D scan on its own voxels (a NIfTI path,
+        letterboxed, percentile-rescaled); ``volume`` a 3-D scan on its own voxels (a NIfTI path, a
+        DICOM series folder - ``series``: its UID or description when the folder holds several -,
         a nibabel image, or an (X, Y, Z) array with ``affine``, default 1 mm identity);
         ``prepared`` slices already on the model grid in [0, 1], (H, W), (N, H, W) or
         (N, 1, H, W), as the prepared store holds them, with an optional (N, H, W) brain
@@ -169,7 +170,7 @@ class Model:
         if is_natural_model(self.loaded):
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "
                             "brain MRI; use `cdiff reconstruct` for its maps")
-        return read_input(self.loaded, x, kind, affine, mask)
+        return read_input(self.loaded, x, kind, affine, mask, series)
 
     def reconstruct_slices(self, slices: np.ndarray, *, timesteps: tuple[int, ...] | None = None,
                            seed: int | None = None, batch_size: int | None = None,
@@ -195,13 +196,13 @@ class Model:
 
     def reconstruct(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     timesteps: tuple[int, ...] | None = None, seed: int | None = None,
-                    batch_size: int | None = None) -> Reconstruction:
+                    batch_size: int | None = None, series: str | None = None) -> Reconstruction:
         """The healthy reconstruction of ``x`` on its own grid (see :meth:`read` for inputs).
 
         ``timesteps``: noise levels to average over (default: the recipe's ``infer.timesteps``);
         ``seed``: the noise seed (default ``infer.seed``).
         """
-        inp = self.read(x, kind=kind, affine=affine)
+        inp = self.read(x, kind=kind, affine=affine, series=series)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
         return Reconstruction(kind=inp.kind, recon=inp.to_input_grid(recon), grid_image=inp.slices[:, 0],
                               grid_recon=recon, affine=inp.affine)
@@ -209,7 +210,8 @@ class Model:
     def anomaly_map(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     mask: np.ndarray | None = None, timesteps: tuple[int, ...] | None = None,
                     seed: int | None = None, batch_size: int | None = None, median_size: int | None = None,
-                    erosion: int | None = None, passes: int | None = None) -> AnomalyMap:
+                    erosion: int | None = None, passes: int | None = None,
+                    series: str | None = None) -> AnomalyMap:
         """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid
         (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`).
 
@@ -223,7 +225,7 @@ class Model:
         >>> all(isinstance(s, SliceBoxes) for s in model.boxes(maps, threshold=0.1))
         True
         """
-        inp = self.read(x, kind=kind, affine=affine, mask=mask)
+        inp = self.read(x, kind=kind, affine=affine, mask=mask, series=series)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                         passes=passes)
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)
