@@ -81,7 +81,7 @@ def fetch_anatomy(
 
 
 @app.command(help="Read the recipe's datasets in their real layouts (ixi, brats, mslub, behrendt, nova, "
-             "manifest, folder), preprocess them (RAS, 1 mm, crop, percentile rescale, resample) and "
+             "manifest, bids, folder), preprocess them (RAS, 1 mm, crop, percentile rescale, resample) and "
              "write the prepared slice store with subject-level splits."
              + _example("cdiff prepare recipes/quickstart.yaml data.on_error=skip"))
 def prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
