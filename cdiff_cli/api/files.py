@@ -47,29 +47,34 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
 Stages = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]  # read, reconstruct, write
 
 
-def _grid_stages(model: Model, out: Path, kw: dict[str, Any]) -> Stages:
+def _grid_stages(model: Model, out: Path, kw: dict[str, Any], series: str | None = None) -> Stages:
     """Brain MRI: the three :class:`Model` stages, the next file read while the network runs."""
     def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
         return write_result(model.maps(inp, recon), path, out)
 
-    return model.read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish
+    def read(path: Path) -> Input:
+        return model.read(path, series=series if path.is_dir() else None)
+
+    return read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish
 
 
-def _photograph_stages(model: Model, out: Path, kw: dict[str, Any]) -> Stages:
+def _photograph_stages(model: Model, out: Path, kw: dict[str, Any], series: str | None = None) -> Stages:
     """Photographs (CelebA-like, RGB): their own reader and writer, one file at a time."""
     return (lambda path: None, lambda path, _: reconstruct_natural_file(model.loaded, path, out, **kw),
             lambda path, _, result: result)
 
 
 # the api layer's part of the domain table (config/domains.py): how a model of each domain goes through files
-FILE_STAGES: dict[DomainName, Callable[[Model, Path, dict[str, Any]], Stages]] = {
+FILE_STAGES: dict[DomainName, Callable[..., Stages]] = {
     "volumes": _grid_stages, "contrastive": _photograph_stages}
 
 
-def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> list[dict[str, Any]]:
-    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes); one dict per file, in order."""
+def reconstruct_files(model: Model, files: list[Path], out: Path, series: str | None = None,
+                      **kw: Any) -> list[dict[str, Any]]:
+    """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes; ``series`` chooses in
+    DICOM folders); one dict per file, in order."""
     written = []
-    stages = FILE_STAGES[model.domain.name](model, out, kw)
+    stages = FILE_STAGES[model.domain.name](model, out, kw, series)
     with make_progress() as bar:
         task = bar.add_task("reconstruct", total=len(files))
         for result in pipelined(files, *stages):
@@ -80,13 +85,14 @@ def reconstruct_files(model: Model, files: list[Path], out: Path, **kw: Any) -> 
 
 def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
                        timesteps: tuple[int, ...] | None, batch_size: int | None, seed: int | None,
-                       device_spec: str, passes: int | None = None) -> list[dict[str, Any]]:
+                       device_spec: str, passes: int | None = None,
+                       series: str | None = None) -> list[dict[str, Any]]:
     """The body of ``cdiff reconstruct``: expand folders, load the model, reconstruct, report scores."""
     files = collect_inputs(inputs)
     if out.exists() and not out.is_dir():
         raise CdiffError(f"--out {out} exists and is not a folder")
     model = load_model(model_spec, device=device_spec)
-    written = reconstruct_files(model, files, out, timesteps=timesteps, seed=seed, batch_size=batch_size,
+    written = reconstruct_files(model, files, out, series, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                 passes=passes)
     info("anomaly scores (mean of the map): " +
          ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +

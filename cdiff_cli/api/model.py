@@ -156,12 +156,13 @@ class Model:
     # ------------------------------------------------------------------ the three stages
 
     def read(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
-             mask: np.ndarray | None = None) -> Input:
+             mask: np.ndarray | None = None, series: str | None = None) -> Input:
         """Bring ``x`` onto the model grid exactly as ``cdiff prepare`` prepares training data.
 
         ``kind`` (``auto`` decides from the input): ``image`` is a 2-D slice on its own pixels,
         (H, W), or a batch (N, H, W) / (N, 1, H, W) of equal size (a PNG/JPG path, or an array;
-        letterboxed, percentile-rescaled); ``volume`` a 3-D scan on its own voxels (a NIfTI path,
+        letterboxed, percentile-rescaled); ``volume`` a 3-D scan on its own voxels (a NIfTI path, a
+        DICOM series folder - ``series``: its UID or description when the folder holds several -,
         a nibabel image, or an (X, Y, Z) array with ``affine``, default 1 mm identity);
         ``prepared`` slices already on the model grid in [0, 1], (H, W), (N, H, W) or
         (N, 1, H, W), as the prepared store holds them, with an optional (N, H, W) brain
@@ -173,7 +174,7 @@ class Model:
         if self.domain.colour:
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "
                             "brain MRI; use `cdiff reconstruct` for its maps")
-        return read_input(self.loaded, x, kind, affine, mask)
+        return read_input(self.loaded, x, kind, affine, mask, series)
 
     def reconstruct_slices(self, slices: np.ndarray, *, timesteps: tuple[int, ...] | None = None,
                            seed: int | None = None, batch_size: int | None = None,
@@ -211,14 +212,14 @@ class Model:
 
     def reconstruct(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     timesteps: tuple[int, ...] | None = None, seed: int | None = None,
-                    batch_size: int | None = None) -> Reconstruction:
+                    batch_size: int | None = None, series: str | None = None) -> Reconstruction:
         """The healthy reconstruction of ``x`` on its own grid (see :meth:`read` for inputs).
 
         ``timesteps``: noise levels to average over (default: the recipe's ``infer.timesteps``);
         ``seed``: the noise seed (default ``infer.seed``).
         """
         self.check_options(timesteps, seed, batch_size)  # before the input is read: a typo fails at once
-        inp = self.read(x, kind=kind, affine=affine)
+        inp = self.read(x, kind=kind, affine=affine, series=series)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
         return Reconstruction(kind=inp.kind, recon=inp.to_input_grid(recon), grid_image=inp.slices[:, 0],
                               grid_recon=recon, affine=inp.affine)
@@ -226,7 +227,8 @@ class Model:
     def anomaly_map(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     mask: np.ndarray | None = None, timesteps: tuple[int, ...] | None = None,
                     seed: int | None = None, batch_size: int | None = None, median_size: int | None = None,
-                    erosion: int | None = None, passes: int | None = None) -> AnomalyMap:
+                    erosion: int | None = None, passes: int | None = None,
+                    series: str | None = None) -> AnomalyMap:
         """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid
         (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`).
 
@@ -246,7 +248,7 @@ class Model:
         for name, value in (("median_size", median_size), ("erosion", erosion)):
             if value is not None:
                 count_of(name, value, minimum=0)
-        inp = self.read(x, kind=kind, affine=affine, mask=mask)
+        inp = self.read(x, kind=kind, affine=affine, mask=mask, series=series)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                         passes=passes)
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)

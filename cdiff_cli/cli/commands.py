@@ -102,11 +102,12 @@ def _parse_timesteps(text: str | None) -> tuple[int, ...] | None:
 
 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
-                    batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None) -> None:
+                    batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
+                    series: str | None = None) -> None:
     from cdiff_cli.api.files import reconstruct_inputs
 
     written = reconstruct_inputs(inputs, model, out, _parse_timesteps(timesteps), batch_size, seed, device,
-                                 noise_passes)
+                                 noise_passes, series)
     _summary(f"reconstructed {len(written)} input(s) into {out}", {"previews": out / "*_preview.png"})
 
 
@@ -122,7 +123,7 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
 
 def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
-                 out: Path, device: str) -> None:
+                 out: Path, device: str, series: str | None = None) -> None:
     if top_k is not None and top_k < 1:
         raise CdiffError(f"--top-k {top_k}: must be at least 1")
     if threshold is not None and threshold != "calibrated":
@@ -138,7 +139,7 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
     from cdiff_cli.eval.localize import localize
 
     result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
-                      recipe=recipe, protocol=protocol or "recipe",  # type: ignore[arg-type]
+                      recipe=recipe, protocol=protocol or "recipe", series=series,  # type: ignore[arg-type]
                       recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())

@@ -35,6 +35,9 @@ OverridesArg = Annotated[
                    show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+SeriesOpt = Annotated[Optional[str], typer.Option(
+    "--series", help="For DICOM folders holding several series: the one to read, by SeriesInstanceUID, "
+                     "SeriesDescription or SeriesNumber (the error for such a folder lists them).")]
 ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="A run directory (runs/NAME) or a Hugging Face Hub repo id "
@@ -79,7 +82,7 @@ def fetch_anatomy(
 
 
 @app.command(help="Read the recipe's datasets in their real layouts (ixi, brats, mslub, behrendt, nova, "
-             "manifest, folder), preprocess them (RAS, 1 mm, crop, percentile rescale, resample) and "
+             "manifest, bids, folder), preprocess them (RAS, 1 mm, crop, percentile rescale, resample) and "
              "write the prepared slice store with subject-level splits."
              + _example("cdiff prepare recipes/quickstart.yaml data.on_error=skip"))
 def prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
@@ -116,11 +119,13 @@ def train_diffusion(
     run_train("diffusion", recipe, overrides or [], device, resume)
 
 
-@app.command(help="Reconstruct a healthy version of each input (NIfTI volumes, PNG/JPG slices, or folders) "
+@app.command(help="Reconstruct a healthy version of each input (NIfTI volumes, DICOM series folders, PNG/JPG "
+             "slices, or folders of them) "
              "and write reconstructions, anomaly maps (on the input's own grid) and PNG previews."
              + _example("cdiff reconstruct scan.nii.gz slices/ --model runs/quickstart --out recon/"))
 def reconstruct(
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes, 2-D images, or folders of either.")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes, DICOM series folders, 2-D images, or "
+                                                 "folders of them.")],
     model: ModelOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reconstructions"),
     timesteps: Annotated[Optional[str], typer.Option(help="Comma-separated noise levels, e.g. 250,500,750.")]
@@ -130,11 +135,12 @@ def reconstruct(
     noise_passes: Annotated[Optional[int], typer.Option(
         min=1, help="Average the reconstructions of this many noise draws (the network cost times this; "
                     "default: the model's infer.noise_passes).")] = None,
+    series: SeriesOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
-    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes)
+    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
@@ -159,7 +165,8 @@ def evaluate(
              "model's own recipe); --protocol paper gives the paper's Table 3 settings; flags override both."
              + _example("cdiff localize data/NOVA --model runs/ixi --protocol paper"))
 def localize(
-    input_dir: Annotated[Path, typer.Argument(help="A NOVA folder, a folder of images, or NIfTI volumes.")],
+    input_dir: Annotated[Path, typer.Argument(help="A NOVA folder, a folder of images or NIfTI volumes, or a "
+                                              "DICOM series folder.")],
     model: ModelOpt = None,
     recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="A YAML recipe whose `localize` section "
                                                    "(threshold, top_k, median_size, score, t2_filter) is used. "
@@ -179,11 +186,12 @@ def localize(
                                                       "protocol). Default: the recipe's localize.t2_filter.")]
     = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("localize"),
+    series: SeriesOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
-    run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device)
+    run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Layout = Literal["ixi", "brats", "mslub", "behrendt", "nova", "manifest", "folder", "celeba", "attributes"]
+Layout = Literal["ixi", "brats", "mslub", "behrendt", "nova", "manifest", "bids", "folder", "celeba", "attributes"]
 DomainName = Literal["volumes", "images", "contrastive"]
 
 
@@ -44,7 +44,7 @@ class Domain:
 
 
 DOMAINS: dict[DomainName, Domain] = {d.name: d for d in (
-    Domain("volumes", "3-D brain volumes (NIfTI)", ("ixi", "brats", "mslub", "behrendt", "manifest"),
+    Domain("volumes", "3-D brain volumes (NIfTI)", ("ixi", "brats", "mslub", "behrendt", "manifest", "bids"),
            trains=True, colour=False),
     Domain("images", "2-D image folders (PNG/JPG slices, NOVA)", ("nova", "folder"), trains=False, colour=False),
     Domain("contrastive", "contrastive image sets (background and target images, CelebA-style)",

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cdiff_cli.config.domains import CA_LAYOUTS, Layout
 
+
 _CA_FIELDS = ("table", "file_column", "target", "exclude", "identity_column", "split_column", "center_crop")
 
 
@@ -30,6 +31,7 @@ class DataSource(Section):
     modality: str = "t2"
     mask_dir: Path | None = None  # brain masks for raw IXI (<stem>_mask.nii.gz); else from non-zero voxels
     subset: str | None = None  # behrendt: which dataset (IXI, Brats21, MSLUB); manifest: unused
+    session: str | None = None  # bids: read only this session (its label, with or without 'ses-')
     # celeba / attributes layouts (2-D contrastive analysis, recipes/README.md "Attribute datasets")
     table: Path | None = None  # attributes: the CSV attribute table
     file_column: str = "file"  # attributes: the column with image paths relative to `path`
@@ -41,6 +43,8 @@ class DataSource(Section):
 
     @model_validator(mode="after")
     def _check_layout_fields(self) -> DataSource:
+        if self.session is not None and self.layout != "bids":
+            raise ValueError(f"session: only for layout 'bids', not {self.layout!r}")
         if self.layout in CA_LAYOUTS:
             if self.role != "healthy":
                 raise ValueError(f"a {self.layout} source holds background and target images: leave role 'healthy' "

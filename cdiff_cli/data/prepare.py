@@ -87,8 +87,9 @@ def prepare_source(
     doc = writer.close(header)
 
     ids = [s["id"] for s in writer.subjects]
-    groups = read_groups([(f.subject_id, f.image) for f in files], source.path)
-    splits = make_splits(ids, source.role, cfg, published=published, groups=groups)
+    sessions = {f.subject_id: f.group for f in files if f.group is not None}  # bids: a subject's sessions
+    groups = sessions or read_groups([(f.subject_id, f.image) for f in files], source.path)
+    splits = make_splits(ids, source.role, cfg, published=published, groups=groups, keep_groups=bool(sessions))
     leakage = leakage_summary(splits)
     if published is not None:
         splits["leakage"] = leakage  # recomputed on the subjects actually prepared

@@ -4,8 +4,8 @@ Readers only list files (nothing is loaded), in a sorted, deterministic order. A
 with no matching file is a one-line :class:`DataError` naming the folder and the pattern
 that was expected. Missing optional files (masks, segmentations) become ``None``; a mask
 that was asked for but is absent is still listed, so that loading it names the file.
-The ``behrendt`` layout (published splits) lives in ``behrendt.py``, what a reader lists in
-``subjects.py``.
+The ``behrendt`` layout (published splits) lives in ``behrendt.py``, ``bids`` in ``bids.py``,
+what a reader lists in ``subjects.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cdiff_cli.config import DataSource
 from cdiff_cli.data.behrendt import read_behrendt, read_behrendt_with_splits, subject_from_name
+from cdiff_cli.data.bids import read_bids
 from cdiff_cli.data.nifti import nifti_stem
 from cdiff_cli.data.splits import Splits
 from cdiff_cli.data.subjects import LeakageWarning, SubjectFiles, cell, check_dir, nii_file
@@ -190,7 +191,8 @@ def manifest_splits(files: list[SubjectFiles], role: str, where: Path) -> Splits
 # --------------------------------------------------------------------------------------
 
 READERS = {
-    "ixi": read_ixi, "brats": read_brats, "mslub": read_mslub, "behrendt": read_behrendt, "manifest": read_manifest
+    "ixi": read_ixi, "brats": read_brats, "mslub": read_mslub, "behrendt": read_behrendt, "manifest": read_manifest,
+    "bids": read_bids,
 }
 
 

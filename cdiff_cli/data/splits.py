@@ -81,6 +81,7 @@ def make_splits(
     cfg: DataConfig,
     published: Splits | None = None,
     groups: dict[str, str] | None = None,
+    keep_groups: bool = False,
 ) -> Splits:
     """Subject-level splits from ``cfg.split_seed`` (or the dataset's own, when given).
 
@@ -90,7 +91,8 @@ def make_splits(
     With ``groups`` (subject -> original brain, from subjects.json) and ``split_by:
     anatomy``, whole brains go to one split; healthy subjects of ``holdout_sources`` all go
     to test. Fewer than three brains cannot be split that way: subjects are split instead
-    (``grouped: false`` says so).
+    (``grouped: false`` says so). ``keep_groups`` (the sessions of a BIDS subject): groups are
+    never split, whatever ``split_by`` and however few.
     """
     ids = sorted(set(subjects))
     if published is not None:
@@ -106,11 +108,9 @@ def make_splits(
             raise DataError(f"data.holdout_sources={cfg.holdout_sources} holds out every healthy subject")
         rest = [s for s in ids if s not in set(held)] if role == "healthy" else ids
         n_groups = len({groups.get(s, s) for s in rest})
-        if cfg.split_by == "anatomy" and n_groups >= 3:
-            out = _group_splits(rest, role, cfg, groups)
-        else:
-            out = _subject_splits(rest, role, cfg)
-        out["grouped"] = cfg.split_by == "anatomy" and n_groups >= 3
+        grouped = keep_groups or (cfg.split_by == "anatomy" and n_groups >= 3)
+        out = _group_splits(rest, role, cfg, groups) if grouped else _subject_splits(rest, role, cfg)
+        out["grouped"] = grouped
         if role == "healthy" and held:
             out["test"] = sorted(out["test"] + held)
             out["held_out"] = held

@@ -22,6 +22,7 @@ class SubjectFiles:
     mask: Path | None = None
     seg: Path | None = None
     split: str | None = None  # manifest 'split' column, if any
+    group: str | None = None  # bids: the subject of this session; one group never straddles splits
 
 
 def check_dir(path: Path, layout: str) -> None:

@@ -25,7 +25,7 @@ from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import safe_child, write_json, write_text
-from cdiff_cli.infer.files import collect_inputs, is_nifti
+from cdiff_cli.infer.files import collect_inputs, is_volume
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pipeline import pipelined, stage
 from cdiff_cli.infer.reconstruct import output_stem
@@ -96,17 +96,18 @@ def input_files(input_dir: Path) -> list[Path]:
 def localize(input_dir: Path, model_spec: str | None, top_k: int | None, threshold: str | None,
              annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
              recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
-             ) -> dict[str, Any]:
+             series: str | None = None) -> dict[str, Any]:
     """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
 
     ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
-    of ``recipe``'s ``localize`` section, else of the model's own recipe.
+    of ``recipe``'s ``localize`` section, else of the model's own recipe. ``series`` chooses the
+    series of DICOM folders that hold several (UID or description).
     """
     from cdiff_cli.data.nova import is_t2
 
     files = input_files(input_dir)
-    images = [p for p in files if not is_nifti(p)]
-    volumes = [p for p in files if is_nifti(p)]
+    images = [p for p in files if not is_volume(p)]
+    volumes = [p for p in files if is_volume(p)]
     gold = annotated_images(input_dir, images, annotations) if images else {}
     api = load_model(model_spec, device=device_spec)
     model = api.loaded
@@ -124,7 +125,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     # boxed and drawn while the network runs on this one
     n = chunk_size(model)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
-    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images")
+    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images", series)
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
@@ -160,13 +161,13 @@ class _Boxer:
     """The three pipeline stages of ``localize`` (see ``infer.pipeline``), each a stage of the API."""
 
     def __init__(self, model: Model, thr: float, settings: LocalizeConfig, eval_cfg: EvalConfig,
-                 gold: dict[str, Any], pictures: Path) -> None:
-        self.model, self.thr, self.gold, self.pictures = model, thr, gold, pictures
+                 gold: dict[str, Any], pictures: Path, series: str | None = None) -> None:
+        self.model, self.thr, self.gold, self.pictures, self.series = model, thr, gold, pictures, series
         self.settings, self.eval_cfg = settings, eval_cfg
         self.chunks = 0
 
     def load(self, chunk: list[Path]) -> list[Input]:
-        return [self.model.read(p) for p in chunk]
+        return [self.model.read(p, series=self.series if p.is_dir() else None) for p in chunk]
 
     def compute(self, chunk: list[Path], loaded: list[Input]) -> np.ndarray:
         self.chunks += 1  # a fresh noise seed per chunk
@@ -175,7 +176,7 @@ class _Boxer:
         return self.model.reconstruct_slices(x, seed=seed)
 
     def finish(self, chunk: list[Path], loaded: list[Input], recon: np.ndarray) -> list[dict[str, Any]]:
-        if is_nifti(chunk[0]):
+        if is_volume(chunk[0]):
             return self._volume(chunk[0], loaded[0], recon)
         found, start = [], 0
         # the median filter runs on the model grid (as the calibration does), then each map is

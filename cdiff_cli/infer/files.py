@@ -26,22 +26,36 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def is_volume(path: Path) -> bool:
+    """A NIfTI file or a DICOM series folder (as :func:`collect_inputs` lists them)."""
+    return is_nifti(path) or path.is_dir()
+
+
 def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Expand folders (sorted, non-recursive) into NIfTI and image files; fail on anything else."""
+    """Expand folders (sorted, non-recursive) into NIfTI and image files and DICOM series folders
+    (a folder with DICOM files directly inside is one input); fail on anything else."""
+    from cdiff_cli.data.dicom import is_dicom_file, is_dicom_folder
+
     found: list[Path] = []
     for item in inputs:
         if not item.exists():
             raise DataError(f"input not found: {item}")
-        if item.is_dir():
-            inside = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
-                            and (is_nifti(p) or is_image(p)))
+        if is_dicom_folder(item):
+            found.append(item)
+        elif item.is_dir():
+            inside = sorted(p for p in item.iterdir() if not p.name.startswith(".")
+                            and ((p.is_file() and (is_nifti(p) or is_image(p))) or is_dicom_folder(p)))
             if not inside:
-                raise DataError(f"{item} holds no NIfTI (.nii, .nii.gz) or image (.png, .jpg, ...) files")
+                raise DataError(f"{item} holds no NIfTI (.nii, .nii.gz), image (.png, .jpg, ...) files or DICOM "
+                                "series folders")
             found += inside
         elif is_nifti(item) or is_image(item):
             found.append(item)
+        elif is_dicom_file(item):
+            raise DataError(f"{item} is one DICOM file: give the folder of its series ({item.parent})")
         else:
-            raise DataError(f"{item}: unsupported file type (expected .nii, .nii.gz, .png, .jpg, .bmp or .tif)")
+            raise DataError(f"{item}: unsupported file type (expected .nii, .nii.gz, .png, .jpg, .bmp, .tif or a "
+                            "DICOM series folder)")
     return found
 
 

@@ -70,7 +70,7 @@ class Input:
 
 
 def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarray | None = None,
-               mask: np.ndarray | None = None) -> Input:
+               mask: np.ndarray | None = None, series: str | None = None) -> Input:
     """``x`` (a path, a nibabel image, a numpy array or a torch tensor) on the model grid.
 
     ``kind`` (``auto`` decides from the input): ``image`` is a 2-D slice on its own pixels,
@@ -79,11 +79,14 @@ def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarr
     array with ``affine``, default 1 mm identity; preprocessed as ``cdiff prepare``);
     ``prepared`` slices already on the model grid in [0, 1], (H, W), (N, H, W) or (N, 1, H, W),
     with an optional (N, H, W) brain ``mask`` (then maps are post-processed as volumes are).
-    Auto: a path by its suffix, a nibabel image is a volume, arrays 2-D an image, 3-D a volume,
+    Auto: a path by its suffix (a folder is a DICOM series, ``series`` its UID or description when
+    the folder holds several), a nibabel image is a volume, arrays 2-D an image, 3-D a volume,
     4-D a batch of images.
     """
     if isinstance(x, (str, os.PathLike)):
-        return _read_path(model, Path(x), kind)
+        return _read_path(model, Path(x), kind, series)
+    if series is not None:
+        raise DataError("series= chooses a series of a DICOM folder; this input is not a path")
     if hasattr(x, "dataobj") and hasattr(x, "affine"):  # a nibabel image
         if kind not in ("auto", "volume"):
             raise DataError(f"a nibabel image is a volume, not kind={kind!r}")
@@ -145,10 +148,18 @@ def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: in
     return GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly, mask=mask)
 
 
-def _read_path(model: LoadedModel, path: Path, kind: Kind) -> Input:
-    volume = path.name.lower().endswith(VOLUME_SUFFIXES)
+def _read_path(model: LoadedModel, path: Path, kind: Kind, series: str | None = None) -> Input:
+    volume = path.name.lower().endswith(VOLUME_SUFFIXES) or path.is_dir()
     if kind == "prepared" or (kind == "image" and volume) or (kind == "volume" and not volume):
         raise DataError(f"{path.name}: kind={kind!r} does not match the file type")
+    if path.is_dir():
+        from cdiff_cli.data.dicom import load_dicom_series
+
+        with stage("load dicom"):
+            img = load_dicom_series(path, series)
+        return read_volume(model, img, path.name)
+    if series is not None:
+        raise DataError(f"{path.name}: series= chooses a series of a DICOM folder, not of a file")
     if volume:
         from cdiff_cli.data.nifti import load_volume
 

@@ -137,7 +137,10 @@ def image_maps(images: np.ndarray, recon: np.ndarray, median_size: int = 5) -> V
 
 
 def output_stem(path: Path) -> str:
+    """The file name without its image suffix; a DICOM series folder's whole name (dots included)."""
     name = path.name
+    if path.is_dir():
+        return name
     for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
