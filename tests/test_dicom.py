@@ -247,7 +247,7 @@ def test_cli_reconstruct_on_a_dicom_folder_writes_maps_on_the_series_grid(
         tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cdiff_cli import load_model
 
-    aff = ras_affine(_rotation((0.0, 1.0, 0.3), 15.0), (4.5, 5.0, 12.0), (-90.0, -90.0, -66.0))
+    aff = ras_affine(_rotation((0.0, 1.0, 0.3), 15.0), (4.5, 5.0, 7.0), (-90.0, -90.0, -66.0))
     folder = tmp_path / "study"
     write_series(folder, _head(), aff, "T2 axial", names="a{:03d}")
     write_series(folder, _head((20, 20, 6)), ORIENTATIONS["sagittal"], "T1 sag", number=2, names="b{:03d}")
@@ -276,7 +276,8 @@ def test_cli_localize_reads_a_dicom_folder_as_a_volume(tiny_run: Path, tmp_path:
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    write_series(tmp_path / "series", _head(), ORIENTATIONS["axial"], "T2 axial")
+    head_size = ras_affine(np.eye(3), (4.5, 5.0, 7.0), (-90.0, -90.0, -42.0))  # a brain's field of view
+    write_series(tmp_path / "series", _head(), head_size, "T2 axial")
     code, err = run_cli(["localize", str(tmp_path / "series"), "--model", str(tiny_run), "--out",
                          str(tmp_path / "loc"), "--device", "cpu", "--threshold", "0.0", "--series", "T2 axial"],
                         capsys)
