@@ -36,3 +36,8 @@ def make_progress(*extra_columns: TextColumn) -> Progress:
 
 def info(message: str) -> None:
     console.print(message)
+
+
+def warn(message: str) -> None:
+    """One line about something the run skipped or changed (never wrapped: one line per event)."""
+    console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)

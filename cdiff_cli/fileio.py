@@ -139,3 +139,35 @@ def read_json(path: Path, what: str, hint: str = "", error: type[CdiffError] = D
     if not isinstance(doc, dict):
         raise error(f"{what} {path} is corrupt: not a JSON object{end}")
     return doc
+
+
+def check_output_dir(out: Path, option: str = "--out") -> None:
+    """Fail before any work when ``out`` cannot become a writable folder: it is a file, or its
+    nearest existing folder cannot be written (nothing is created here, so a run that stops
+    before its first output leaves no empty folder behind)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CdiffError(f"{option} {out} exists and is not a folder")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise CdiffError(f"{option} {out}: {probe} is a file, so the folder cannot be made")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CdiffError(f"{option} {out}: {probe} is not writable")
+
+
+@contextlib.contextmanager
+def output_set() -> Iterator[list[Path]]:
+    """The files written for one input: append each path before writing it; if anything fails
+    before the set is complete, every one of them is removed (no half set of outputs is left)."""
+    paths: list[Path] = []
+    try:
+        yield paths
+    except BaseException:
+        for p in paths:
+            with contextlib.suppress(OSError):
+                Path(p).unlink()
+        raise

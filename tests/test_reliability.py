@@ -360,7 +360,7 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
      r"encoder_train\.lr: Input should be a valid number.*'fast'"),
     ("pretrain-encoder/no-prepared-store",
      _step(_set("data.prepared", "/nonexistent/prepared"), lambda c: ["pretrain-encoder", c.recipe()]),
-     r"no /nonexistent/prepared/splits\.json; run `cdiff prepare <recipe>` first"),
+     r"the prepared splits not found: /nonexistent/prepared/splits\.json; run `cdiff prepare <recipe>`"),
     ("pretrain-encoder/store-volumes-truncated",
      _step(lambda c: (c.prepared / "ixi" / "volumes.npy").write_bytes((c.prepared / "ixi" / "volumes.npy")
                                                                      .read_bytes()[:1000]),

@@ -15,31 +15,37 @@ from cdiff_cli.api.model import AnomalyMap, Input, Model, load_model
 from cdiff_cli.config import DomainName
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError
-from cdiff_cli.fileio import safe_child
+from cdiff_cli.fileio import check_output_dir, output_set, safe_child, write_json
+from cdiff_cli.infer.batch import Failure, InputPlan, pipelined_plan, plan_inputs, unique_names
 from cdiff_cli.infer.contrastive import reconstruct_natural_file
-from cdiff_cli.infer.files import collect_inputs, write_maps, write_nifti
-from cdiff_cli.infer.pipeline import pipelined, stage
+from cdiff_cli.infer.files import write_maps, write_nifti
+from cdiff_cli.infer.pipeline import stage
 from cdiff_cli.infer.reconstruct import output_stem
 
 
-def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
-    """Write the maps of input ``path`` into ``out``; what was written, and the score."""
+def write_result(result: AnomalyMap, path: Path, out: Path, stem: str | None = None) -> dict[str, Any]:
+    """Write the maps of input ``path`` into ``out`` as ``<stem>_*`` (default: the file's stem), as a
+    whole set or not at all; what was written, and the score."""
     from cdiff_cli.infer.preview import informative_slices, save_preview, save_volume_preview
 
-    stem, g = output_stem(path), result.grid
+    stem, g = output_stem(path) if stem is None else stem, result.grid
     preview = safe_child(out, f"{stem}_preview.png")
-    if result.kind == "volume":
-        paths = {"recon": safe_child(out, f"{stem}_recon.nii.gz"), "anomaly": safe_child(out, f"{stem}_anomaly.nii.gz")}
-        for key in ("recon", "anomaly"):
-            data = getattr(result, key)  # mapped onto the input grid on first read: not part of the write
-            with stage("write nifti"):
-                write_nifti(paths[key], data, result.affine)
-        slices = informative_slices(g.anomaly, g.mask, n=4)
-        with stage("volume preview"):
-            save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name)
-    else:
-        paths = write_maps(out, stem, recon=result.recon, anomaly=result.anomaly)
-        save_preview(preview, result.image, result.recon, result.anomaly, title=path.name)
+    with output_set() as written:
+        if result.kind == "volume":
+            paths = {"recon": safe_child(out, f"{stem}_recon.nii.gz"),
+                     "anomaly": safe_child(out, f"{stem}_anomaly.nii.gz")}
+            written += [*paths.values(), preview]
+            for key in ("recon", "anomaly"):
+                data = getattr(result, key)  # mapped onto the input grid on first read: not part of the write
+                with stage("write nifti"):
+                    write_nifti(paths[key], data, result.affine)
+            slices = informative_slices(g.anomaly, g.mask, n=4)
+            with stage("volume preview"):
+                save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name)
+        else:
+            written += [safe_child(out, f"{stem}_{k}.npy") for k in ("recon", "anomaly")] + [preview]
+            paths = write_maps(out, stem, recon=result.recon, anomaly=result.anomaly)
+            save_preview(preview, result.image, result.recon, result.anomaly, title=path.name)
     return {"input": str(path), **{k: str(v) for k, v in paths.items()}, "preview": str(preview),
             "score": result.score}
 
@@ -47,10 +53,11 @@ def write_result(result: AnomalyMap, path: Path, out: Path) -> dict[str, Any]:
 Stages = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]  # read, reconstruct, write
 
 
-def _grid_stages(model: Model, out: Path, kw: dict[str, Any], series: str | None = None) -> Stages:
+def _grid_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, str],
+                 series: str | None = None) -> Stages:
     """Brain MRI: the three :class:`Model` stages, the next file read while the network runs."""
     def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
-        return write_result(model.maps(inp, recon), path, out)
+        return write_result(model.maps(inp, recon), path, out, names.get(path))
 
     def read(path: Path) -> Input:
         return model.read(path, series=series if path.is_dir() else None)
@@ -58,9 +65,11 @@ def _grid_stages(model: Model, out: Path, kw: dict[str, Any], series: str | None
     return read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish
 
 
-def _photograph_stages(model: Model, out: Path, kw: dict[str, Any], series: str | None = None) -> Stages:
+def _photograph_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, str],
+                       series: str | None = None) -> Stages:
     """Photographs (CelebA-like, RGB): their own reader and writer, one file at a time."""
-    return (lambda path: None, lambda path, _: reconstruct_natural_file(model.loaded, path, out, **kw),
+    return (lambda path: None,
+            lambda path, _: reconstruct_natural_file(model.loaded, path, out, names.get(path), **kw),
             lambda path, _, result: result)
 
 
@@ -69,16 +78,19 @@ FILE_STAGES: dict[DomainName, Callable[..., Stages]] = {
     "volumes": _grid_stages, "contrastive": _photograph_stages}
 
 
-def reconstruct_files(model: Model, files: list[Path], out: Path, series: str | None = None,
+def reconstruct_files(model: Model, files: list[Path] | InputPlan, out: Path, series: str | None = None,
                       **kw: Any) -> list[dict[str, Any]]:
     """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes; ``series`` chooses in
-    DICOM folders); one dict per file, in order."""
+    DICOM folders); one dict per file written, in order. Given an :class:`InputPlan`, an input that
+    fails is recorded there and the others go on; given a list, the first failure stops the run."""
+    plan = files if isinstance(files, InputPlan) else InputPlan(list(files), unique_names(files), strict=True)
     written = []
-    stages = FILE_STAGES[model.domain.name](model, out, kw, series)
+    stages = FILE_STAGES[model.domain.name](model, out, kw, plan.names, series)
     with make_progress() as bar:
-        task = bar.add_task("reconstruct", total=len(files))
-        for result in pipelined(files, *stages):
-            written.append(result)
+        task = bar.add_task("reconstruct", total=len(plan.files))
+        for result in pipelined_plan(plan, *stages):
+            if not isinstance(result, Failure):
+                written.append(result)
             bar.advance(task)
     return written
 
@@ -86,15 +98,22 @@ def reconstruct_files(model: Model, files: list[Path], out: Path, series: str | 
 def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
                        timesteps: tuple[int, ...] | None, batch_size: int | None, seed: int | None,
                        device_spec: str, passes: int | None = None,
-                       series: str | None = None) -> list[dict[str, Any]]:
-    """The body of ``cdiff reconstruct``: expand folders, load the model, reconstruct, report scores."""
-    files = collect_inputs(inputs)
-    if out.exists() and not out.is_dir():
-        raise CdiffError(f"--out {out} exists and is not a folder")
+                       series: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
+    """The body of ``cdiff reconstruct``: check the inputs and the output folder, load the model,
+    reconstruct every readable input, write ``reconstruct.json`` (what was written, what failed and
+    why), report scores; exit code 3 (:class:`SomeInputsFailed`) when any input failed."""
+    plan = plan_inputs(inputs, strict=strict)
+    check_output_dir(out)
     model = load_model(model_spec, device=device_spec)
-    written = reconstruct_files(model, files, out, series, timesteps=timesteps, seed=seed, batch_size=batch_size,
+    model.check_options(timesteps, seed, batch_size, passes)
+    written = reconstruct_files(model, plan, out, series, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                 passes=passes)
-    info("anomaly scores (mean of the map): " +
-         ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +
-         (" ..." if len(written) > 8 else ""))
+    plan.require_some("reconstructed")
+    record = out / "reconstruct.json"
+    write_json(record, {"written": written, "failed": [f.as_dict() for f in plan.failed]})
+    if written:
+        info("anomaly scores (mean of the map): " +
+             ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +
+             (" ..." if len(written) > 8 else ""))
+    plan.finish("reconstructed", record)
     return written

@@ -89,26 +89,36 @@ def run_train(kind: str, recipe_path: Path, overrides: list[str], device: str, r
             "images/s": result["images_per_s"], "log": Path(result["model"]).parent / "log.csv"})
 
 
-def _parse_timesteps(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise CdiffError(f"--timesteps {text!r}: expected comma-separated integers, e.g. 250,500,750") from None
-    if not values:
-        raise CdiffError("--timesteps: give at least one value")
-    return values
+def _check_options(timesteps: str | None = None, batch_size: int | None = None, seed: int | None = None,
+                   noise_passes: int | None = None, top_k: int | None = None,
+                   threshold: str | None = None) -> tuple[int, ...] | None:
+    """Every inference option checked before any input is read or model loaded (one line each,
+    named as the user typed it); the timesteps parsed."""
+    from cdiff_cli.infer.options import count_of, seed_of, threshold_of, timesteps_of
+
+    checks = [(timesteps, "--timesteps", lambda v: timesteps_of(v, text=True)),
+              (batch_size, "--batch-size", lambda v: count_of("", v)),
+              (seed, "--seed", seed_of), (noise_passes, "--noise-passes", lambda v: count_of("", v)),
+              (top_k, "--top-k", lambda v: count_of("", v)), (threshold, "--threshold", threshold_of)]
+    for value, flag, check in checks:
+        if value is not None:
+            try:
+                check(value)
+            except CdiffError as e:
+                reason = str(e).split(": ", 1)[-1]
+                raise CdiffError(f"{flag} {value!r}: {reason}") from None
+    return None if timesteps is None else timesteps_of(timesteps, text=True)
 
 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
                     batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
-                    series: str | None = None) -> None:
+                    series: str | None = None, strict: bool = False) -> None:
     from cdiff_cli.api.files import reconstruct_inputs
 
-    written = reconstruct_inputs(inputs, model, out, _parse_timesteps(timesteps), batch_size, seed, device,
-                                 noise_passes, series)
-    _summary(f"reconstructed {len(written)} input(s) into {out}", {"previews": out / "*_preview.png"})
+    steps = _check_options(timesteps, batch_size, seed, noise_passes)
+    written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict)
+    _summary(f"reconstructed {len(written)} input(s) into {out}", {
+        "previews": out / "*_preview.png", "record": out / "reconstruct.json"})
 
 
 def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out: Path | None, device: str) -> None:
@@ -123,14 +133,8 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
 
 def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
-                 out: Path, device: str, series: str | None = None) -> None:
-    if top_k is not None and top_k < 1:
-        raise CdiffError(f"--top-k {top_k}: must be at least 1")
-    if threshold is not None and threshold != "calibrated":
-        try:
-            float(threshold)
-        except ValueError:
-            raise CdiffError(f"--threshold {threshold!r}: expected a number or 'calibrated'") from None
+                 out: Path, device: str, series: str | None = None, strict: bool = False) -> None:
+    _check_options(top_k=top_k, threshold=threshold)
     if protocol not in (None, "recipe", "paper"):
         raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
     recipe = load_recipe(recipe_path) if recipe_path is not None else None
@@ -140,10 +144,15 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
 
     result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
                       recipe=recipe, protocol=protocol or "recipe", series=series,  # type: ignore[arg-type]
+                      strict=strict,
                       recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())
-    _summary(f"localized {result['n_images']} image(s)", {
+    volumes, images = result["n_volumes"], result["n_inputs"] - result["n_volumes"]
+    what = ", ".join(x for x in (f"{images} image(s)" if images else "", f"{volumes} volume(s)" if volumes else "") if x)
+    where = "slice(s)" if volumes and not images else "image(s)/slice(s)" if volumes else "image(s)"
+    _summary(f"localized {result['n_inputs']} input(s) ({what or 'none'}): {result['n_boxes']} box(es) on "
+             f"{result['n_with_boxes']} {where}", {
         "settings": ", ".join(f"{k} {v} ({result['settings_from'][k]})" for k, v in result["settings"].items()),
         "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"],
         "metrics": result.get("metrics_json", "no annotations: none computed")})

@@ -43,6 +43,9 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="A run directory (runs/NAME) or a Hugging Face Hub repo id "
                  "(USER/NAME[@revision]). Default: the recipe's run directory, else the bundled model."),
 ]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Stop at the first input that cannot be read. Default: process every readable input, list "
+    "each unreadable one (one line each, and in the run's JSON) and exit with code 3.")]
 
 
 def _example(text: str) -> str:
@@ -133,14 +136,15 @@ def reconstruct(
     batch_size: Annotated[Optional[int], typer.Option(help="Slices per U-Net pass.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Noise seed (same seed, same output).")] = None,
     noise_passes: Annotated[Optional[int], typer.Option(
-        min=1, help="Average the reconstructions of this many noise draws (the network cost times this; "
+        help="Average the reconstructions of this many noise draws (the network cost times this; "
                     "default: the model's infer.noise_passes).")] = None,
     series: SeriesOpt = None,
+    strict: StrictOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
-    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series)
+    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
@@ -187,11 +191,13 @@ def localize(
     = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("localize"),
     series: SeriesOpt = None,
+    strict: StrictOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
-    run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series)
+    run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
+                 strict)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

@@ -24,7 +24,8 @@ from cdiff_cli.config import EvalConfig, LocalizeConfig, Recipe
 from cdiff_cli.console import info, make_progress
 from cdiff_cli.errors import CdiffError, DataError
 from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
-from cdiff_cli.fileio import safe_child, write_json, write_text
+from cdiff_cli.fileio import check_output_dir, output_set, safe_child, write_json, write_text
+from cdiff_cli.infer.batch import Failure, InputPlan, plan_inputs
 from cdiff_cli.infer.files import collect_inputs, is_volume
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pipeline import pipelined, stage
@@ -96,19 +97,22 @@ def input_files(input_dir: Path) -> list[Path]:
 def localize(input_dir: Path, model_spec: str | None, top_k: int | None, threshold: str | None,
              annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
              recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
-             series: str | None = None) -> dict[str, Any]:
+             series: str | None = None, strict: bool = False) -> dict[str, Any]:
     """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
 
     ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
     of ``recipe``'s ``localize`` section, else of the model's own recipe. ``series`` chooses the
-    series of DICOM folders that hold several (UID or description).
+    series of DICOM folders that hold several (UID or description). An input that cannot be read
+    is listed (``failed`` in ``localize.json``) and the others go on, ending with exit code 3
+    (``strict``: stop at the first).
     """
     from cdiff_cli.data.nova import is_t2
 
-    files = input_files(input_dir)
-    images = [p for p in files if not is_volume(p)]
-    volumes = [p for p in files if is_volume(p)]
+    plan = plan_inputs(input_files(input_dir), strict=strict)
+    images = [p for p in plan.files if not is_volume(p)]
+    volumes = [p for p in plan.files if is_volume(p)]
     gold = annotated_images(input_dir, images, annotations) if images else {}
+    check_output_dir(out)
     api = load_model(model_spec, device=device_spec)
     model = api.loaded
     if model.channels != 1:
@@ -125,17 +129,22 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     # boxed and drawn while the network runs on this one
     n = chunk_size(model)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
-    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images", series)
+    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images", plan, series)
     with make_progress() as bar:
-        task = bar.add_task("localize", total=len(files))
+        task = bar.add_task("localize", total=len(plan.files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
             records += found
             bar.advance(task, len(chunk))
     seconds = time.perf_counter() - t0
+    plan.require_some("localized")
     coco = _coco(records)
     with stage("write json"):
         write_json(out / "boxes.json", coco)
-    result: dict[str, Any] = {"n_images": len(records), "boxes": str(out / "boxes.json"),
+    done = [p for p in plan.files if p not in {f.path for f in plan.failed}]
+    result: dict[str, Any] = {"n_inputs": len(done), "n_volumes": sum(is_volume(p) for p in done),
+                              "n_images": len(records), "n_boxes": sum(len(r["boxes"]) for r in records),
+                              "n_with_boxes": sum(bool(r["boxes"]) for r in records),
+                              "failed": [f.as_dict() for f in plan.failed], "boxes": str(out / "boxes.json"),
                               "pictures": str(out / "images"), "threshold": thr, "threshold_kind": thr_kind,
                               "settings": settings.model_dump(mode="json"), "settings_from": origin,
                               "seconds": round(seconds, 2), "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
@@ -147,6 +156,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
         result.update(_metrics(out, scored, t2_only, thr, thr_kind, result))
     with stage("write json"):
         write_json(out / "localize.json", {k: v for k, v in result.items()})
+    plan.finish("localized", out / "localize.json")
     return result
 
 
@@ -161,35 +171,53 @@ class _Boxer:
     """The three pipeline stages of ``localize`` (see ``infer.pipeline``), each a stage of the API."""
 
     def __init__(self, model: Model, thr: float, settings: LocalizeConfig, eval_cfg: EvalConfig,
-                 gold: dict[str, Any], pictures: Path, series: str | None = None) -> None:
+                 gold: dict[str, Any], pictures: Path, plan: InputPlan, series: str | None = None) -> None:
         self.model, self.thr, self.gold, self.pictures, self.series = model, thr, gold, pictures, series
-        self.settings, self.eval_cfg = settings, eval_cfg
+        self.settings, self.eval_cfg, self.plan = settings, eval_cfg, plan
         self.chunks = 0
 
-    def load(self, chunk: list[Path]) -> list[Input]:
-        return [self.model.read(p, series=self.series if p.is_dir() else None) for p in chunk]
+    def load(self, chunk: list[Path]) -> list[Input | Failure]:
+        """Each input of the chunk, or its :class:`Failure` (the plan records it; the others go on)."""
+        loaded: list[Input | Failure] = []
+        for p in chunk:
+            try:
+                loaded.append(self.model.read(p, series=self.series if p.is_dir() else None))
+            except CdiffError as e:
+                loaded.append(self.plan.fail(p, e))
+        return loaded
 
-    def compute(self, chunk: list[Path], loaded: list[Input]) -> np.ndarray:
-        self.chunks += 1  # a fresh noise seed per chunk
+    def compute(self, chunk: list[Path], loaded: list[Input | Failure]) -> np.ndarray | None:
+        self.chunks += 1  # a fresh noise seed per chunk (counted whether or not its inputs could be read)
         seed = derive_seed(self.model.recipe.infer.seed, "localize", self.chunks)
-        x = np.concatenate([inp.slices for inp in loaded])  # (B, 1, H, W): a chunk of images, or a volume's slices
+        good = [inp for inp in loaded if not isinstance(inp, Failure)]
+        if not good:
+            return None
+        x = np.concatenate([inp.slices for inp in good])  # (B, 1, H, W): a chunk of images, or a volume's slices
         return self.model.reconstruct_slices(x, seed=seed)
 
-    def finish(self, chunk: list[Path], loaded: list[Input], recon: np.ndarray) -> list[dict[str, Any]]:
-        if is_volume(chunk[0]):
-            return self._volume(chunk[0], loaded[0], recon)
+    def finish(self, chunk: list[Path], loaded: list[Input | Failure], recon: np.ndarray | None,
+               ) -> list[dict[str, Any]]:
         found, start = [], 0
-        # the median filter runs on the model grid (as the calibration does), then each map is
-        # resized to the image's own pixels, where the components and boxes are found
         for path, inp in zip(chunk, loaded):
+            if isinstance(inp, Failure):
+                continue
             n = len(inp.slices)
-            result = self.model.maps(inp, recon[start : start + n], median_size=self.settings.median_size)
+            try:
+                found += (self._volume(path, inp, recon) if is_volume(path)
+                          else [self._image(path, inp, recon[start : start + n])])  # type: ignore[index]
+            except CdiffError as e:
+                self.plan.fail(path, e)
             start += n
-            record = {"file": path, "hw": inp.raw[0].shape, "boxes": self._boxes(result),
-                      "record": self.gold.get(path.name)}
-            _picture(self.pictures, record, inp.raw[0], self.thr)
-            found.append(record)
         return found
+
+    def _image(self, path: Path, inp: Input, recon: np.ndarray) -> dict[str, Any]:
+        # the median filter runs on the model grid (as the calibration does), then the map is
+        # resized to the image's own pixels, where the components and boxes are found
+        result = self.model.maps(inp, recon, median_size=self.settings.median_size)
+        record = {"file": path, "name": self.plan.names[path], "hw": inp.raw[0].shape, "boxes": self._boxes(result),
+                  "record": self.gold.get(path.name)}
+        _picture(self.pictures, record, inp.raw[0], self.thr)
+        return record
 
     def _boxes(self, result: Any) -> Any:
         return self.model.boxes(result, threshold=self.thr, top_k=self.settings.top_k, score=self.settings.score)
@@ -199,29 +227,36 @@ class _Boxer:
         result = self.model.maps(inp, recon, median_size=self.eval_cfg.median_size,
                                  erosion=self.eval_cfg.erosion_iterations)
         found = []
-        for sb in self._boxes(result):
-            image = result.grid.image[sb.slice]
-            record = {"file": path, "slice": sb.slice, "hw": image.shape, "boxes": sb.boxes, "record": None}
-            _picture(self.pictures, record, image, self.thr)
-            found.append(record)
+        with output_set() as pictures:  # a volume's pictures are a set: all or none
+            for sb in self._boxes(result):
+                image = result.grid.image[sb.slice]
+                record = {"file": path, "name": self.plan.names[path], "slice": sb.slice, "hw": image.shape,
+                          "boxes": sb.boxes, "record": None}
+                pictures.append(_picture(self.pictures, record, image, self.thr))
+                found.append(record)
         return found
 
 
-def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> None:
+def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> Path:
     from cdiff_cli.infer.preview import save_boxes_image
 
     gold_boxes = list(r["record"].gold_boxes) if r["record"] is not None else None
-    name = output_stem(r["file"]) if "slice" not in r else f"{output_stem(r['file'])}_z{r['slice']:03d}"
+    stem = r.get("name") or output_stem(r["file"])
+    name = stem if "slice" not in r else f"{stem}_z{r['slice']:03d}"
+    path = safe_child(folder, f"{name}.png")
     with stage("pictures"):
-        save_boxes_image(safe_child(folder, f"{name}.png"), image, r["boxes"], gold_boxes=gold_boxes,
+        save_boxes_image(path, image, r["boxes"], gold_boxes=gold_boxes,
                          title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})")
+    return path
 
 
 def _coco(records: list[dict[str, Any]]) -> dict[str, Any]:
     images, preds, golds = [], [], []
     for i, r in enumerate(records, start=1):
         h, w = r["hw"]
-        entry = {"id": i, "file_name": r["file"].name, "height": int(h), "width": int(w)}
+        # the file's own name; where two inputs share it, the unique name their outputs have
+        file_name = r["file"].name if r.get("name", output_stem(r["file"])) == output_stem(r["file"]) else r["name"]
+        entry = {"id": i, "file_name": file_name, "height": int(h), "width": int(w)}
         if "slice" in r:
             entry["slice"] = r["slice"]
         images.append(entry)

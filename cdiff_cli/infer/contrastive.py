@@ -67,9 +67,13 @@ def _load(model: LoadedModel, path: Path, **limits: int) -> tuple[np.ndarray, np
     return img, x, meta
 
 
-def reconstruct_natural_file(model: LoadedModel, path: Path, out: Path, **kw: Any) -> dict[str, Any]:
+def reconstruct_natural_file(model: LoadedModel, path: Path, out: Path, stem: str | None = None,
+                             **kw: Any) -> dict[str, Any]:
     """``cdiff reconstruct`` for one image: ``_recon.npy`` (C, H, W) and ``_anomaly.npy`` (H, W) on
-    the image's own pixels (outside the centred crop: the input and 0), and a colour preview."""
+    the image's own pixels (outside the centred crop: the input and 0), and a colour preview, named
+    ``stem`` (default the file's), written as a whole set or not at all."""
+    from cdiff_cli.fileio import output_set
+
     from cdiff_cli.data.contrastive_grid import from_natural_grid
 
     if path.name.lower().endswith((".nii", ".nii.gz")):
@@ -78,10 +82,12 @@ def reconstruct_natural_file(model: LoadedModel, path: Path, out: Path, **kw: An
     res = anomaly_natural(model, x[None], median_size=model.recipe.localize.median_size, **kw)
     recon = from_natural_grid(res.recon[0], meta, base=img)  # (C, H, W)
     anomaly = from_natural_grid(res.anomaly[0], meta)  # (H, W)
-    stem = output_stem(path)
-    paths = write_maps(out, stem, recon=recon, anomaly=anomaly)
+    stem = output_stem(path) if stem is None else stem
     preview = safe_child(out, f"{stem}_preview.png")
-    save_colour_preview(preview, x, res.recon[0], res.anomaly[0], title=path.name)
+    with output_set() as written:
+        written += [safe_child(out, f"{stem}_{k}.npy") for k in ("recon", "anomaly")] + [preview]
+        paths = write_maps(out, stem, recon=recon, anomaly=anomaly)
+        save_colour_preview(preview, x, res.recon[0], res.anomaly[0], title=path.name)
     return {"input": str(path), **{k: str(v) for k, v in paths.items()}, "preview": str(preview),
             "score": float(res.residual[0].mean())}
 

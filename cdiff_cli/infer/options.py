@@ -3,7 +3,7 @@ value that cannot make sense fails in one line before any model is loaded, never
 back to a default (a batch size of 0 used to mean "the recipe's"), and never reaches the network
 as the wrong type.
 
->>> timesteps_of("250,500")
+>>> timesteps_of("250,500", text=True)
 (250, 500)
 >>> timesteps_of([500])
 (500,)
@@ -50,9 +50,11 @@ def seed_of(value: Any) -> int:
     return n
 
 
-def timesteps_of(value: Any, num_timesteps: int = MAX_TIMESTEPS) -> tuple[int, ...]:
-    """Noise levels: an int, a sequence of ints, or a comma-separated string (``"250,500,750"``),
-    each in ``[0, num_timesteps)``."""
+def timesteps_of(value: Any, num_timesteps: int = MAX_TIMESTEPS, text: bool = False) -> tuple[int, ...]:
+    """Noise levels: an int or a sequence of ints (with ``text``, as the command line gives them, also
+    a comma-separated string ``"250,500,750"``), each in ``[0, num_timesteps)``."""
+    if isinstance(value, str) and not text:
+        raise CdiffError(f"timesteps {value!r}: expected a whole number or a sequence of them, e.g. (250, 500, 750)")
     if isinstance(value, str):
         parts: Iterable[Any] = [v.strip() for v in value.split(",") if v.strip()]
         try:
