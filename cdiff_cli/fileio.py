@@ -108,6 +108,15 @@ def safe_child(parent: Path, name: str) -> Path:
     return parent / base
 
 
+def require_dir(path: Path, what: str, error: type[CdiffError] = DataError) -> None:
+    """Check that ``path`` is an existing folder, so that a wrong path gives one line naming
+    ``what`` it should be (a data folder, an image folder, a run directory)."""
+    if not path.exists():
+        raise error(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise error(f"{what} {path} is a file, expected a folder")
+
+
 def require_file(path: Path, what: str, expected: str, error: type[CdiffError] = DataError,
                  allow_empty: bool = True) -> int:
     """Check that ``path`` is an existing, readable file before parsing it, so that a wrong path

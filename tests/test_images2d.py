@@ -160,7 +160,7 @@ def test_list_images(tmp_path):
         list_images(tmp_path / "empty")
     with pytest.raises(DataError, match="not found"):
         list_images(tmp_path / "missing")
-    with pytest.raises(DataError, match="not a folder"):
+    with pytest.raises(DataError, match="is a file, expected a folder"):
         list_images(tmp_path / "b.png")
 
 

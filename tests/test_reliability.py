@@ -303,7 +303,7 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
     ("prepare/source-nonexistent", _step(_set("data.sources.0.path", "/nonexistent/ixi"), _prepare),
      r"IXI data folder not found: /nonexistent/ixi"),
     ("prepare/source-is-a-file", _step(lambda c: c.raw["data"]["sources"][0].update(path=str(_ixi(c))), _prepare),
-     r"IXI data path .* is a file, expected a folder"),
+     r"IXI data folder .* is a file, expected a folder"),
     ("prepare/nifti-empty-file", _step(lambda c: _brats(c).write_bytes(b""), _prepare),
      r"image .*BraTS2021_00001_t2\.nii\.gz is empty \(0 bytes\)"),
     ("prepare/nifti-truncated", _step(lambda c: _brats(c).write_bytes(_brats(c).read_bytes()[:2000]), _prepare),
@@ -403,7 +403,7 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], str]] = [
      r"already holds checkpoints \(latest step_0000001\): pass --resume"),
     # --- push (--dry-run: never the network) -------------------------------------------
     ("push/run-dir-nonexistent", lambda c: _push(c, c.need("push") / "nope"), r"run directory not found: .*nope"),
-    ("push/run-dir-is-a-file", lambda c: _push(c, Path(c.recipe())), r"run directory not found: .*recipe\.yaml"),
+    ("push/run-dir-is-a-file", lambda c: _push(c, Path(c.recipe())), r"run directory .*recipe\.yaml is a file, expected a folder"),
     ("push/missing-config", _step(lambda c: (c.need("push") / "tiny/diffusion/config.json").unlink(), _push),
      r"config\.json"),
     ("push/missing-encoder-config", _step(lambda c: (c.need("push") / "tiny/encoder/config.json").unlink(), _push),

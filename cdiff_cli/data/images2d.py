@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from cdiff_cli.data import nova
 from cdiff_cli.errors import DataError, first_line
-from cdiff_cli.fileio import require_file
+from cdiff_cli.fileio import require_dir, require_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding (decompression bombs)
@@ -140,10 +140,7 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Image files (by suffix, any case) in ``folder``, sorted by relative path; hidden files
     and folders (``.name``) are skipped. Raises :class:`DataError` when there are none."""
     folder = Path(folder)
-    if not folder.exists():
-        raise DataError(f"image folder not found: {folder}")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder")
+    require_dir(folder, "image folder")
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []

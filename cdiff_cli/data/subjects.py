@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdiff_cli.errors import DataError
+from cdiff_cli.fileio import require_dir
 
 
 class LeakageWarning(UserWarning):
@@ -27,10 +27,7 @@ class SubjectFiles:
 
 def check_dir(path: Path, layout: str) -> None:
     """A layout's folder exists and is a folder, else a one-line error naming it."""
-    if not path.exists():
-        raise DataError(f"{layout} data folder not found: {path}")
-    if not path.is_dir():
-        raise DataError(f"{layout} data path {path} is a file, expected a folder")
+    require_dir(path, f"{layout} data folder")
 
 
 def first_file(*candidates: Path) -> Path | None:

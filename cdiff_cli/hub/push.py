@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 
 from cdiff_cli.config.methods import method_spec
 from cdiff_cli.errors import CdiffError, CheckpointError, first_line
-from cdiff_cli.fileio import atomic_dir, read_json
+from cdiff_cli.fileio import atomic_dir, read_json, require_dir
 from cdiff_cli.hub.card import render_card
 from cdiff_cli.infer.model import read_config
 
@@ -85,8 +85,7 @@ def _check_weights(path: Path, prefixes: tuple[str, ...]) -> None:
 def collect(run_dir: Path, repo_id: str) -> UploadFolder:
     """Validate ``run_dir`` and list the files of the upload (nothing is written)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory not found: {run_dir}")
+    require_dir(run_dir, "run directory", CheckpointError)
     diffusion = run_dir / "diffusion"
     if not diffusion.is_dir():
         raise CheckpointError(f"{run_dir} has no diffusion/ folder: train one with `cdiff train-diffusion RECIPE` "
