@@ -21,6 +21,8 @@ import pytest
 
 from conftest import HANG_S, make_model_folder
 
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 _SERVER: dict[str, Any] = {}
 

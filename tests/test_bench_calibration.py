@@ -13,6 +13,8 @@ import yaml
 
 from conftest import make_model_folder
 
+pytestmark = pytest.mark.slow  # heavy: `make test` runs it, `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -444,6 +444,7 @@ def test_user_errors_are_one_line(celeba_run: dict[str, Path], tmp_path: Path,
     assert {s["file"] for s in doc["skipped"]} == {first, second}
 
 
+@pytest.mark.slow  # a study script: trains one encoder per epsilon
 def test_sweep_eps_script(celeba_run: dict[str, Path], tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

@@ -31,6 +31,7 @@ def eager_compile(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return compiled
 
 
+@pytest.mark.slow  # trains, resumes and compiles
 def test_channels_last_and_compile_train_save_resume_and_load(tiny_prepared: Path, tmp_path: Path,
                                                               eager_compile: list[str]) -> None:
     fast = ["train.channels_last=true", "train.compile=true", "encoder_train.channels_last=true",

@@ -30,19 +30,26 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(module_tmp):
-    """Two tiny runs with the same seed into different folders (the second checks determinism)."""
+def first(module_tmp):
+    """One tiny run, with the progress calls it made."""
     calls: list[tuple[str, int, int]] = []
     a = module_tmp("synA") / "bench"
-    b = module_tmp("synB") / "bench"
     res_a = syn.synthesize(a, seed=0, preset="tiny", progress=lambda *c: calls.append(c))
+    return a, res_a, calls
+
+
+@pytest.fixture(scope="module")
+def runs(first, module_tmp):
+    """A second tiny run with the same seed into another folder (determinism)."""
+    a, res_a, calls = first
+    b = module_tmp("synB") / "bench"
     res_b = syn.synthesize(b, seed=0, preset="tiny")
     return a, b, res_a, res_b, calls
 
 
 @pytest.fixture(scope="module")
-def out(runs) -> Path:
-    return runs[0]
+def out(first) -> Path:
+    return first[0]
 
 
 def _load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -51,6 +58,7 @@ def _load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 
 # ----------------------------------------------------------------------------- determinism
+@pytest.mark.slow  # synthesizes the benchmark a second time
 def test_same_seed_gives_identical_bytes(runs):
     a, b, *_ = runs
     da, db = _digests(a), _digests(b)
@@ -67,8 +75,8 @@ def test_different_seed_gives_different_subjects():
     assert img0.shape != img1.shape or not np.array_equal(img0, img1)
 
 
-def test_summary_progress_and_timing(runs):
-    a, _, res, _, calls = runs
+def test_summary_progress_and_timing(first):
+    a, res, calls = first
     summary = json.loads((a / "synthesize.json").read_text())
     assert summary["status"] == "complete" and summary["seed"] == 0 and summary["preset"] == "tiny"
     assert summary["counts"] == {"IXI": 4, "BraTS2021": 2, "MSLUB": 2, "NOVA": 4}

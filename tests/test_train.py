@@ -162,6 +162,7 @@ def test_encoder_of_another_architecture_is_one_clear_line(trained: Path, tiny_p
     assert "does not match the recipe's architecture" in err
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(
         trained: Path, tiny_prepared: Path, tmp_path: Path) -> None:
     """torchrun with 2 gloo processes of batch 2 == 1 process of batch 4 (frozen encoder, no BN drift)."""
