@@ -8,7 +8,7 @@ RUNS=${1:-3}; BUSY=${2:-2}; LOGS=runs/suite-under-load; mkdir -p "$LOGS"
 PY=${PY:-.venv/bin/python}
 pids=()
 for _ in $(seq "$BUSY"); do
-    "$PY" -c "import numpy as np
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "$PY" -c "import numpy as np
 a = np.random.rand(600, 600)
 while True:
     a = a @ a.T; a /= a.max()" &   # a busy process: one core of matrix products
