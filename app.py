@@ -26,14 +26,14 @@ from cdiff_cli.app.session import MAX_UPLOAD_BYTES, Session, default_model_spec
 
 log = logging.getLogger("cdiff.app")
 HERE = Path(__file__).resolve().parent
-FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz"]
+FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".zip"]
 SESSION = Session(default_model_spec(), os.environ.get("CDIFF_DEVICE", "auto"))
 
 INTRO = """# cdiff: unsupervised anomaly detection in brain MRI
 Contrastive-guided conditional diffusion (Patrício et al., Pattern Recognition Letters 2025): the model
 reconstructs a *healthy* version of the input in one diffusion pass per noise level; what it cannot
-reconstruct lights up in the anomaly map. Upload an axial T2-weighted slice (PNG/JPG) or a skull-stripped
-NIfTI volume, or click an example.
+reconstruct lights up in the anomaly map. Upload an axial T2-weighted slice (PNG/JPG), a skull-stripped
+NIfTI volume or a zipped DICOM series (the zip of its folder), or click an example.
 
 > **NOT FOR CLINICAL USE.** Research demo; not a medical device. Do not upload identifiable patient data.
 """
@@ -140,7 +140,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(f"**Model**: {model_text}" if ready else f"⚠️ {model_text}", elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                upload = gr.File(label="2-D slice (PNG/JPG) or NIfTI volume (.nii, .nii.gz), up to "
+                upload = gr.File(label="2-D slice (PNG/JPG), NIfTI volume (.nii, .nii.gz) or zipped DICOM series, "
+                                 "up to "
                                  f"{MAX_UPLOAD_BYTES // 2**20} MB", file_types=FILE_TYPES, elem_id="upload")
                 if examples:
                     gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Examples (a tumour in an unseen synthetic brain; synthetic phantoms)",

@@ -284,3 +284,47 @@ def test_cli_localize_reads_a_dicom_folder_as_a_volume(tiny_run: Path, tmp_path:
     assert code == 0, err
     boxes = json.loads((tmp_path / "loc" / "boxes.json").read_text())
     assert boxes["images"] and all(im["file_name"].startswith("series") for im in boxes["images"])
+
+
+def test_the_app_reads_a_zipped_series_as_the_api_reads_its_folder(tiny_run: Path, tmp_path: Path) -> None:
+    """A browser uploads a DICOM series as the zip of its folder: the app's analysis equals the API's
+    on the folder; member paths are flattened (nothing is written outside the temporary folder)."""
+    import zipfile
+
+    from cdiff_cli import load_model
+    from cdiff_cli.app.session import Session
+
+    aff = ras_affine(np.eye(3), (4.5, 5.0, 7.0), (-90.0, -90.0, -42.0))
+    folder = tmp_path / "series"
+    write_series(folder, _head(), aff, "T2 axial")
+    archive = tmp_path / "exam.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(folder.iterdir()):
+            z.write(p, f"../../escape/{p.name}")  # a hostile path: flattened, never followed
+        z.writestr("__MACOSX/._junk", b"x")
+    analysis = Session(str(tiny_run), "cpu").analyze(archive, "250")
+    assert analysis.kind == "volume" and analysis.name == "exam.zip"
+    grid = load_model(tiny_run, device="cpu").anomaly_map(folder, timesteps=(250,)).grid
+    np.testing.assert_allclose(analysis.anomaly, grid.anomaly, atol=1e-6)
+    assert not (tmp_path.parent / "escape").exists() and not (tmp_path / "escape").exists()
+
+
+def test_a_zip_that_is_not_a_series_or_too_big_is_one_line(tmp_path: Path) -> None:
+    import zipfile
+
+    from cdiff_cli.data.dicom import extract_series_zip
+
+    notes = tmp_path / "notes.zip"
+    with zipfile.ZipFile(notes, "w") as z:
+        z.writestr("a.txt", "hello")
+    with pytest.raises(DataError, match="holds no DICOM files"):
+        extract_series_zip(notes, tmp_path / "out1", max_bytes=10**6)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("big.dcm", b"\0" * 3_000_000)
+    with pytest.raises(DataError, match="unpacks to 3 MB; the limit is 1 MB"):
+        extract_series_zip(bomb, tmp_path / "out2", max_bytes=2**20)
+    assert not (tmp_path / "out2").exists()
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(DataError, match="not a readable zip"):
+        extract_series_zip(tmp_path / "broken.zip", tmp_path / "out3", max_bytes=10**6)

@@ -95,16 +95,19 @@ IMAGE_ANALYSES: dict[DomainName, Callable[[Model, Path, tuple[int, ...], Progres
     "volumes": _analyze_slice, "contrastive": _analyze_photograph}
 
 
-def analyze_volume(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
-    """A NIfTI volume, on the prepared grid (the maps are read slice by slice there)."""
+def analyze_volume(model: Model, path: Path, steps: tuple[int, ...], report: Progress,
+                   name: str | None = None) -> Analysis:
+    """A NIfTI volume or a DICOM series folder, on the prepared grid (the maps are read slice by
+    slice there); ``name``: what to call it (default the file's name)."""
     report(0.1, "reading the volume")
-    check_volume_header(path)
+    if not path.is_dir():
+        check_volume_header(path)
     report(0.2, "preprocessing (RAS, crop, rescale, resample)")
     inp = model.read(path, kind="volume")  # as `cdiff reconstruct`
     report(0.35, f"reconstructing {len(inp.slices)} slices ({len(steps)} noise level(s))")
     g = model.maps(inp, model.reconstruct_slices(inp.slices, timesteps=steps)).grid
     report(0.9, "post-processing")
-    return _finish("volume", path.name, g.image, g.recon, g.anomaly, g.mask > 0, steps)
+    return _finish("volume", name or path.name, g.image, g.recon, g.anomaly, g.mask > 0, steps)
 
 
 def check_volume_header(path: Path) -> None:

@@ -61,10 +61,12 @@ def parse_timesteps(text: str | None, total: int) -> tuple[int, ...] | None:
     return values
 
 
-def _kind_of(path: Path) -> Literal["image", "volume"]:
+def _kind_of(path: Path) -> Literal["image", "volume", "dicom"]:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return "volume"
+    if name.endswith(".zip"):
+        return "dicom"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
     with path.open("rb") as f:
@@ -73,13 +75,28 @@ def _kind_of(path: Path) -> Literal["image", "volume"]:
         return "image"
     if head.startswith(b"\x1f\x8b"):
         return "volume"
-    raise DataError(f"{path.name}: unsupported file type; upload a PNG/JPG slice or a NIfTI volume (.nii, .nii.gz)")
+    if head.startswith(b"PK\x03\x04"):
+        return "dicom"
+    raise DataError(f"{path.name}: unsupported file type; upload a PNG/JPG slice, a NIfTI volume (.nii, .nii.gz) or a zipped DICOM series (.zip)")
+
+
+def _analyze_dicom_zip(model: Model, archive: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
+    """A browser uploads a DICOM series as a zip of its folder: unpacked into a temporary folder
+    (removed afterwards), read as one volume with its orientation and spacing."""
+    import tempfile
+
+    from cdiff_cli.data.dicom import extract_series_zip
+
+    report(0.08, "unpacking the DICOM series")
+    with tempfile.TemporaryDirectory(prefix="cdiff-dicom-") as tmp:
+        folder = extract_series_zip(archive, Path(tmp) / "series", max_bytes=4 * MAX_UPLOAD_BYTES)
+        return analyze_volume(model, folder, steps, report, name=archive.name)
 
 
 def check_upload(path: str | os.PathLike[str] | None) -> Path:
     """The upload exists, is a non-empty regular file and is within the size limit."""
     if path is None or str(path) == "":
-        raise DataError("no file: upload a PNG/JPG slice or a NIfTI volume (.nii, .nii.gz)")
+        raise DataError("no file: upload a PNG/JPG slice, a NIfTI volume (.nii, .nii.gz) or a zipped DICOM series (.zip)")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p.name}: the upload is missing or not a file")
@@ -173,10 +190,12 @@ class Session:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             t0 = time.perf_counter()
-            if kind == "volume" and model.loaded.channels != 1:
-                raise DataError(f"{p.name}: this model reads 2-D colour images (PNG/JPG), not NIfTI volumes")
+            if kind != "image" and model.loaded.channels != 1:
+                raise DataError(f"{p.name}: this model reads 2-D colour images (PNG/JPG), not volumes")
             try:
-                if kind == "volume":
+                if kind == "dicom":
+                    result = _analyze_dicom_zip(model, p, steps, report)
+                elif kind == "volume":
                     result = analyze_volume(model, p, steps, report)
                 else:
                     result = analyze_image(model, p, steps, report)

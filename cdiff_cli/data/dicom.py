@@ -248,3 +248,35 @@ def _pixels(path: Path) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise DataError(f"DICOM file {path} has non-finite values after rescaling")
     return arr
+
+
+def extract_series_zip(archive: Path, dest: Path, max_bytes: int, max_files: int = 4000) -> Path:
+    """A ``.zip`` of DICOM files (how a browser uploads a series) unpacked flat into ``dest``.
+
+    Only regular members are written, under their base names (no path from the archive is used,
+    so nothing lands outside ``dest``); hidden and ``__MACOSX`` entries are skipped; the declared
+    sizes are checked before anything is written, so a zip bomb is refused in one line."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = [m for m in z.infolist() if not m.is_dir() and "__MACOSX" not in m.filename
+                       and not Path(m.filename).name.startswith(".")]
+            if not members:
+                raise DataError(f"{archive.name}: the zip holds no files; zip the folder of one DICOM series")
+            if len(members) > max_files:
+                raise DataError(f"{archive.name} holds {len(members)} files; the limit is {max_files}")
+            total = sum(m.file_size for m in members)
+            if total > max_bytes:
+                raise DataError(f"{archive.name} unpacks to {total / 2**20:.0f} MB; the limit is "
+                                f"{max_bytes // 2**20} MB")
+            dest.mkdir(parents=True, exist_ok=True)
+            for i, m in enumerate(members):
+                name = f"{i:05d}_{Path(m.filename).name}"  # flat and unique: two folders may share names
+                with z.open(m) as src, (dest / name).open("wb") as out:
+                    out.write(src.read(m.file_size + 1)[: m.file_size])
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{archive.name}: not a readable zip ({first_line(e)})") from None
+    if not is_dicom_folder(dest):
+        raise DataError(f"{archive.name}: the zip holds no DICOM files; zip the folder of one DICOM series")
+    return dest
