@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdiff_cli.config.methods import METHODS, benchmark_defaults
+from cdiff_cli.config.methods import METHODS, PRESETS, benchmark_defaults
 from cdiff_cli.errors import CdiffError
 
 app = typer.Typer(
@@ -227,7 +227,8 @@ def benchmark(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
     methods: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}, and the "
-                                         "references that train nothing: intensity, meanslice.")]
+                                         "references that train nothing: intensity, meanslice; the paper's "
+                                         f"configurations (recipes/README.md): {', '.join(PRESETS)}.")]
     = ",".join(benchmark_defaults()[0]),
     seeds: Annotated[int, typer.Option(help="Seeds per method (recipe seed, +1, +2, ...).")] = 1,
     budget: Annotated[Optional[int], typer.Option(help="Training steps of the diffusion/AE stage for every "

@@ -140,7 +140,9 @@ def domain_of(recipe: Recipe) -> Domain:
 # Fields added after checkpoints were written, with the value that reproduces the behaviour from before them
 _ADDED_FIELDS: tuple[tuple[Any, ...], ...] = (  # (section, ..., field, value)
     ("diffusion", "simplex", "dims", 3), ("encoder", "normalize_z", True), ("encoder", "spark_norm_pix", True),
-    ("encoder", "spark_fill", 0.5),
+    ("encoder", "spark_fill", 0.5), ("encoder", "views", "positive", "erase"),
+    ("encoder", "head_in_diffusion", "stage1"), ("diffusion", "train_t_range", None),
+    ("diffusion", "counterfactual", 0.0), ("diffusion", "aug_intensity", False),
 )
 
 

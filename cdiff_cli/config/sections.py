@@ -99,8 +99,11 @@ class DataConfig(Section):
 
 
 class ViewConfig(Section):
-    """The class-invariant positive view: a healthy slice with a lesion-imitating erasure."""
+    """The class-invariant positive view: a healthy slice with a lesion-imitating change."""
 
+    # erase: a box set to 0 (the paper's cutout); perturb: a lesion-like change of either sign inside the
+    # brain (train/perturb.py). Either is applied with probability erase_p
+    positive: Literal["erase", "perturb"] = "erase"
     erase_p: float = Field(0.7, ge=0, le=1)
     erase_w: tuple[float, float] = (0.5, 0.3)  # mean, spread of the box width as a fraction of W
     erase_h: tuple[float, float] = (0.2, 0.3)
@@ -126,7 +129,16 @@ class EncoderConfig(Section):
     spark_fill: float = Field(0.5, ge=0, le=1)  # intensity of hidden patches at the stem (cddpm: 0, the background)
     normalize_z: bool = True  # L2-normalise z (ours); method cddpm passes z raw, as its code
     trainable_in_diffusion: bool = True
+    # the z head in stage 2: stage 1's, or a fresh Linear (the public code replaces fc before fine-tuning)
+    head_in_diffusion: Literal["stage1", "fresh"] = "stage1"
     views: ViewConfig = ViewConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> EncoderConfig:
+        if self.head_in_diffusion == "fresh" and not self.trainable_in_diffusion:
+            raise ValueError("encoder.head_in_diffusion=fresh needs encoder.trainable_in_diffusion=true "
+                             "(a fresh head left frozen would condition on random projections)")
+        return self
 
 
 class UNetConfig(Section):
@@ -179,6 +191,23 @@ class DiffusionConfig(Section):
     loss: Literal["l1", "l2"] = "l1"
     noise: Literal["simplex", "gaussian"] = "simplex"
     simplex: SimplexConfig = SimplexConfig()
+    # training t ~ U{lo..hi}; None: U{0..T-1}. A range around infer.timesteps trains what inference asks
+    train_t_range: tuple[int, int] | None = None
+    # probability per sample that z comes from a lesion-like perturbed copy (train/perturb.py) while the
+    # U-Net noises and predicts the clean slice: lesion content in z is then useless to the loss
+    counterfactual: float = Field(0.0, ge=0, le=1)
+    # the cDDPM code's `aug_intensity` on the training slice (gamma, bias field, blur, ghosting), before
+    # both the encoder and the U-Net see it
+    aug_intensity: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionConfig:
+        if self.train_t_range is not None:
+            lo, hi = self.train_t_range
+            if not 0 <= lo <= hi < self.timesteps:
+                raise ValueError(f"diffusion.train_t_range [{lo}, {hi}] must satisfy 0 <= lo <= hi <= "
+                                 f"diffusion.timesteps - 1 ({self.timesteps - 1})")
+        return self
 
 
 class PatchConfig(Section):
@@ -223,6 +252,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after the warm-up: constant, or cosine to 0 at `steps`
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
     grad_accum: int = Field(1, ge=1)
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cdiff_cli.config import Recipe, load_recipe
-from cdiff_cli.config.methods import METHODS, benchmark_defaults, method_spec
+from cdiff_cli.config.methods import METHODS, PRESETS, benchmark_defaults, benchmark_overrides, method_spec
 from cdiff_cli.console import info
 from cdiff_cli.errors import CdiffError, RecipeError
 from cdiff_cli.eval.ablations import ABLATIONS, classify
@@ -51,9 +51,9 @@ class Unit:
 
 
 def check_method(method: str) -> None:
-    if method not in METHODS and method not in REFERENCE_METHODS:
+    if method not in METHODS and method not in PRESETS and method not in REFERENCE_METHODS:
         raise CdiffError(f"--methods: unknown method {method!r}; choose from "
-                         f"{', '.join([*METHODS, *REFERENCE_METHODS])}")
+                         f"{', '.join([*METHODS, *PRESETS, *REFERENCE_METHODS])}")
 
 
 def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: int, budget: int | None,
@@ -71,7 +71,7 @@ def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: in
         extra.append(f"encoder_train.steps={encoder_budget}")
     # the overrides that define the method, everything else shared; references train nothing: only data and
     # protocol matter
-    preset = list(METHODS[method].preset) if method in METHODS else ["method=cdiff"]
+    preset = list(benchmark_overrides(method) or ["method=cdiff"])
     variant = [] if ablation is None else ABLATIONS[ablation]
     try:
         return load_recipe(recipe_path, [*overrides, *preset, *variant, *extra])
@@ -88,7 +88,7 @@ def plan_units(recipe_path: Path, overrides: list[str], methods: list[str], seed
     if ablations and "cdiff" not in methods:
         methods = ["cdiff", *methods]  # the default every ablation is compared with
     recipe = lambda m, s, a=None: method_recipe(recipe_path, overrides, m, s, budget, encoder_budget, out, a)  # noqa: E731
-    units = [Unit(m, s, recipe(m, s), "train") for m in methods if m in METHODS for s in range(seeds)]
+    units = [Unit(m, s, recipe(m, s), "train") for m in methods if m in METHODS or m in PRESETS for s in range(seeds)]
     units += [Unit(m, 0, recipe(m, 0), "reference") for m in methods if m in REFERENCE_METHODS]
     for name in ablations:
         for s in range(seeds):

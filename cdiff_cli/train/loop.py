@@ -29,6 +29,7 @@ from cdiff_cli.console import info, make_progress, progress_enabled
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from cdiff_cli.train.distributed import DistInfo, StepRandom, derive_seed
+from cdiff_cli.train.lr import lr_at
 
 
 class Stage(Protocol):
@@ -335,7 +336,7 @@ def fit(
     with _StopFlag() as stop, make_progress() as bar:
         task = bar.add_task(stage.name, total=cfg.steps, completed=state.step)
         while state.step < cfg.steps:
-            lr = cfg.lr * min(1.0, (state.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            lr = lr_at(cfg, state.step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(derive_seed(seed, "step", state.step, dist_info.rank))  # dropout etc.

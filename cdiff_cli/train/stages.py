@@ -27,7 +27,9 @@ from cdiff_cli.models.spark import SparK
 from cdiff_cli.models.unet import ConditionalUNet
 from cdiff_cli.train.checkpoint import load_into, load_weights, write_model_folder
 from cdiff_cli.train.distributed import StepRandom
+from cdiff_cli.train.intensity import intensity_augment
 from cdiff_cli.train.losses import diffusion_loss, eps_info_nce
+from cdiff_cli.train.perturb import lesion_perturb
 from cdiff_cli.train.views import class_invariant_view
 
 
@@ -80,7 +82,8 @@ class EncoderStage:
             assert self.net.spark is not None
             view = self.net.spark.masked_view(x, generator=rnd.local_generator())
         else:
-            view = class_invariant_view(x, cfg.views, generator=rnd.local_generator())
+            mask = rnd.take_local(batch["mask"]) if cfg.views.positive == "perturb" and "mask" in batch else None
+            view = class_invariant_view(x, cfg.views, generator=rnd.local_generator(), mask=mask)
         return {"x": x, "view": view}
 
     def export(self, weights: dict[str, torch.Tensor], result: dict[str, Any]) -> Path:
@@ -108,12 +111,15 @@ class DiffusionNet(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                x_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``x_cond``: the slice z is computed from (counterfactual conditioning: a perturbed copy of
+        x0); None: x0 itself. The U-Net always noises and predicts x0."""
         d = self.diffusion
         z = None
-        if self.encoder is not None:  # (B, z_dim) from the clean slice; no graph for a frozen encoder
+        if self.encoder is not None:  # (B, z_dim); no graph for a frozen encoder
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.encoder.trainable_in_diffusion):
-                z = self.encoder(x0)
+                z = self.encoder(x0 if x_cond is None else x_cond)
         x0m = to_model_range(x0)
         x_t = d.q_sample(x0m, t, noise)
         pred = self.unet(x_t, t, z)
@@ -123,7 +129,11 @@ class DiffusionNet(nn.Module):
 
     def training_inputs(self, x0: torch.Tensor, rnd: StepRandom) -> dict[str, torch.Tensor]:
         """The random inputs of ``forward`` for a batch x0 (B, C, H, W) in [0, 1]."""
-        t = rnd.randint(self.recipe.diffusion.timesteps)
+        span = self.recipe.diffusion.train_t_range  # None: U{0..T-1}, drawn as before the option existed
+        if span is None:
+            t = rnd.randint(self.recipe.diffusion.timesteps)
+        else:
+            t = span[0] + rnd.randint(span[1] - span[0] + 1)
         # drawn for the global batch and sliced: N processes see the noise one process would
         noise = rnd.take(self.diffusion.sample_noise((rnd.global_batch, *x0.shape[1:]), rnd.generator,
                                                      device=rnd.device))
@@ -195,13 +205,24 @@ class DiffusionStage:
                 )
             load_into(self.net.encoder, load_weights(encoder_dir / "model.safetensors"),
                       f"stage-1 encoder {encoder_dir}")
+            if recipe.encoder.head_in_diffusion == "fresh":  # the public code's new raw head (seeded init)
+                self.net.encoder.backbone.fc.reset_parameters()
             if not recipe.encoder.trainable_in_diffusion:
                 self.net.encoder.requires_grad_(False)
                 self.net.train()
 
     def inputs(self, batch: dict[str, Any], rnd: StepRandom) -> dict[str, torch.Tensor]:
         x0 = rnd.take_local(batch["image"])  # (B, C, H, W) in [0, 1]
-        return self.net.training_inputs(x0, rnd)  # the method's noise, timesteps (and pDDPM cells)
+        d = self.recipe.diffusion
+        counterfactual = d.counterfactual > 0 and self.net.encoder is not None
+        local = rnd.local_generator() if d.aug_intensity or counterfactual else None  # off: nothing drawn
+        if d.aug_intensity:  # the slice both the encoder and the U-Net's target see
+            x0 = intensity_augment(x0, local)
+        inputs = self.net.training_inputs(x0, rnd)  # the method's noise, timesteps (and pDDPM cells)
+        if counterfactual:  # z from a lesion-like perturbed copy, the loss on the clean slice
+            mask = rnd.take_local(batch["mask"]) if "mask" in batch else (x0.amax(1, keepdim=True) > 0).to(x0.dtype)
+            inputs["x_cond"] = lesion_perturb(x0, mask, local, p=d.counterfactual)[0]
+        return inputs
 
     def export(self, weights: dict[str, torch.Tensor], result: dict[str, Any]) -> Path:
         keep = {k: v for k, v in weights.items() if k.startswith(("unet.", "encoder.", "ae."))}

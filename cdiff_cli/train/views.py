@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cdiff_cli.config import ViewConfig
+from cdiff_cli.train.perturb import lesion_perturb
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -104,13 +105,20 @@ def erase_boxes(
     return x.masked_fill(box, 0.0), box
 
 
-def class_invariant_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def class_invariant_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
     """The positive view of a healthy slice that imitates a lesion (paper, Definition 4.2).
 
     x (B, C, H, W) in [0, 1] -> mild affine (and flip), gamma (and colour jitter), additive
     Gaussian noise, clamp to [0, 1], then random erasing (value 0, last, so the erased box is
     exactly 0: for faces a dark occluder such as the target's glasses). Any C, RGB included.
+    ``cfg.positive == "perturb"``: instead of the box, a lesion-like change inside the brain ``mask``
+    (B, 1, H, W; default: the non-zero pixels) comes first, with probability ``erase_p``
+    (``train/perturb.py``), so that the affine moves it with the anatomy.
     """
+    if cfg.positive == "perturb":
+        brain = mask if mask is not None else (x.amax(1, keepdim=True) > 0).to(x.dtype)
+        x = lesion_perturb(x, brain, generator, p=cfg.erase_p)[0]
     v = random_affine(x, generator, cfg.rotate_deg, cfg.scale, cfg.translate)
     if cfg.flip:  # drawn only when on: recipes without it keep their exact views
         v = random_flip(v, generator)
@@ -120,7 +128,7 @@ def class_invariant_view(x: torch.Tensor, cfg: ViewConfig, generator: torch.Gene
     if cfg.noise_std > 0:
         v = v + cfg.noise_std * _randn(tuple(v.shape), generator, v.device).to(v.dtype)
     v = v.clamp(0.0, 1.0)
-    return erase_boxes(v, generator, cfg)[0]
+    return v if cfg.positive == "perturb" else erase_boxes(v, generator, cfg)[0]
 
 
 def train_augment(

@@ -12,11 +12,12 @@ method that reuses the existing strategies is one module with its :class:`Method
 from __future__ import annotations
 
 from cdiff_cli.config.methods import ae, anoddpm, cddpm, cdiff, ddpm, pddpm
+from cdiff_cli.config.methods.presets import PRESETS, Preset
 from cdiff_cli.config.methods.spec import Inference, MethodSpec, Network, Training
 from cdiff_cli.errors import RecipeError
 
-__all__ = ["METHODS", "Inference", "MethodSpec", "Network", "Training", "benchmark_defaults", "method_spec",
-           "register"]
+__all__ = ["METHODS", "PRESETS", "Inference", "MethodSpec", "Network", "Preset", "Training", "benchmark_defaults",
+           "benchmark_overrides", "method_spec", "register"]
 
 METHODS: dict[str, MethodSpec] = {}  # in the order messages and `--help` list them
 
@@ -40,6 +41,14 @@ def method_spec(name: str) -> MethodSpec:
         return METHODS[name]
     except KeyError:
         raise RecipeError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}") from None
+
+
+def benchmark_overrides(name: str) -> tuple[str, ...] | None:
+    """What turns a base recipe into ``name`` for ``cdiff benchmark``: a method's preset, or a named
+    configuration's overrides (``presets.py``: ``paper-code``, ``paper-text``); None for other names."""
+    if name in METHODS:
+        return METHODS[name].preset
+    return PRESETS[name].overrides if name in PRESETS else None
 
 
 def benchmark_defaults() -> tuple[list[str], list[str]]:
