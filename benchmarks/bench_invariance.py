@@ -1,6 +1,9 @@
 """Is the encoder target-invariant? cos(z healthy, z lesioned), a linear lesion probe from z, for
 ours, a SparK encoder and an untrained one, and ours' Dice with z from the healthy slice
-(``cdiff_cli/eval/invariance.py``). Writes ``invariance.md`` and ``invariance.json``.
+(``cdiff_cli/eval/invariance.py``); then ours' z measures that compare across encoders, as
+``cdiff benchmark`` writes them for every model (``cdiff_cli/eval/zmeasures.py``: displacement
+over the between-subject distance, own-healthy retrieval, the subject-grouped probe, the
+healthy-z gap, another subject's z). Writes ``invariance.md`` and ``invariance.json``.
 
     python benchmarks/bench_invariance.py recipes/quickstart.yaml --ours benchmark-out/runs/quickstart-cdiff-s0 \
         --spark benchmark-out/runs/quickstart-cddpm-s0 --slices 128 --out benchmark-out/invariance
@@ -26,10 +29,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("CDIFF_PROGRESS", "0")
 
     from cdiff_cli.config import load_recipe
+    from cdiff_cli.api import load_model
     from cdiff_cli.eval.invariance import invariance_markdown, measure_invariance, write_invariance
+    from cdiff_cli.eval.zmeasures import measure_z, position_slices, z_lines
 
-    doc = measure_invariance(load_recipe(args.recipe), args.ours, args.spark, args.device, args.slices, args.seed)
-    text = invariance_markdown(doc)
+    recipe = load_recipe(args.recipe)
+    doc = measure_invariance(recipe, args.ours, args.spark, args.device, args.slices, args.seed)
+    doc["z_measures"] = measure_z(load_model(args.ours, device=args.device), position_slices(recipe, args.slices),
+                                  args.seed)
+    text = invariance_markdown(doc) + "\n" + z_lines(doc["z_measures"])
     write_invariance(args.out, doc, text)
     print(text)
 

@@ -55,7 +55,7 @@ def test_benchmark_trains_evaluates_and_resumes(tiny_prepared: Path, tiny_benchm
         for key in ("brats_dice", "brats_auprc", "healthy_l1", "nova_map30", "infer_slices_per_s",
                     "train_images_per_s"):
             assert entry[key]["n"] == 2 and entry[key]["std"] is not None, (method, key)
-        recipe = load_recipe(tiny_prepared)
+        recipe = method_recipe(tiny_prepared, [], method, 0, 2, 2, out)  # its own reference inference
         assert entry["passes_per_slice"]["mean"] == method_spec(method).passes_per_slice(recipe)
     cdiff_units = [u for u in doc["units"] if u["method"] == "cdiff"]
     assert cdiff_units[0]["recipe_seed"] != cdiff_units[1]["recipe_seed"]
@@ -110,7 +110,8 @@ def test_benchmark_references_ablations_and_paired_statistics(tiny_prepared: Pat
         assert units[("abl-t500", s)]["weights"] == units[("cdiff", s)]["run_dir"]  # inference only
         assert "training" not in units[("abl-t500", s)]
         calibration = json.loads((Path(units[("cdiff", s)]["run_dir"]) / "diffusion" / "calibration.json").read_text())
-        assert calibration["timesteps"] == [250, 500]  # the inference-only variant left the default's alone
+        # the default's own reference inference (its spec's), left alone by the inference-only variant
+        assert calibration["timesteps"] == [250, 500, 750]
         assert units[("abl-frozen", s)]["training"]["encoder"]["reused"].startswith(units[("cdiff", s)]["run_dir"])
     assert units[("intensity", 0)]["healthy_l1"] is None and units[("meanslice", 0)]["healthy_l1"] > 0
     # per-volume scores are kept; the subset method scored only the first test volume of each set (sorted ids)
@@ -232,12 +233,12 @@ def test_every_ablation_resolves_and_reuses_what_it_leaves_alone(tiny_prepared: 
 
     units = plan_units(tiny_prepared, [], ["ae"], 2, 2, 2, tmp_path, parse_ablations("all"))
     kinds = {u.label.removeprefix("abl-"): u.kind for u in units if u.seed == 1 and u.label.startswith("abl-")}
-    default = load_recipe(tiny_prepared)  # adagn, x0/l1, infonce, eps 0.5, 3-D simplex, joint: the defaults
-    assert not {"adagn", "x0-l1", "infonce", "eps0.5", "simplex3d", "joint"} & set(kinds)
+    # adagn, x0/l1, infonce, eps 0.5, 3-D simplex, joint and cdiff's own reference inference: the defaults
+    assert not {"adagn", "x0-l1", "infonce", "eps0.5", "simplex3d", "joint", "t250-500-750"} & set(kinds)
     assert kinds == {"concat": "encoder", "eps-l2": "encoder", "simplex2d": "encoder", "frozen": "encoder",
                      "spark": "train", "spark+infonce": "train", "eps0": "train", "eps1": "train",
-                     "t500": "weights", "t250-500-750": "weights"}, kinds
-    assert tuple(default.infer.timesteps) == (250, 500)  # the tiny recipe's, so both t variants differ
+                     "t500": "weights"}, kinds
+    assert units[0].recipe.infer.timesteps == (250, 500, 750)  # its spec's, whatever the recipe's (tiny: 250, 500)
     assert [u.label for u in units[:2]] == ["cdiff", "cdiff"]  # the default comes first, added when not listed
     spark = next(u for u in units if u.label == "abl-spark+infonce")
     assert spark.recipe.encoder.objective == "spark+infonce" and spark.recipe.name == "tiny-abl-spark_infonce-s0"

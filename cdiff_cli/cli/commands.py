@@ -175,7 +175,8 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: int, budget: int | None,
                   encoder_budget: int | None, nova: Path | None, out: Path, device: str,
                   ablations: str | None = None, max_test: int | None = None, subset: str | None = None,
-                  resamples: int = 10_000, max_val: int | None = None) -> None:
+                  resamples: int = 10_000, max_val: int | None = None, common_timesteps: str = "250,500,750",
+                  common_passes: int = 1, invariance_slices: int = 64) -> None:
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise CdiffError("--methods: name at least one method, e.g. cdiff,ddpm")
@@ -186,14 +187,20 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: 
             raise CdiffError(f"{flag} {value}: must be at least 1")
     if resamples < 100:
         raise CdiffError(f"--resamples {resamples}: use at least 100")
+    if invariance_slices < 0:
+        raise CdiffError(f"--invariance-slices {invariance_slices}: must be 0 (none) or more")
     from cdiff_cli.eval.ablations import parse_ablations
+    from cdiff_cli.eval.bench_protocol import CommonInference, parse_timesteps
     from cdiff_cli.eval.benchmark import run_benchmark as benchmark
+
+    common = None if common_timesteps.strip().lower() == "none" else \
+        CommonInference(parse_timesteps(common_timesteps), common_passes)
 
     result = benchmark(recipe_path, overrides, names, seeds, budget, encoder_budget, out, nova, device,
                        ablations=parse_ablations(ablations), max_test=max_test,
                        subset=None if subset is None else tuple(m.strip() for m in subset.split(",") if m.strip()),
                        resamples=resamples,
-                       max_val=max_val)
+                       max_val=max_val, common=common, invariance_slices=invariance_slices)
     info(Path(result["markdown"]).read_text())
     _summary("benchmark written", {"table": result["markdown"], "json": result["json"], "plot": result["plot"],
                                    "paired plot": result.get("paired_plot", "\u2013")})

@@ -250,11 +250,18 @@ def benchmark(
     subset: Annotated[str, typer.Option(help="Methods that --max-test-volumes and --max-val-volumes apply "
                                         "to.")] = ",".join(benchmark_defaults()[1]),
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the paired intervals.")] = 10_000,
+    common_timesteps: Annotated[str, typer.Option(help="The common inference every diffusion method is also "
+                                                  "scored with, beside its own reference one (comma-separated "
+                                                  "noise levels; none: own inference only).")] = "250,500,750",
+    common_passes: Annotated[int, typer.Option(help="Noise passes of the common inference.")] = 1,
+    invariance_slices: Annotated[int, typer.Option(help="Healthy test slices of the z measures of every model "
+                                                   "with an encoder (invariance.json; 0: none).")] = 64,
 ) -> None:
     from cdiff_cli.cli.commands import run_benchmark
 
     run_benchmark(recipe, overrides or [], methods, seeds, budget, encoder_budget, nova, out, device, ablations,
-                  max_test_volumes, subset, resamples, max_val_volumes)
+                  max_test_volumes, subset, resamples, max_val_volumes, common_timesteps, common_passes,
+                  invariance_slices)
 
 
 def main() -> None:

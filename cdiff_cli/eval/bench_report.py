@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from cdiff_cli.eval.bench_protocol import common_view
 from cdiff_cli.eval.paired import compare
 from cdiff_cli.fileio import write_json, write_text
 
@@ -24,16 +25,34 @@ COLUMNS: list[tuple[str, str, float, str]] = [
     ("U-Net passes / slice", "passes_per_slice", 1, "{:.0f}"),
     ("inference slices/s", "infer_slices_per_s", 1, "{:.1f}"),
     ("training images/s", "train_images_per_s", 1, "{:.1f}"),
+    ("optimizer steps (all stages)", "train_steps", 1, "{:.0f}"),
+    ("training s (all stages)", "train_seconds", 1, "{:.0f}"),
+    ("stage-2 ms/step", "diffusion_ms_per_step", 1, "{:.0f}"),
+]
+# the quality columns, also shown under the common inference
+QUALITY = ("brats_dice", "brats_auprc", "mslub_dice", "mslub_auprc", "healthy_l1")
+# (label, key in a unit's ``invariance`` summary, scale, format): the z table (eval/zmeasures.py)
+Z_COLUMNS: list[tuple[str, str, float, str]] = [
+    ("z displacement / between-subject distance", "displacement_ratio", 1, "{:.3f}"),
+    ("own-healthy retrieval %", "retrieval_top1", 100, "{:.1f}"),
+    ("chance %", "retrieval_chance", 100, "{:.1f}"),
+    ("lesion probe %", "probe_accuracy", 100, "{:.1f}"),
+    ("healthy-z gap Dice (pp)", "healthy_z_gap_dice", 100, "{:+.2f}"),
+    ("healthy-z gap AUPRC (pp)", "healthy_z_gap_auprc", 100, "{:+.2f}"),
+    ("other subject's z: \u0394 Dice (pp)", "other_z_dice", 100, "{:+.2f}"),
+    ("other subject's z: \u0394 AUPRC (pp)", "other_z_auprc", 100, "{:+.2f}"),
+    ("other subject's z: \u0394 healthy l1 (x1e3)", "other_z_l1", 1e3, "{:+.2f}"),
 ]
 
 
-def aggregate(results: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+def aggregate(results: list[dict[str, Any]], methods: list[str],
+              columns: list[tuple[str, str, float, str]] | None = None) -> dict[str, dict[str, Any]]:
     """Per method and column key: mean, std (sample, over seeds; None for one seed) and n."""
     table: dict[str, dict[str, Any]] = {}
     for method in methods:
         rows = [r for r in results if r["method"] == method]
         entry: dict[str, Any] = {"seeds": len(rows), "kind": rows[0].get("kind", "train") if rows else "train"}
-        for _, key, _, _ in COLUMNS:
+        for _, key, _, _ in columns or COLUMNS:
             values = [float(r[key]) for r in rows if r.get(key) is not None]
             if values:
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -42,8 +61,9 @@ def aggregate(results: list[dict[str, Any]], methods: list[str]) -> dict[str, di
     return table
 
 
-def markdown(table: dict[str, dict[str, Any]], header: str) -> str:
-    cols = [c for c in COLUMNS if any(c[1] in e for e in table.values())]
+def markdown(table: dict[str, dict[str, Any]], header: str, columns: list[tuple[str, str, float, str]] | None = None,
+             note: str | None = None) -> str:
+    cols = [c for c in columns or COLUMNS if any(c[1] in e for e in table.values())]
     lines = [header, "", "| method | seeds | " + " | ".join(c[0] for c in cols) + " |",
              "|:---|---:|" + "---:|" * len(cols)]
     for method, entry in table.items():
@@ -58,10 +78,10 @@ def markdown(table: dict[str, dict[str, Any]], header: str) -> str:
         label = "cdiff (ours)" if method == "cdiff" else \
             f"{method} (no training)" if entry.get("kind") == "reference" else method
         lines.append(f"| {label} | {entry['seeds']} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean \u00b1 sample std over seeds (no std with one seed). Quality columns come from "
+    lines += ["", note or "Mean \u00b1 sample std over seeds (no std with one seed). Quality columns come from "
               "`cdiff evaluate` (Dice at the validation-chosen threshold, per-volume AUPRC) and `cdiff localize "
-              "--threshold calibrated` (reference mAP30, COCO AP at IoU 0.3); speed columns are measured on this "
-              "machine and depend on it."]
+              "--threshold calibrated` (reference mAP30, COCO AP at IoU 0.3); speed and seconds columns are measured "
+              "on this machine and depend on it; optimizer steps count every trained stage (a reused one: none)."]
     return "\n".join(lines) + "\n"
 
 
@@ -168,6 +188,59 @@ def _mean_std(v: dict[str, Any] | None) -> str:
     return f"{v['mean'] * 100:.2f}" + ("" if v["std"] is None else f" \u00b1 {v['std'] * 100:.2f}")
 
 
+def z_table(results: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Per label, the z measures' mean \u00b1 std over seeds; ``{"applicable": False}`` for a label whose units
+    have no encoder; labels never measured are left out."""
+    rows = [{**r, **(r.get("invariance") or {})} for r in results if r.get("invariance") is not None]
+    table = aggregate(rows, [m for m in labels if any(r["method"] == m for r in rows)], Z_COLUMNS)
+    for label, entry in table.items():
+        entry["applicable"] = any(r.get("applicable") for r in rows if r["method"] == label)
+    return table
+
+
+def z_markdown(table: dict[str, dict[str, Any]]) -> str:
+    """The z table: invariance (displacement, retrieval, probe) and usefulness (healthy-z gap, another
+    subject's z) per method; "not applicable" for methods without an encoder."""
+    if not table:
+        return ""
+    lines = ["## How invariant and how useful z is (eval/zmeasures.py)", "",
+             "| method | seeds | " + " | ".join(c[0] for c in Z_COLUMNS) + " |", "|:---|---:|" + "---:|" * len(Z_COLUMNS)]
+    for label, entry in table.items():
+        if not entry["applicable"]:
+            lines.append(f"| {label} | {entry['seeds']} | not applicable (no encoder) |" + " |" * (len(Z_COLUMNS) - 1))
+            continue
+        cells = []
+        for _, key, scale, fmt in Z_COLUMNS:
+            v = entry.get(key)
+            std = "" if v is None or v["std"] is None else f" \u00b1 {fmt.replace('+', '').format(v['std'] * scale)}"
+            cells.append("\u2013" if v is None else fmt.format(v["mean"] * scale) + std)
+        lines.append(f"| {label} | {entry['seeds']} | " + " | ".join(cells) + " |")
+    lines += ["", "Healthy test slices at a grid of slice positions x subjects, each with one bright soft-edged "
+              "ellipse of the benchmark's generator (`eval/invariance.insert_lesion`, never a training perturbation), "
+              "reconstructed at the common inference. Displacement: mean |z lesioned \u2212 z healthy| over the median "
+              "distance between different subjects' healthy z at the same position (0: invisible lesion). Retrieval: "
+              "z of the lesioned slice nearest to its own healthy slice among all subjects' at that position. Probe: "
+              "logistic regression of \"has a lesion\" from z, folds grouped by subject (chance 50 %). Healthy-z gap: "
+              "pooled Dice (best threshold) and AUPRC gained with z from the healthy version. Other subject's z: the "
+              "change when the U-Net gets z from another subject's healthy slice at the same position (near 0: z "
+              "does not matter)."]
+    return "\n".join(lines) + "\n"
+
+
+def inference_lines(results: list[dict[str, Any]], methods: list[str]) -> str:
+    """One line per method: the reference inference it is scored with in the first table."""
+    own = {r["method"]: r.get("inference") for r in results if r.get("inference")}
+    parts = []
+    for m in methods:
+        inf = own.get(m)
+        if inf is None:
+            continue
+        what = (f"t {inf['timesteps']}, {inf['noise_passes']} pass(es)" if inf["timesteps"] is not None
+                else "its own (no timesteps)")
+        parts.append(f"{m}: {what}")
+    return "Own reference inference: " + "; ".join(parts) + "." if parts else ""
+
+
 def write_reports(out: Path, results: list[dict[str, Any]], labels: list[str],
                   options: dict[str, Any]) -> dict[str, Any]:
     from cdiff_cli.eval.plots import plot_benchmark, plot_paired
@@ -190,11 +263,28 @@ def write_reports(out: Path, results: list[dict[str, Any]], labels: list[str],
     abl = [m for m in labels if m.startswith("abl-")]
     vs_default = {a: c["cdiff"] for a in abl
                   for c in [comparisons(results, a, ["cdiff"], resamples)]} if has_ours else {}
-    text = markdown({m: table[m] for m in methods}, header)
-    text += "\n" + paired_markdown(vs_ours, "## Ours against each method (paired)", "cdiff \u2212 method")
+    common = options.get("common_inference")
+    common_rows = [common_view(r) for r in results]
+    table_common = aggregate(common_rows, labels, [c for c in COLUMNS if c[1] in QUALITY]) if common else {}
+    vs_common = (comparisons(common_rows, "cdiff", [m for m in methods if m != "cdiff"], resamples)
+                 if common and has_ours else {})
+    ztable = z_table(results, labels)
+    text = markdown({m: table[m] for m in methods}, header + "\n\n" + inference_lines(results, methods))
+    text += "\n" + paired_markdown(vs_ours, "## Ours against each method (paired), each under its own inference",
+                                   "cdiff \u2212 method")
+    if common:
+        title = (f"## Under the common inference: t in {common['timesteps']}, {common['noise_passes']} noise "
+                 "pass(es) for every method")
+        text += "\n" + markdown({m: table_common[m] for m in methods}, title, [c for c in COLUMNS if c[1] in QUALITY],
+                                "Mean \u00b1 sample std over seeds. Methods without timesteps (AnoDDPM, the "
+                                "autoencoder) and the references have one setting: their own.")
+        text += "\n" + paired_markdown(vs_common, "## Ours against each method (paired), common inference",
+                                       "cdiff \u2212 method")
+    text += "\n" + z_markdown(ztable)
     text += "\n" + ablation_markdown(table, vs_default, options.get("ablations", []), labels)
-    doc = {**options, "methods": labels, "table": table, "paired": {"cdiff_vs": vs_ours, "ablation_vs_default":
-                                                                     vs_default},
+    doc = {**options, "methods": labels, "table": table, "table_common": table_common, "z_table": ztable,
+           "inference": {r["method"]: r.get("inference") for r in results},
+           "paired": {"cdiff_vs": vs_ours, "cdiff_vs_common": vs_common, "ablation_vs_default": vs_default},
            "ablation_verdicts": {a: verdict(c) for a, c in vs_default.items()}, "units": results}
     write_json(out / "benchmark.json", doc)
     write_text(out / "benchmark.md", text)

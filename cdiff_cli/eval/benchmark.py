@@ -6,12 +6,17 @@ protocol. Each (method, seed) unit trains its stages, evaluates, localises on a 
 folder when one is given, and times inference; its result is written as one JSON file, so
 an interrupted benchmark resumes where it stopped (finished units and stages are skipped,
 a stage cut off mid-way continues from its last checkpoint).
+
+The protocol is fair by construction (``eval/bench_protocol.py``): every diffusion method is scored
+under its own reference inference (its spec's ``reference_timesteps``) and under one common
+setting, every method trains with the EMA warm-up, and each unit records its optimizer steps and
+wall-clock seconds; units with an encoder also measure how invariant and how useful their z is
+(``invariance.json``, ``eval/zmeasures.py``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,8 @@ from cdiff_cli.config.methods import METHODS, PRESETS, benchmark_defaults, bench
 from cdiff_cli.console import info
 from cdiff_cli.errors import CdiffError, RecipeError
 from cdiff_cli.eval.ablations import ABLATIONS, classify
+from cdiff_cli.eval.bench_protocol import (CommonInference, common_recipe, inference_of, reference_overrides,
+                                           scores, training_cost)
 from cdiff_cli.eval.bench_report import COLUMNS, aggregate, markdown, write_reports  # noqa: F401 (re-exported)
 from cdiff_cli.fileio import write_json
 
@@ -57,9 +64,11 @@ def check_method(method: str) -> None:
 
 
 def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: int, budget: int | None,
-                  encoder_budget: int | None, out: Path, ablation: str | None = None) -> Recipe:
+                  encoder_budget: int | None, out: Path, ablation: str | None = None,
+                  arm: list[str] | None = None) -> Recipe:
     """The base recipe turned into ``method`` (or a reference, or cdiff's ablation ``ablation``) for
-    seed number ``seed``, its runs under ``out/runs``."""
+    seed number ``seed``, its runs under ``out/runs``. The method's own reference inference follows its
+    preset; an ablation's overrides, then ``arm`` (a study arm's), come after both and win."""
     check_method(method)
     base = load_recipe(recipe_path, overrides)
     label = method if ablation is None else f"abl-{ablation}"
@@ -71,8 +80,8 @@ def method_recipe(recipe_path: Path, overrides: list[str], method: str, seed: in
         extra.append(f"encoder_train.steps={encoder_budget}")
     # the overrides that define the method, everything else shared; references train nothing: only data and
     # protocol matter
-    preset = list(benchmark_overrides(method) or ["method=cdiff"])
-    variant = [] if ablation is None else ABLATIONS[ablation]
+    preset = [*(benchmark_overrides(method) or ["method=cdiff"]), *reference_overrides(method)]
+    variant = [*([] if ablation is None else ABLATIONS[ablation]), *(arm or [])]
     try:
         return load_recipe(recipe_path, [*overrides, *preset, *variant, *extra])
     except RecipeError as e:
@@ -99,21 +108,35 @@ def plan_units(recipe_path: Path, overrides: list[str], methods: list[str], seed
                 continue
             kind = {"none": "train", "encoder": "encoder", "weights": "weights"}[v.reuse]
             units.append(Unit(f"abl-{name}", s, r, kind, None if kind == "train" else default.run_dir))  # type: ignore[arg-type]
+    check_ema_warmup(units)
     return units
+
+
+def check_ema_warmup(units: list[Unit]) -> None:
+    """Every trained method must use the EMA warm-up, or a short budget exports a share of its random initial
+    weights and the comparison measures the EMA, not the method."""
+    bad = [u.label for u in units if u.kind != "reference" and u.recipe.train.ema_decay > 0
+           and not u.recipe.train.ema_warmup]
+    if bad:
+        raise CdiffError(f"{', '.join(dict.fromkeys(bad))}: train.ema_warmup=false; the benchmark trains every "
+                         "method with the EMA warm-up (drop the override, or set train.ema_warmup=true)")
 
 
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], seeds: int, budget: int | None,
                   encoder_budget: int | None, out: Path, nova: Path | None, device: str,
                   infer_slices: int = 32, ablations: list[str] | None = None, max_test: int | None = None,
                   subset: tuple[str, ...] | None = None, resamples: int = 10_000,
-                  max_val: int | None = None) -> dict[str, Any]:
+                  max_val: int | None = None, common: CommonInference | None = CommonInference(),
+                  invariance_slices: int = 64) -> dict[str, Any]:
     """Train, evaluate and time every unit not finished yet, with an ETA; write the reports.
 
     ``max_test``: the methods in ``subset`` (AnoDDPM's 200 passes per slice) score only the
     fixed subset of test volumes of :func:`cdiff_cli.eval.protocol.volume_subset`; the paired
     statistics then pair on those volumes. ``max_val``: those methods also choose their Dice
     thresholds and localisation calibration on that subset of each validation split. ``subset``
-    None: the methods whose spec marks them costly (``MethodSpec.benchmark_subset``)."""
+    None: the methods whose spec marks them costly (``MethodSpec.benchmark_subset``). ``common``: the
+    inference every timestep-based method is also scored with (None: own inference only);
+    ``invariance_slices``: healthy test slices of the z measures of units with an encoder (0: none)."""
     subset = tuple(benchmark_defaults()[1]) if subset is None else subset
     if seeds < 1:
         raise CdiffError(f"--seeds {seeds}: must be at least 1")
@@ -137,7 +160,7 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], s
         base = "cdiff" if unit.label.startswith("abl-") else unit.label
         capped = base in subset or unit.label in subset
         result = run_unit(unit, nova if unit.kind in ("train", "encoder") else None, device, infer_slices,
-                          max_test if capped else None, max_val if capped else None)
+                          max_test if capped else None, max_val if capped else None, common, invariance_slices)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         spent.setdefault(unit.label, []).append(result["seconds"])
         write_json(path, result)
@@ -146,7 +169,8 @@ def run_benchmark(recipe_path: Path, overrides: list[str], methods: list[str], s
     options = {"recipe": str(recipe_path), "budget": budget, "encoder_budget": encoder_budget, "seeds": seeds,
                "max_test_volumes": max_test, "max_val_volumes": max_val,
                "subset_methods": list(subset) if max_test is not None or max_val is not None else [],
-               "ablations": ablations or [], "resamples": resamples}
+               "ablations": ablations or [], "resamples": resamples,
+               "common_inference": common.to_dict() if common is not None else None}
     return write_reports(out, results, labels, options)
 
 
@@ -162,8 +186,10 @@ def eta(remaining: list[Unit], spent: dict[str, list[float]]) -> str:
 
 
 def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
-             max_test: int | None = None, max_val: int | None = None) -> dict[str, Any]:
-    """Train (resuming any stage cut off earlier), evaluate, localise and time one unit."""
+             max_test: int | None = None, max_val: int | None = None,
+             common: CommonInference | None = None, invariance_slices: int = 0) -> dict[str, Any]:
+    """Train (resuming any stage cut off earlier), evaluate under the unit's own inference and the common
+    one, measure z, localise and time one unit."""
     from cdiff_cli.eval.localize import localize
     from cdiff_cli.eval.protocol import evaluate
 
@@ -172,23 +198,29 @@ def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
     result: dict[str, Any] = {"method": method, "seed": unit.seed, "recipe_seed": recipe.seed,
                               "run_dir": str(run_dir), "kind": unit.kind, "max_test_volumes": max_test,
                               "max_val_volumes": max_val}
+    model_dir: Path | None = None
     if unit.kind == "reference":
         doc = evaluate_reference(recipe, method, max_test, max_val)  # type: ignore[arg-type]
     else:
         if unit.kind != "weights":
             progress = train_unit(unit, device)
-            result.update({"training": progress, "train_images_per_s": progress["diffusion"]["images_per_s"]})
+            result.update({"training": progress, "train_images_per_s": progress["diffusion"]["images_per_s"],
+                           **training_cost(progress)})
         model_dir = run_dir if unit.kind != "weights" else unit.weights
         result["weights"] = str(model_dir)
         info("  evaluating")
         doc = evaluate(recipe, str(model_dir), run_dir / "eval", device, max_test, max_val)["metrics"]
-    for name, metrics in doc.get("sets", {}).items():
-        for key in ("dice", "auprc", "auroc"):
-            result[f"{name}_{key}"] = _mean(metrics.get(key))
-    result["cases"] = {name: {c["subject"]: {"dice": c["dice"], "auprc": c["auprc"]} for c in s["cases"]}
-                       for name, s in doc["per_fold"][0]["sets"].items()}
-    result["healthy_l1"] = _mean((doc.get("healthy") or {}).get("l1"))
-    result["healthy_n"] = (doc.get("healthy") or {}).get("n")  # test volumes scored (fewer under max_test)
+    result["inference"] = inference_of(recipe) if model_dir is not None else None  # a reference: none
+    own = scores(doc)
+    result.update(own)
+    if model_dir is not None and common is not None:
+        result["common"] = evaluate_common(recipe, model_dir, own, common, device, max_test, max_val)
+    if model_dir is not None and invariance_slices > 0:
+        from cdiff_cli.eval.zmeasures import unit_invariance
+
+        info("  measuring z")
+        result["invariance"] = unit_invariance(recipe, model_dir, run_dir / "eval", device, invariance_slices,
+                                               common)
     if nova is not None:
         info("  localising")
         loc = localize(nova, str(run_dir), recipe.localize.top_k, "calibrated", None, recipe.localize.t2_filter,
@@ -199,6 +231,24 @@ def run_unit(unit: Unit, nova: Path | None, device: str, infer_slices: int,
     if unit.kind != "reference":
         result.update(inference_speed(recipe, device, infer_slices, model_dir))
     return result
+
+
+def evaluate_common(recipe: Recipe, model_dir: Path, own: dict[str, Any], common: CommonInference, device: str,
+                    max_test: int | None, max_val: int | None) -> dict[str, Any] | None:
+    """The unit's scores under the common inference (``run_dir/eval-common``); its own scores when its own
+    inference is the common one (not evaluated twice); None for a method without timesteps."""
+    from cdiff_cli.eval.protocol import evaluate
+
+    r = common_recipe(recipe, common)
+    if r is None:
+        return None
+    setting = inference_of(r)
+    if r.infer == recipe.infer:
+        return {**setting, "same_as_own": True, **own}
+    info(f"  evaluating under the common inference (t {list(common.timesteps)}, {common.passes} pass(es))")
+    doc = evaluate(r, str(model_dir), recipe.run_dir / "eval-common", device, max_test, max_val)["metrics"]
+    return {**setting, "same_as_own": False, **scores(doc)}
+
 
 
 def train_unit(unit: Unit, device: str) -> dict[str, Any]:
@@ -280,9 +330,3 @@ def inference_speed(recipe: Recipe, device: str, n: int, model_dir: Path | None 
     return {"infer_slices_per_s": len(x) / seconds, "infer_slices": len(x),
             "passes_per_slice": method_spec(recipe.method).passes_per_slice(recipe)}
 
-
-def _mean(value: Any) -> float | None:
-    """A metric as evaluate stores it, ``[mean, std]`` over folds or a number, as its mean."""
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    return None if value is None or not math.isfinite(float(value)) else float(value)

@@ -99,9 +99,11 @@ def embed(encoder: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.n
     return torch.nn.functional.normalize(z, dim=1).cpu().numpy()
 
 
-def probe_accuracy(z_healthy: np.ndarray, z_lesion: np.ndarray, seed: int = 0) -> float:
+def probe_accuracy(z_healthy: np.ndarray, z_lesion: np.ndarray, seed: int = 0,
+                   groups: np.ndarray | None = None) -> float:
     """Cross-validated accuracy of a linear probe of "has a lesion" (grouped: a slice and its
-    lesioned copy are never split across training and test folds)."""
+    lesioned copy are never split across training and test folds; ``groups`` per healthy slice,
+    e.g. its subject, keeps whole groups together too)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -110,13 +112,14 @@ def probe_accuracy(z_healthy: np.ndarray, z_lesion: np.ndarray, seed: int = 0) -
     n = len(z_healthy)
     x = np.concatenate([z_healthy, z_lesion])
     y = np.r_[np.zeros(n), np.ones(n)]
-    groups = np.r_[np.arange(n), np.arange(n)]
+    g = np.arange(n) if groups is None else np.asarray(groups)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    return float(cross_val_score(probe, x, y, groups=groups, cv=GroupKFold(n_splits=min(5, n))).mean())
+    folds = GroupKFold(n_splits=min(5, len(np.unique(g))))
+    return float(cross_val_score(probe, x, y, groups=np.r_[g, g], cv=folds).mean())
 
 
-class _FixedZ(torch.nn.Module):
-    """Stands in for the encoder: the z of the healthy slices, whatever it is shown."""
+class FixedZ(torch.nn.Module):
+    """Stands in for a model's encoder: given z's, whatever slices it is shown (same count)."""
 
     def __init__(self, z: torch.Tensor) -> None:
         super().__init__()
@@ -137,7 +140,7 @@ def segmentation(model: Model, lesioned: np.ndarray, healthy: np.ndarray, brain:
     encoder = loaded.encoder
     with torch.inference_mode():
         z = encoder(torch.as_tensor(healthy[:, None], device=model.device))
-    loaded.encoder = _FixedZ(z)
+    loaded.encoder = FixedZ(z)
     try:
         fixed = model.reconstruct_slices(lesioned[:, None], batch_size=len(lesioned))
     finally:

@@ -21,4 +21,5 @@ SPEC = MethodSpec(
             "encoder.trainable_in_diffusion=true", "diffusion.simplex.dims=2"),
     defaults={"encoder": {"normalize_z": False, "spark_norm_pix": False, "spark_fill": 0.0}},
     check=_check,
+    reference_timesteps=(250, 500, 750),
 )

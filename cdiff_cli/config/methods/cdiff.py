@@ -7,4 +7,5 @@ SPEC = MethodSpec(
     needs_encoder=True, network="unet", training="denoise", inference="one_pass",
     preset=("method=cdiff",),
     card_method="cdiff: contrastive-guided conditional diffusion", card_summary="",
+    reference_timesteps=(250, 500, 750),
 )

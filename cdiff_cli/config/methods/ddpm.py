@@ -11,4 +11,5 @@ SPEC = MethodSpec(
     card_method="DDPM baseline (the same U-Net without the encoder's z)",
     card_summary="It is the DDPM baseline: the description below applies without the encoder and its "
                  "embedding z (the U-Net is unconditioned).",
+    reference_timesteps=(500,),
 )

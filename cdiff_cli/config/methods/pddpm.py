@@ -31,4 +31,5 @@ SPEC = MethodSpec(
     needs_encoder=False, network="unet", training="patch", inference="patched",
     preset=("method=pddpm", "unet.cond_mode=none", "infer.timesteps=[500]", "diffusion.simplex.dims=2"),
     section="pddpm", check=_check, cost=lambda recipe, n_t: _cells(recipe) * n_t, card_inference=_card_inference,
+    reference_timesteps=(500,),
 )

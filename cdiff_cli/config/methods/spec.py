@@ -52,6 +52,9 @@ class MethodSpec:
     card_network: Callable[[Any], list[str]] | None = None  # card rows of a network other than the U-Net
     benchmark_default: bool = True  # in `cdiff benchmark`'s default --methods
     benchmark_subset: bool = False  # in the default --subset: costly, scored on fewer volumes
+    # its own reference inference in `cdiff benchmark` (one noise pass each): the noise levels its paper or code
+    # reconstructs from; None: timesteps play no part (anoddpm's t_start, the autoencoder's one pass)
+    reference_timesteps: tuple[int, ...] | None = None
 
     @property
     def uses_diffusion(self) -> bool:
