@@ -112,13 +112,16 @@ def _check_options(timesteps: str | None = None, batch_size: int | None = None, 
 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
                     batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
-                    series: str | None = None, strict: bool = False) -> None:
-    from cdiff_cli.api.files import reconstruct_inputs
+                    series: str | None = None, strict: bool = False, compress: str = "fast",
+                    preview: bool = True) -> None:
+    from cdiff_cli.api.files import Outputs, reconstruct_inputs
 
     steps = _check_options(timesteps, batch_size, seed, noise_passes)
-    written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict)
+    outputs = Outputs(compress, preview)  # type: ignore[arg-type]  # checked: one line on a typo
+    written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict,
+                                 outputs)
     _summary(f"reconstructed {len(written)} input(s) into {out}", {
-        "previews": out / "*_preview.png", "record": out / "reconstruct.json"})
+        **({"previews": out / "*_preview.png"} if preview else {}), "record": out / "reconstruct.json"})
 
 
 def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out: Path | None, device: str) -> None:

@@ -141,10 +141,17 @@ def reconstruct(
     series: SeriesOpt = None,
     strict: StrictOpt = False,
     device: DeviceOpt = "auto",
+    compress: Annotated[str, typer.Option(
+        help="NIfTI maps: fast (gzip, .nii.gz), best (smallest .nii.gz, several times slower) or none "
+             "(plain .nii, no compression time).")] = "fast",
+    preview: Annotated[bool, typer.Option(
+        "--preview/--no-preview", help="Draw a PNG preview per input (--no-preview for a whole dataset: "
+                                      "most of the CPU time beside the network).")] = True,
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
-    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict)
+    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict,
+                    compress, preview)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "

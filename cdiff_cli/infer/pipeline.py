@@ -167,7 +167,7 @@ def _drain(finishing: deque[Future[R]]) -> BaseException | None:
 # the stages that report, in the order an input meets them (nested: inside "reconstruct")
 STAGES = ("load image", "preprocess image", "load volume", "preprocess volume", "reconstruct", "encoder", "noise",
           "network", "post-process volume", "to image grid", "boxes", "pictures", "to input grid", "write nifti",
-          "volume preview", "write json")
+          "volume preview", "image preview", "write json")
 
 
 class StageTimes:
