@@ -61,9 +61,8 @@ def test_reconstruct_defaults_write_what_the_former_writer_wrote(tiny_run: Path,
 
     model = load_model(tiny_run, device="cpu")
     [row] = reconstruct_files(model, [volume], tmp_path / "d")
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
-        "scan_anomaly.nii.gz", "scan_preview.png", "scan_recon.nii.gz"]
-    assert row["preview"] == str(tmp_path / "d" / "scan_preview.png")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["scan_anomaly.nii.gz", "scan_recon.nii.gz"]
+    assert "preview" not in row
     maps = model.anomaly_map(volume)  # the same seed: the same maps
     for key in ("recon", "anomaly"):
         written = (tmp_path / "d" / f"scan_{key}.nii.gz").read_bytes()
@@ -78,9 +77,11 @@ def test_reconstruct_options_do_what_they_say(tiny_run: Path, volume: Path, tmp_
     from cdiff_cli.errors import CdiffError
 
     model = load_model(tiny_run, device="cpu")
-    reconstruct_files(model, [volume], tmp_path / "fast")
+    [row] = reconstruct_files(model, [volume], tmp_path / "fast", outputs=Outputs(preview=True))
+    assert row["preview"] == str(tmp_path / "fast" / "scan_preview.png")
+    assert (tmp_path / "fast" / "scan_preview.png").read_bytes()[:4] == b"\x89PNG"
     for compress in ("none", "best"):
-        [row] = reconstruct_files(model, [volume], tmp_path / compress, outputs=Outputs(compress, preview=False))
+        [row] = reconstruct_files(model, [volume], tmp_path / compress, outputs=Outputs(compress))
         suffix = ".nii" if compress == "none" else ".nii.gz"
         assert sorted(p.name for p in (tmp_path / compress).iterdir()) == [
             f"scan_anomaly{suffix}", f"scan_recon{suffix}"]
@@ -94,14 +95,19 @@ def test_reconstruct_options_do_what_they_say(tiny_run: Path, volume: Path, tmp_
         Outputs("zip")  # type: ignore[arg-type]
 
 
-def test_cli_no_preview_and_compress(tiny_run: Path, tiny_benchmark: Path, tmp_path: Path,
+def test_cli_preview_and_compress(tiny_run: Path, tiny_benchmark: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     png = tiny_benchmark / "NOVA" / "images" / "syn0001.png"
     code, _ = run_cli(["reconstruct", str(png), "--model", str(tiny_run), "--out", str(tmp_path / "o"),
-                       "--device", "cpu", "--no-preview", "--compress", "none"], capsys)
+                       "--device", "cpu", "--compress", "none"], capsys)
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         "reconstruct.json", "syn0001_anomaly.npy", "syn0001_recon.npy"]
+    code, _ = run_cli(["reconstruct", str(png), "--model", str(tiny_run), "--out", str(tmp_path / "q"),
+                       "--device", "cpu", "--preview"], capsys)
+    assert code == 0 and (tmp_path / "q" / "syn0001_preview.png").is_file()
+    assert np.array_equal(np.load(tmp_path / "q" / "syn0001_anomaly.npy"),
+                          np.load(tmp_path / "o" / "syn0001_anomaly.npy"))
     code, err = run_cli(["reconstruct", str(png), "--model", str(tiny_run), "--out", str(tmp_path / "p"),
                          "--device", "cpu", "--compress", "zip"], capsys)
     assert code == 2 and "--compress zip" in err

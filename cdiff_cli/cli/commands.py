@@ -113,7 +113,7 @@ def _check_options(timesteps: str | None = None, batch_size: int | None = None, 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
                     batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
                     series: str | None = None, strict: bool = False, compress: str = "fast",
-                    preview: bool = True) -> None:
+                    preview: bool = False) -> None:
     from cdiff_cli.api.files import Outputs, reconstruct_inputs
 
     steps = _check_options(timesteps, batch_size, seed, noise_passes)

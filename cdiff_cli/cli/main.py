@@ -124,7 +124,7 @@ def train_diffusion(
 
 @app.command(help="Reconstruct a healthy version of each input (NIfTI volumes, DICOM series folders, PNG/JPG "
              "slices, or folders of them) "
-             "and write reconstructions, anomaly maps (on the input's own grid) and PNG previews."
+             "and write reconstructions and anomaly maps (on the input's own grid; PNG previews with --preview)."
              + _example("cdiff reconstruct scan.nii.gz slices/ --model runs/quickstart --out recon/"))
 def reconstruct(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes, DICOM series folders, 2-D images, or "
@@ -145,8 +145,8 @@ def reconstruct(
         help="NIfTI maps: fast (gzip, .nii.gz), best (smallest .nii.gz, several times slower) or none "
              "(plain .nii, no compression time).")] = "fast",
     preview: Annotated[bool, typer.Option(
-        "--preview/--no-preview", help="Draw a PNG preview per input (--no-preview for a whole dataset: "
-                                      "most of the CPU time beside the network).")] = True,
+        "--preview/--no-preview", help="Also draw a PNG preview per input (input | reconstruction | "
+                                      "overlay; most of the CPU time beside the network).")] = False,
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 

@@ -270,7 +270,8 @@ def to_original_grid(map_dhw: np.ndarray, meta: dict[str, Any], order: int = 1) 
     """Map a ``(D, H, W)`` array on the prepared grid onto the ORIGINAL image's voxel grid.
 
     Written with ``meta["original_affine"]`` the result overlays the input image exactly.
-    Voxels outside the prepared field of view are 0. ``order=0`` for label maps.
+    Voxels outside the prepared field of view are 0. ``order=0`` for label maps. The result is in
+    Fortran order, as NIfTI stores voxels.
     """
     size = tuple(int(s) for s in meta["size"])
     expect = (size[2], size[1], size[0])
@@ -307,7 +308,7 @@ def to_original_grid(map_dhw: np.ndarray, meta: dict[str, Any], order: int = 1) 
                                                  output_shape=region, order=order, mode="constant", cval=0.0)
         out_c[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = resampled
     back = ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), ornt)
-    return np.ascontiguousarray(apply_orientation(out_c, back))
+    return np.asfortranarray(apply_orientation(out_c, back))  # NIfTI's voxel order: written without a copy
 
 
 def _separable_linear(src: np.ndarray, scale: np.ndarray, offset: np.ndarray,
