@@ -144,7 +144,8 @@ def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: in
         res = volume_maps(inp.prep.volume if inp.kind == "volume" else image, recon, mask,
                           ecfg.model_copy(update=update) if update else ecfg)
     else:
-        res = image_maps(image, recon, model.recipe.localize.median_size if median_size is None else median_size)
+        with stage("post-process images"):
+            res = image_maps(image, recon, model.recipe.localize.median_size if median_size is None else median_size)
     return GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly, mask=mask)
 
 
