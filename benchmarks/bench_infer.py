@@ -10,8 +10,9 @@ with a random-weight model built from a recipe (speed does not depend on the wei
 - ``reconstruct``: ``cdiff_cli.api.files.reconstruct_files`` (what ``cdiff reconstruct``
   runs once the model is loaded) on a folder of BraTS-sized 240x240x155 NIfTI volumes: load,
   preprocess, U-Net passes, post-processing (erosion, 5^3 median), mapping both maps back
-  onto the input grid, writing two NIfTI files and the preview per volume (the default outputs),
-  and again as ``--no-preview --compress none`` writes them (``Outputs("none", preview=False)``).
+  onto the input grid, writing two NIfTI files per volume (the default outputs: ``--compress fast``,
+  no preview), and again as ``--compress none`` writes them (``Outputs("none")``); ``localize`` also
+  with ``--no-pictures``.
 - the bound: only the U-Net forward passes, on the same number of slices and timesteps, batched
   as the pipeline batches them and cut into the same pieces as ``infer/pieces.py`` cuts them.
 - CPU-side cost: the busy time of every stage outside the networks (reading, preprocessing,
@@ -347,13 +348,13 @@ def main() -> None:
     variants = [v for v in args.share.split(",") if v]
     if any(v not in ("on", "off") for v in variants):
         raise SystemExit(f"--share {args.share}: expected on, off or on,off")
-    lean = Outputs("none", preview=False)
+    lean = Outputs("none")
     runs = [0]
 
-    def timed_localize(m: Any) -> float:
+    def timed_localize(m: Any, pictures: bool = True) -> float:
         runs[0] += 1
         return localize(tmp / "pngs", None, 5, "0.5", None, True, tmp / f"loc{runs[0]}", "cpu",
-                        model=m)["seconds"]
+                        model=m, pictures=pictures)["seconds"]
 
     def timed_reconstruct(m: Any, outputs: Any = Outputs()) -> float:
         runs[0] += 1
@@ -365,15 +366,19 @@ def main() -> None:
     n_vol = len(volumes)
     # name, inputs, unit, slices, run, batch for the bound (None: no bound)
     pipelines = [("localize", args.images, "image", args.images, lambda: timed_localize(real), chunk_size(model)),
+                 ("localize --no-pictures", args.images, "image", args.images, lambda: timed_localize(real, False),
+                  chunk_size(model)),
                  (f"reconstruct ({n_vol} x 240x240x155)", n_vol, "volume", d_slices * n_vol,
                   lambda: timed_reconstruct(real), None),
-                 ("reconstruct --no-preview --compress none", n_vol, "volume", d_slices * n_vol,
+                 ("reconstruct --compress none", n_vol, "volume", d_slices * n_vol,
                   lambda: timed_reconstruct(real, lean), None),
                  (f"GPU-like localize (stub {args.stub_ms:g} ms/call)", args.images, "image", args.images,
                   lambda: timed_localize(stub), "stub"),
+                 ("GPU-like localize --no-pictures", args.images, "image", args.images,
+                  lambda: timed_localize(stub, False), "stub"),
                  (f"GPU-like reconstruct (stub {args.stub_ms:g} ms/call)", n_vol, "volume", d_slices * n_vol,
                   lambda: timed_reconstruct(stub), "stub"),
-                 ("GPU-like reconstruct --no-preview --compress none", n_vol, "volume", d_slices * n_vol,
+                 ("GPU-like reconstruct --compress none", n_vol, "volume", d_slices * n_vol,
                   lambda: timed_reconstruct(stub, lean), "stub")]
     rows, breakdowns = [], {}
     for threads in counts:

@@ -151,3 +151,24 @@ def test_localize_takes_a_loaded_model_with_another_network(tiny_run: Path, tiny
         (folder / name).write_bytes((tiny_benchmark / "NOVA" / "images" / name).read_bytes())
     result = localize(folder, "no/such/model", 5, "0.5", None, False, tmp_path / "out", "cpu", model=stub)
     assert result["n_images"] == 2 and (tmp_path / "out" / "boxes.json").is_file()
+
+
+def test_localize_no_pictures_gives_the_same_boxes(tiny_run: Path, tiny_benchmark: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("syn0002.png", "syn0003.png"):
+        (folder / name).write_bytes((tiny_benchmark / "NOVA" / "images" / name).read_bytes())
+    outs = {}
+    for flag in ("--pictures", "--no-pictures"):
+        out = tmp_path / flag.strip("-")
+        code, err = run_cli(["localize", str(folder), "--model", str(tiny_run), "--out", str(out), "--threshold",
+                             "0.1", "--device", "cpu", flag], capsys)
+        assert code == 0, err
+        outs[flag] = out
+    assert sorted(p.name for p in (outs["--pictures"] / "images").iterdir()) == ["syn0002.png", "syn0003.png"]
+    assert not (outs["--no-pictures"] / "images").exists()
+    assert json.loads((outs["--pictures"] / "boxes.json").read_text()) == json.loads(
+        (outs["--no-pictures"] / "boxes.json").read_text())

@@ -200,11 +200,15 @@ def localize(
     series: SeriesOpt = None,
     strict: StrictOpt = False,
     device: DeviceOpt = "auto",
+    pictures: Annotated[bool, typer.Option(
+        "--pictures/--no-pictures", help="Draw each image (or volume slice with boxes) with its boxes into "
+                                        "OUT/images/ (--no-pictures: boxes.json and metrics only; the pictures "
+                                        "are most of the CPU time beside the network).")] = True,
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict)
+                 strict, pictures)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "
