@@ -1,7 +1,8 @@
-"""Inference throughput end to end vs. the U-Net passes alone, and peak memory of one volume.
+"""Inference throughput end to end vs. the U-Net passes alone, the CPU-side cost per input, the
+pipeline's own ceiling with a stand-in network, and peak memory of one volume.
 
-Side by side in one run, with a random-weight model built from a recipe (speed does not
-depend on the weights):
+Side by side in one run, at each thread count of ``--threads`` (default: torch's default, then 1),
+with a random-weight model built from a recipe (speed does not depend on the weights):
 
 - ``localize``: the real ``cdiff_cli.eval.localize.localize`` on a folder of N PNG slices
   (~480 px, NOVA-like): load PNG, preprocess, encode, noise, U-Net passes, map back to the
@@ -9,22 +10,36 @@ depend on the weights):
 - ``reconstruct``: ``cdiff_cli.api.files.reconstruct_files`` (what ``cdiff reconstruct``
   runs once the model is loaded) on a folder of BraTS-sized 240x240x155 NIfTI volumes: load,
   preprocess, U-Net passes, post-processing (erosion, 5^3 median), mapping both maps back
-  onto the input grid, writing two NIfTI files and the preview per volume.
+  onto the input grid, writing two NIfTI files per volume (the default outputs: ``--compress fast``,
+  no preview), and again as ``--compress none`` writes them (``Outputs("none")``); ``localize`` also
+  with ``--no-pictures``.
 - the bound: only the U-Net forward passes, on the same number of slices and timesteps, batched
-  as the pipeline batches them or in core sharing's pieces, whichever is faster.
+  as the pipeline batches them and cut into the same pieces as ``infer/pieces.py`` cuts them.
+- CPU-side cost: the busy time of every stage outside the networks (reading, preprocessing,
+  post-processing, mapping back, writing, previews, boxes, pictures), in ms per volume or image:
+  what a GPU does not remove; "after" is the part after the network (the issue's targets: 400 ms
+  per volume, 5 ms per image). The noise is listed apart (on a GPU it is drawn there).
+- GPU-like: the same pipelines with the U-Net and the encoder replaced by stand-ins of known cost
+  (``--stub-ms`` per call, sleeping, as a GPU call leaves the CPU free), given through the public
+  path (a ``LoadedModel`` with other networks, ``dataclasses.replace``, wrapped in ``api.Model``,
+  handed to ``reconstruct_files`` and to ``localize(model=...)``): the pipeline's own ceiling on
+  this machine, with the process CPU time per input.
 
 Both pipelines read the next input and write the previous one in threads while the network
 runs (``infer/pipeline.py``), so the per-stage breakdown lists busy time per stage, which
-overlaps; the stages report it themselves (``infer.pipeline.record_stages``). The ratio bound / end-to-end is printed (target >= 80%), with that breakdown (and ``--profile`` for a cProfile listing). Then a fresh subprocess reconstructs
-the 240x240x155 volume through ``reconstruct_inputs`` (what ``cdiff reconstruct`` calls) and
-reports its peak resident memory (``VmHWM``; ``ru_maxrss`` would include this parent's; target < 3 GB).
+overlaps; the stages report it themselves (``infer.pipeline.record_stages``). The ratio bound /
+end-to-end is printed (target >= 80%), with that breakdown (and ``--profile`` for a cProfile
+listing). Then a fresh subprocess reconstructs the 240x240x155 volume through
+``reconstruct_inputs`` (what ``cdiff reconstruct`` calls) and reports its peak resident memory
+(``VmHWM``; ``ru_maxrss`` would include this parent's; target < 3 GB).
 
     python benchmarks/bench_infer.py [--recipe recipes/quickstart.yaml] [--images 32] [--volumes 3]
-                                     [--repeats 3] [--threads N] [--share on,off] [--profile]
+                                     [--repeats 3] [--threads default,1] [--share on] [--stub-ms 1]
+                                     [--profile] [--skip-rss] [--keep]
 
-``--share on,off`` (the default) runs each pipeline with the network sharing the cores with the
-reading/writing threads (``infer/pipeline.py``, the default) and without (``CDIFF_SHARE_CORES=0``),
-taking turns, so the two ratios come from the same run.
+``--share on,off`` runs each pipeline with the network sharing the cores with the reading/writing
+threads (``infer/pipeline.py``, the default) and without (``CDIFF_SHARE_CORES=0``), taking turns,
+so the two ratios come from the same run.
 """
 
 from __future__ import annotations
@@ -46,6 +61,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from infer_tables import LABELS, print_tables  # noqa: E402
 
 BRATS_SHAPE = (240, 240, 155)
 
@@ -107,27 +125,6 @@ def write_brats_volume(path: Path, seed: int = 0) -> None:
 
 
 # ------------------------------------------------------------------------------------ timing
-
-
-# the package's stage names (``infer/pipeline.STAGES``) -> the lines of the table; indented = inside "reconstruct"
-LABELS = {
-    "load image": "load image",
-    "preprocess image": "preprocess 2-D",
-    "load volume": "load NIfTI",
-    "preprocess volume": "preprocess volume",
-    "reconstruct": "reconstruct_slices (all passes)",
-    "encoder": "  encoder forward",
-    "noise": "  noise",
-    "network": "  U-Net forward",
-    "post-process volume": "post-process volume (erode, median)",
-    "to image grid": "map back to the image grid",
-    "boxes": "boxes (median, label, top-k)",
-    "pictures": "pictures (PNG with boxes)",
-    "write json": "JSON outputs",
-    "to input grid": "map back to the input grid",
-    "write nifti": "write NIfTI (gzip)",
-    "volume preview": "volume preview PNG",
-}
 
 
 def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int = 1) -> float:
@@ -227,6 +224,46 @@ def _quiet_env() -> dict[str, str]:
     return {**os.environ, "CDIFF_PROGRESS": "0"}
 
 
+# ------------------------------------------------------------------------------------ stand-in networks
+
+
+class StubUNet:
+    """A U-Net of known cost: sleeps ``ms`` per call (a GPU call leaves the CPU free) and returns its input."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms, self.calls = ms, 0
+
+    def __call__(self, x: Any, t: Any, z: Any = None) -> Any:
+        self.calls += 1
+        time.sleep(self.ms / 1000)
+        return x
+
+
+class StubEncoder:
+    """An encoder of known cost: sleeps ``ms`` per call, returns zeros of the model's z size."""
+
+    def __init__(self, ms: float, z_dim: int) -> None:
+        self.ms, self.z_dim, self.calls = ms, z_dim, 0
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        self.calls += 1
+        time.sleep(self.ms / 1000)
+        return torch.zeros(len(x), self.z_dim)
+
+
+def stub_model(loaded: Any, ms: float) -> Any:
+    """``api.Model`` of ``loaded`` with both networks replaced by stand-ins (the public path: a
+    ``LoadedModel`` is a dataclass of its networks)."""
+    import dataclasses
+
+    from cdiff_cli.api import Model
+
+    enc = StubEncoder(ms, loaded.recipe.encoder.z_dim) if loaded.encoder is not None else None
+    return Model(dataclasses.replace(loaded, unet=StubUNet(ms), encoder=enc))
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -236,11 +273,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32, help="PNG slices for localize")
     ap.add_argument("--volumes", type=int, default=3, help="240x240x155 NIfTI volumes for reconstruct")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest is kept)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", default="default,1",
+                    help="torch intra-op thread counts, in turn (default: torch's default, then 1)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile listing of each pipeline")
-    ap.add_argument("--share", default="on,off",
+    ap.add_argument("--share", default="on",
                     help="core sharing of the network with the reading/writing threads (infer/pipeline.py): "
                          "on, off, or on,off side by side")
+    ap.add_argument("--stub-ms", type=float, default=1.0, help="cost of one stand-in network call (GPU-like rows)")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (inputs, model, outputs)")
     args = ap.parse_args()
@@ -250,12 +289,13 @@ def main() -> None:
     os.environ.setdefault("CDIFF_PROGRESS", "0")
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from cdiff_cli.eval.localize import localize
+    default_threads = torch.get_num_threads()
+    counts = [default_threads if c == "default" else int(c) for c in args.threads.split(",") if c]
     from cdiff_cli.api import Model
-    from cdiff_cli.api.files import reconstruct_files
+    from cdiff_cli.api.files import Outputs, reconstruct_files
+    from cdiff_cli.eval.localize import chunk_size, localize
     from cdiff_cli.infer.model import load_model
+    from cdiff_cli.infer.pipeline import record_stages
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
     recipe = build_model_folder(tmp / "run", args.recipe)
@@ -272,67 +312,76 @@ def main() -> None:
     d_slices = recipe.data.size[2]
     print(f"recipe {args.recipe}: slices {recipe.data.image_hw[0]}x{recipe.data.image_hw[1]}, timesteps "
           f"{list(recipe.infer.timesteps)}, batch {recipe.infer.batch_size}, encoder {recipe.encoder.arch}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}; "
+          f"torch {torch.__version__}, thread counts {counts} (default {default_threads}), {platform.machine()}; "
           f"model load {load_s:.2f} s (not counted below)")
 
-    from cdiff_cli.eval.localize import chunk_size
-    from cdiff_cli.infer.pipeline import record_stages
-
-    rows = []
-    breakdowns = {}
     variants = [v for v in args.share.split(",") if v]
     if any(v not in ("on", "off") for v in variants):
         raise SystemExit(f"--share {args.share}: expected on, off or on,off")
+    lean = Outputs("none")
+    runs = [0]
 
-    def timed_localize(i: int) -> float:
-        return localize(tmp / "pngs", str(tmp / "run"), 5, "0.5", None, True, tmp / f"loc{i}", "cpu")["seconds"]
+    def timed_localize(m: Any, pictures: bool = True) -> float:
+        runs[0] += 1
+        return localize(tmp / "pngs", None, 5, "0.5", None, True, tmp / f"loc{runs[0]}", "cpu",
+                        model=m, pictures=pictures)["seconds"]
 
-    def timed_reconstruct(i: int) -> float:
+    def timed_reconstruct(m: Any, outputs: Any = Outputs()) -> float:
+        runs[0] += 1
         t0 = time.perf_counter()
-        reconstruct_files(Model(model), volumes, tmp / f"rec{i}")
+        reconstruct_files(m, volumes, tmp / f"rec{runs[0]}", outputs=outputs)
         return time.perf_counter() - t0
 
-    pipelines = [("localize", args.images, timed_localize, chunk_size(model)),
-                 (f"reconstruct ({len(volumes)} x 240x240x155)", d_slices * len(volumes), timed_reconstruct, None)]
-    for name, n_slices, run, batch in pipelines:
-        # the variants and the bound alternate, so all see the same background load; the fastest of each is kept
-        best = {v: (float("inf"), {}) for v in variants}
-        bound = float("inf")
-        for i in range(args.repeats + 1):  # the first round warms caches and is discarded
+    real, stub = Model(model), stub_model(model, args.stub_ms)
+    n_vol = len(volumes)
+    # name, inputs, unit, slices, run, batch for the bound (None: no bound)
+    pipelines = [("localize", args.images, "image", args.images, lambda: timed_localize(real), chunk_size(model)),
+                 ("localize --no-pictures", args.images, "image", args.images, lambda: timed_localize(real, False),
+                  chunk_size(model)),
+                 (f"reconstruct ({n_vol} x 240x240x155)", n_vol, "volume", d_slices * n_vol,
+                  lambda: timed_reconstruct(real), None),
+                 ("reconstruct --compress none", n_vol, "volume", d_slices * n_vol,
+                  lambda: timed_reconstruct(real, lean), None),
+                 (f"GPU-like localize (stub {args.stub_ms:g} ms/call)", args.images, "image", args.images,
+                  lambda: timed_localize(stub), "stub"),
+                 ("GPU-like localize --no-pictures", args.images, "image", args.images,
+                  lambda: timed_localize(stub, False), "stub"),
+                 (f"GPU-like reconstruct (stub {args.stub_ms:g} ms/call)", n_vol, "volume", d_slices * n_vol,
+                  lambda: timed_reconstruct(stub), "stub"),
+                 ("GPU-like reconstruct --compress none", n_vol, "volume", d_slices * n_vol,
+                  lambda: timed_reconstruct(stub, lean), "stub")]
+    rows, breakdowns = [], {}
+    for threads in counts:
+        torch.set_num_threads(threads)
+        for name, n_in, unit, n_slices, run, batch in pipelines:
+            # the variants and the bound alternate, so all see the same background load; the fastest is kept
+            best = {v: (float("inf"), {}, 0.0) for v in variants}
+            bound = float("inf")
+            for i in range(args.repeats + 1):  # the first round warms caches and is discarded
+                for v in variants:
+                    os.environ["CDIFF_SHARE_CORES"] = "1" if v == "on" else "0"
+                    cpu0 = time.process_time()
+                    with record_stages() as times, maybe_profile(
+                            args.profile and i == args.repeats and v == variants[0], name):
+                        dt = run()
+                    cpu = time.process_time() - cpu0
+                    if i and dt < best[v][0]:
+                        parts = {LABELS.get(k, k): (sec, times.calls[k], times.cpu_seconds[k])
+                                 for k, sec in times.seconds.items()}
+                        best[v] = (dt, parts, cpu)
+                if i and batch != "stub":
+                    bound = min(bound, unet_bound(model, n_slices, batch if isinstance(batch, int) else None))
             for v in variants:
-                os.environ["CDIFF_SHARE_CORES"] = "1" if v == "on" else "0"
-                with record_stages() as times, maybe_profile(args.profile and i == args.repeats and v == variants[0],
-                                                             name):
-                    dt = run(i)
-                if i and dt < best[v][0]:
-                    best[v] = (dt, {LABELS.get(k, k): (sec, times.calls[k]) for k, sec in times.seconds.items()})
-            if i:
-                bound = min(bound, unet_bound(model, n_slices, batch))
-        for v in variants:
-            label = f"{name}, sharing {v}" if len(variants) > 1 else name
-            rows.append((label, n_slices, best[v][0], bound))
-            breakdowns[label] = best[v]
+                label = f"{name}, sharing {v}" if len(variants) > 1 else name
+                dt, parts, cpu = best[v]
+                rows.append((label, threads, n_in, unit, n_slices, dt, bound, cpu, parts))
+                breakdowns[f"{label} at {threads} thread(s)"] = (dt, parts)
     os.environ.pop("CDIFF_SHARE_CORES", None)
-
-    print(f"\nfastest of {args.repeats} runs after one warm-up (e2e and bound alternating); bound = U-Net forward passes alone on the same "
-          f"slices x {n_t} timesteps\n")
-    head = (f"{'pipeline':<46} {'slices':>6} {'e2e s':>7} {'e2e sl/s':>8} {'bound s':>7} {'bound sl/s':>10} "
-            f"{'ratio':>6}")
-    print(head)
-    print("-" * len(head))
-    for name, n, e2e, bnd in rows:
-        verdict = "" if bnd / e2e >= 0.8 else "  < 80% target"
-        print(f"{name:<46} {n:>6} {e2e:>7.2f} {n / e2e:>8.1f} {bnd:>7.2f} {n / bnd:>10.1f} {100 * bnd / e2e:>5.0f}%"
-              f"{verdict}")
-    for name, (total, parts) in breakdowns.items():
-        print(f"\nbusy time per stage for {name} ({total:.2f} s end to end; indented = inside the line above; "
-              f"reading and writing run in threads beside the network, so the shares overlap):")
-        for label, (sec, calls) in sorted(parts.items(), key=lambda kv: _order(kv[0])):
-            print(f"  {label:<40} {sec:>7.3f} s {100 * sec / total:>5.1f}%  ({calls} call(s))")
+    torch.set_num_threads(default_threads)
+    print_tables(rows, breakdowns, args.repeats, n_t)
 
     if not args.skip_rss:
-        threads = torch.get_num_threads()
-        r = peak_rss(tmp / "run", volumes[0], tmp / "rss_out", threads)
+        r = peak_rss(tmp / "run", volumes[0], tmp / "rss_out", default_threads)
         gb = r["peak_kb"] / 1024**2
         print(f"\npeak RSS reconstructing a {BRATS_SHAPE[0]}x{BRATS_SHAPE[1]}x{BRATS_SHAPE[2]} volume in a fresh "
               f"process: {gb:.2f} GB (after imports + model load: {r['floor_kb'] / 1024**2:.2f} GB; "
@@ -344,14 +393,6 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_ORDER = ["load image", "load NIfTI", "preprocess 2-D", "preprocess volume", "reconstruct_slices (all passes)",
-          "  encoder forward", "  noise", "  U-Net forward", "post-process volume (erode, median)",
-          "map back to the image grid", "boxes (median, label, top-k)", "pictures (PNG with boxes)",
-          "map back to the input grid", "write NIfTI (gzip)", "volume preview PNG", "JSON outputs"]
-
-
-def _order(label: str) -> int:
-    return _ORDER.index(label) if label in _ORDER else len(_ORDER)
 
 
 if __name__ == "__main__":

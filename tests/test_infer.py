@@ -135,7 +135,7 @@ def reconstructed(models: dict[str, Path], inputs: dict[str, Path], module_tmp: 
     capsys = _NoCapture()
     root = module_tmp("recon")
     model = str(models["fold0"])
-    runs = {"a": (["nifti", "png", "folder"], 3, []), "b": (["nifti", "png"], 3, []), "c": (["nifti", "png"], 4, []),
+    runs = {"a": (["nifti", "png", "folder"], 3, ["--preview"]), "b": (["nifti", "png"], 3, []), "c": (["nifti", "png"], 4, []),
             "d": (["png"], 3, ["--noise-passes", "2"])}
     for tag, (keys, seed, extra) in runs.items():
         code, err = run_cli(["reconstruct", *(str(inputs[k]) for k in keys), "--model", model, "--out",

@@ -184,7 +184,8 @@ def test_a_failure_while_writing_leaves_no_half_output_set(model: Path, tiny_ben
 
     monkeypatch.setattr(preview, "save_preview", failing)
     out = tmp_path / "out"
-    code, err = _cli(capsys, "reconstruct", str(tmp_path / "in"), "--model", str(model), "--out", str(out))
+    code, err = _cli(capsys, "reconstruct", str(tmp_path / "in"), "--model", str(model), "--out", str(out),
+                     "--preview")
     assert code == 3 and "No space left" in err, err
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("s")) == sorted(
         f"s{i}_{kind}" for i in (0, 2) for kind in ("anomaly.npy", "preview.png", "recon.npy"))

@@ -297,3 +297,55 @@ def test_calibrate_healthy_is_the_unit_switch_for_maps_of_any_shape() -> None:
         assert calibrate_healthy(maps, 0.2, "slice") == calibrate_slice_threshold(maps, 0.2, median_size=1)
     with pytest.raises(ValueError, match="'pixel' or 'slice'"):
         calibrate_healthy(images, 0.05, "volume")
+
+
+# --- the torch twins (infer/postprocess_torch.py): what a GPU computes, checked here on the CPU ---------
+
+
+@pytest.mark.parametrize("shape,size", [((7, 12, 10), 5), ((3, 9, 8), 3), ((1, 6, 5), 5), ((4, 8, 8), 4)])
+def test_torch_median_is_scipys(shape: tuple[int, ...], size: int) -> None:
+    import torch
+
+    from cdiff_cli.infer import postprocess_torch as pt
+
+    rng = np.random.default_rng(size)
+    v = np.round(rng.random(shape), 1).astype(np.float32)  # rounded: many ties
+    want = ndimage.median_filter(v, size=(size,) * 3)
+    got = pt.median_filter(torch.as_tensor(v), (size,) * 3).numpy()
+    assert np.array_equal(got, want)
+    assert np.array_equal(pt.median_filter_2d(v, size, torch.device("cpu")), median_filter_2d(v, size))
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_torch_postprocess_volume_is_numpys(iterations: int) -> None:
+    import torch
+
+    from cdiff_cli.infer import postprocess_torch as pt
+
+    rng = np.random.default_rng(iterations)
+    residual = rng.random((6, 20, 18)).astype(np.float32)
+    mask = rng.random((6, 20, 18)) < 0.8
+    mask[:, :3] = True  # touching the border: border pixels count as outside
+    want = postprocess_volume(residual, mask, iterations, 5)
+    got = pt.postprocess_volume(residual, mask, iterations, 5, torch.device("cpu"))
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(pt.erode_slicewise(torch.as_tensor(mask), iterations).numpy(),
+                          erode_mask_slicewise(mask, iterations))
+
+
+def test_torch_maps_are_the_cpu_maps() -> None:
+    """What ``infer.maps.grid_maps`` computes with the model on a GPU, here on the CPU device."""
+    import torch
+
+    from cdiff_cli.config import EvalConfig
+    from cdiff_cli.infer import postprocess_torch as pt
+    from cdiff_cli.infer.reconstruct import image_maps, volume_maps
+
+    rng = np.random.default_rng(1)
+    vol, recon = (rng.random((2, 5, 16, 16)).astype(np.float32))
+    mask = rng.random((5, 16, 16)) < 0.9
+    cfg = EvalConfig(erosion_iterations=1, median_size=3)
+    cpu = torch.device("cpu")
+    for want, got in ((volume_maps(vol, recon, mask, cfg), pt.volume_maps(vol, recon, mask, cfg, cpu)),
+                      (image_maps(vol, recon, 5), pt.image_maps(vol, recon, 5, cpu))):
+        assert np.array_equal(want.anomaly, got.anomaly) and np.array_equal(want.residual, got.residual)

@@ -112,13 +112,16 @@ def _check_options(timesteps: str | None = None, batch_size: int | None = None, 
 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
                     batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
-                    series: str | None = None, strict: bool = False) -> None:
-    from cdiff_cli.api.files import reconstruct_inputs
+                    series: str | None = None, strict: bool = False, compress: str = "fast",
+                    preview: bool = False) -> None:
+    from cdiff_cli.api.files import Outputs, reconstruct_inputs
 
     steps = _check_options(timesteps, batch_size, seed, noise_passes)
-    written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict)
+    outputs = Outputs(compress, preview)  # type: ignore[arg-type]  # checked: one line on a typo
+    written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict,
+                                 outputs)
     _summary(f"reconstructed {len(written)} input(s) into {out}", {
-        "previews": out / "*_preview.png", "record": out / "reconstruct.json"})
+        **({"previews": out / "*_preview.png"} if preview else {}), "record": out / "reconstruct.json"})
 
 
 def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out: Path | None, device: str) -> None:
@@ -133,7 +136,8 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
 
 def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
-                 out: Path, device: str, series: str | None = None, strict: bool = False) -> None:
+                 out: Path, device: str, series: str | None = None, strict: bool = False,
+                 pictures: bool = True) -> None:
     _check_options(top_k=top_k, threshold=threshold)
     if protocol not in (None, "recipe", "paper"):
         raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
@@ -144,7 +148,7 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
 
     result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
                       recipe=recipe, protocol=protocol or "recipe", series=series,  # type: ignore[arg-type]
-                      strict=strict,
+                      strict=strict, pictures=pictures,
                       recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())
@@ -154,7 +158,7 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
     _summary(f"localized {result['n_inputs']} input(s) ({what or 'none'}): {result['n_boxes']} box(es) on "
              f"{result['n_with_boxes']} {where}", {
         "settings": ", ".join(f"{k} {v} ({result['settings_from'][k]})" for k, v in result["settings"].items()),
-        "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"],
+        "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"] or "none (--no-pictures)",
         "metrics": result.get("metrics_json", "no annotations: none computed")})
 
 

@@ -124,7 +124,7 @@ def train_diffusion(
 
 @app.command(help="Reconstruct a healthy version of each input (NIfTI volumes, DICOM series folders, PNG/JPG "
              "slices, or folders of them) "
-             "and write reconstructions, anomaly maps (on the input's own grid) and PNG previews."
+             "and write reconstructions and anomaly maps (on the input's own grid; PNG previews with --preview)."
              + _example("cdiff reconstruct scan.nii.gz slices/ --model runs/quickstart --out recon/"))
 def reconstruct(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes, DICOM series folders, 2-D images, or "
@@ -141,10 +141,17 @@ def reconstruct(
     series: SeriesOpt = None,
     strict: StrictOpt = False,
     device: DeviceOpt = "auto",
+    compress: Annotated[str, typer.Option(
+        help="NIfTI maps: fast (gzip, .nii.gz), best (smallest .nii.gz, several times slower) or none "
+             "(plain .nii, no compression time).")] = "fast",
+    preview: Annotated[bool, typer.Option(
+        "--preview/--no-preview", help="Also draw a PNG preview per input (input | reconstruction | "
+                                      "overlay; most of the CPU time beside the network).")] = False,
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
-    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict)
+    run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict,
+                    compress, preview)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
@@ -193,11 +200,15 @@ def localize(
     series: SeriesOpt = None,
     strict: StrictOpt = False,
     device: DeviceOpt = "auto",
+    pictures: Annotated[bool, typer.Option(
+        "--pictures/--no-pictures", help="Draw each image (or volume slice with boxes) with its boxes into "
+                                        "OUT/images/ (--no-pictures: boxes.json and metrics only; the pictures "
+                                        "are most of the CPU time beside the network).")] = True,
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict)
+                 strict, pictures)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

@@ -28,7 +28,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from scipy import ndimage
 
 from cdiff_cli.config import DataConfig
@@ -270,7 +270,8 @@ def to_original_grid(map_dhw: np.ndarray, meta: dict[str, Any], order: int = 1) 
     """Map a ``(D, H, W)`` array on the prepared grid onto the ORIGINAL image's voxel grid.
 
     Written with ``meta["original_affine"]`` the result overlays the input image exactly.
-    Voxels outside the prepared field of view are 0. ``order=0`` for label maps.
+    Voxels outside the prepared field of view are 0. ``order=0`` for label maps. The result is in
+    Fortran order, as NIfTI stores voxels.
     """
     size = tuple(int(s) for s in meta["size"])
     expect = (size[2], size[1], size[0])
@@ -294,7 +295,8 @@ def to_original_grid(map_dhw: np.ndarray, meta: dict[str, Any], order: int = 1) 
     vox = (np.linalg.inv(m) @ corners)[:3]
     lo = np.clip(np.floor(vox.min(axis=1)).astype(int), 0, shape_c)
     hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 1, 0, shape_c)
-    out_c = np.zeros(shape_c, dtype=dtype)
+    out = np.zeros(shape0, dtype=dtype, order="F")  # NIfTI's voxel order: written without a copy
+    out_c = apply_orientation(out, ornt)  # a view of ``out`` in the canonical frame (axes swapped or flipped)
     if np.all(hi > lo):
         src = np.pad(map_xyz, 1, mode="edge")  # edge values one voxel beyond the grid
         off = m[:3, 3] + m[:3, :3] @ lo + 1.0
@@ -306,8 +308,7 @@ def to_original_grid(map_dhw: np.ndarray, meta: dict[str, Any], order: int = 1) 
             resampled = ndimage.affine_transform(src, np.diag(lin) if _is_diag(lin) else lin, off,
                                                  output_shape=region, order=order, mode="constant", cval=0.0)
         out_c[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = resampled
-    back = ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), ornt)
-    return np.ascontiguousarray(apply_orientation(out_c, back))
+    return out
 
 
 def _separable_linear(src: np.ndarray, scale: np.ndarray, offset: np.ndarray,
@@ -328,7 +329,10 @@ def _separable_linear(src: np.ndarray, scale: np.ndarray, offset: np.ndarray,
         bcast[axis] = -1
         a = np.take(out, i0, axis=axis)
         b = np.take(out, i1, axis=axis)
-        out = (a * (keep - w).reshape(bcast) + b * w.reshape(bcast)).astype(np.float32, copy=False)
+        a *= (keep - w).reshape(bcast)  # in place: the same float32 products and sum, no temporaries
+        b *= w.reshape(bcast)
+        a += b
+        out = a
     return out
 
 

@@ -97,14 +97,17 @@ def input_files(input_dir: Path) -> list[Path]:
 def localize(input_dir: Path, model_spec: str | None, top_k: int | None, threshold: str | None,
              annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
              recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
-             series: str | None = None, strict: bool = False) -> dict[str, Any]:
+             series: str | None = None, strict: bool = False, model: Model | None = None,
+             pictures: bool = True) -> dict[str, Any]:
     """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
 
     ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
     of ``recipe``'s ``localize`` section, else of the model's own recipe. ``series`` chooses the
     series of DICOM folders that hold several (UID or description). An input that cannot be read
     is listed (``failed`` in ``localize.json``) and the others go on, ending with exit code 3
-    (``strict``: stop at the first).
+    (``strict``: stop at the first). ``model``: one already loaded (a notebook, a benchmark's model with a
+    stand-in network), used instead of loading ``model_spec`` on ``device_spec``. ``pictures``: draw each
+    image (each volume slice with a box) with its boxes into ``out/images``.
     """
     from cdiff_cli.data.nova import is_t2
 
@@ -113,23 +116,23 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     volumes = [p for p in plan.files if is_volume(p)]
     gold = annotated_images(input_dir, images, annotations) if images else {}
     check_output_dir(out)
-    api = load_model(model_spec, device=device_spec)
-    model = api.loaded
-    if model.channels != 1:
-        raise CdiffError(f"{model.folder.parent}: a {model.channels}-channel (colour) model; `cdiff localize` boxes "
+    api = model if model is not None else load_model(model_spec, device=device_spec)
+    loaded = api.loaded
+    if loaded.channels != 1:
+        raise CdiffError(f"{loaded.folder.parent}: a {loaded.channels}-channel (colour) model; `cdiff localize` boxes "
                          "anomalies in 1-channel MRI - use `cdiff reconstruct` for its anomaly maps")
-    base = recipe if recipe is not None else model.recipe
+    base = recipe if recipe is not None else loaded.recipe
     settings, origin = localize_settings(base.localize, recipe_name or ("recipe" if recipe is not None else
                                                                       "model recipe"), protocol, top_k, threshold,
                                          t2_filter)
-    thr, thr_kind = _threshold(model, settings)
+    thr, thr_kind = _threshold(loaded, settings)
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
     # images in chunks, volumes one at a time; the next chunk is read and the previous one
     # boxed and drawn while the network runs on this one
-    n = chunk_size(model)
+    n = chunk_size(loaded)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
-    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images", plan, series)
+    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images" if pictures else None, plan, series)
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(plan.files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
@@ -145,7 +148,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
                               "n_images": len(records), "n_boxes": sum(len(r["boxes"]) for r in records),
                               "n_with_boxes": sum(bool(r["boxes"]) for r in records),
                               "failed": [f.as_dict() for f in plan.failed], "boxes": str(out / "boxes.json"),
-                              "pictures": str(out / "images"), "threshold": thr, "threshold_kind": thr_kind,
+                              "pictures": str(out / "images") if pictures else None, "threshold": thr, "threshold_kind": thr_kind,
                               "settings": settings.model_dump(mode="json"), "settings_from": origin,
                               "seconds": round(seconds, 2), "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
     t2_only = settings.t2_filter
@@ -171,7 +174,7 @@ class _Boxer:
     """The three pipeline stages of ``localize`` (see ``infer.pipeline``), each a stage of the API."""
 
     def __init__(self, model: Model, thr: float, settings: LocalizeConfig, eval_cfg: EvalConfig,
-                 gold: dict[str, Any], pictures: Path, plan: InputPlan, series: str | None = None) -> None:
+                 gold: dict[str, Any], pictures: Path | None, plan: InputPlan, series: str | None = None) -> None:
         self.model, self.thr, self.gold, self.pictures, self.series = model, thr, gold, pictures, series
         self.settings, self.eval_cfg, self.plan = settings, eval_cfg, plan
         self.chunks = 0
@@ -216,7 +219,8 @@ class _Boxer:
         result = self.model.maps(inp, recon, median_size=self.settings.median_size)
         record = {"file": path, "name": self.plan.names[path], "hw": inp.raw[0].shape, "boxes": self._boxes(result),
                   "record": self.gold.get(path.name)}
-        _picture(self.pictures, record, inp.raw[0], self.thr)
+        if self.pictures is not None:
+            _picture(self.pictures, record, inp.raw[0], self.thr)
         return record
 
     def _boxes(self, result: Any) -> Any:
@@ -232,7 +236,8 @@ class _Boxer:
                 image = result.grid.image[sb.slice]
                 record = {"file": path, "name": self.plan.names[path], "slice": sb.slice, "hw": image.shape,
                           "boxes": sb.boxes, "record": None}
-                pictures.append(_picture(self.pictures, record, image, self.thr))
+                if self.pictures is not None:
+                    pictures.append(_picture(self.pictures, record, image, self.thr))
                 found.append(record)
         return found
 

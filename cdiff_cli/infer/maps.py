@@ -133,9 +133,17 @@ def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: in
               erosion: int | None = None) -> GridMaps:
     """Residual -> anomaly map on the model grid. Volumes (and masked slices): the brain mask eroded
     ``erosion`` times slice-wise, then a 3-D median of ``median_size`` (default the recipe's
-    ``eval.*``); images: a 2-D median (default ``localize.median_size``), as the calibration."""
+    ``eval.*``); images: a 2-D median (default ``localize.median_size``), as the calibration. With the
+    model on a GPU both run there (``postprocess_torch.py``)."""
     from cdiff_cli.infer.reconstruct import image_maps, volume_maps
 
+    if model.device.type == "cuda":  # the residual's post-processing where the network ran (the same values)
+        from functools import partial
+
+        from cdiff_cli.infer import postprocess_torch
+
+        volume_maps = partial(postprocess_torch.volume_maps, device=model.device)
+        image_maps = partial(postprocess_torch.image_maps, device=model.device)
     image = inp.slices[:, 0]  # (N, H, W)
     mask = inp.prep.mask if inp.kind == "volume" else inp.mask
     if mask is not None:
@@ -144,7 +152,8 @@ def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: in
         res = volume_maps(inp.prep.volume if inp.kind == "volume" else image, recon, mask,
                           ecfg.model_copy(update=update) if update else ecfg)
     else:
-        res = image_maps(image, recon, model.recipe.localize.median_size if median_size is None else median_size)
+        with stage("post-process images"):
+            res = image_maps(image, recon, model.recipe.localize.median_size if median_size is None else median_size)
     return GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly, mask=mask)
 
 

@@ -21,8 +21,10 @@ compares both).
 
 Busy time per stage. The steps of the path from an input to its maps report themselves with
 ``with stage(name):`` (names in ``STAGES``); inside ``with record_stages() as times:`` each
-report adds its seconds and one call to ``times``, from whichever thread it runs in, so a
-benchmark can say where the time goes without patching functions. Outside a recording
+report adds its seconds, the CPU seconds of its own thread, and one call to ``times``, from
+whichever thread it runs in, so a benchmark can say where the time goes without patching
+functions (the CPU seconds stay meaningful on a machine loaded by other work, the wall seconds
+do not). Outside a recording
 ``stage`` returns one shared no-op context: nothing is timed or allocated.
 """
 
@@ -166,12 +168,13 @@ def _drain(finishing: deque[Future[R]]) -> BaseException | None:
 
 # the stages that report, in the order an input meets them (nested: inside "reconstruct")
 STAGES = ("load image", "preprocess image", "load volume", "preprocess volume", "reconstruct", "encoder", "noise",
-          "network", "post-process volume", "to image grid", "boxes", "pictures", "to input grid", "write nifti",
-          "volume preview", "write json")
+          "network", "post-process volume", "post-process images", "to image grid", "boxes", "pictures",
+          "to input grid", "write nifti", "volume preview", "image preview", "write json")
 
 
 class StageTimes:
-    """Busy seconds and calls per stage, summed over every thread that reported while recording.
+    """Busy seconds, the reporting thread's CPU seconds and calls per stage, summed over every thread
+    that reported while recording (torch's own worker threads are not in the CPU seconds).
 
     A pipeline runs reading and writing beside the network, so the stages' seconds overlap and
     may add up to more than the wall time.
@@ -179,34 +182,37 @@ class StageTimes:
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.cpu_seconds: defaultdict[str, float] = defaultdict(float)
         self.calls: defaultdict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, cpu_seconds: float = 0.0) -> None:
         with self._lock:
             self.seconds[name] += seconds
+            self.cpu_seconds[name] += cpu_seconds
             self.calls[name] += 1
 
     def reset(self) -> None:
         """Forget what was recorded (between the repeats of a benchmark)."""
         with self._lock:
             self.seconds.clear()
+            self.cpu_seconds.clear()
             self.calls.clear()
 
 
 class _Timed:
     """Times one block as stage ``name`` into ``times``."""
 
-    __slots__ = ("name", "t0", "times")
+    __slots__ = ("name", "t0", "cpu0", "times")
 
     def __init__(self, times: StageTimes, name: str) -> None:
-        self.times, self.name, self.t0 = times, name, 0.0
+        self.times, self.name, self.t0, self.cpu0 = times, name, 0.0, 0.0
 
     def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
+        self.t0, self.cpu0 = time.perf_counter(), time.thread_time()
 
     def __exit__(self, *exc: object) -> None:
-        self.times.add(self.name, time.perf_counter() - self.t0)
+        self.times.add(self.name, time.perf_counter() - self.t0, time.thread_time() - self.cpu0)
 
 
 _RECORDING: StageTimes | None = None  # process-wide: the reading and writing threads report into it too

@@ -177,7 +177,9 @@ def boxes_from_map(
     Median filter (size 0/1: none), binarise, label with ``connectivity`` (4 = cross, as
     the reference; 8 joins diagonal pixels), one bounding box per component, sorted by
     component area descending (ties: raster order of the component's first pixel), the
-    first ``top_k`` kept (None: all). Vectorised through ``ndimage`` label statistics.
+    first ``top_k`` kept (None: all). Vectorised through ``ndimage`` label statistics; a kept
+    component's max is read inside its own bounding box (``ndimage.maximum`` over all labels sorts
+    the whole map: 90% of the time at ~480 px).
     """
     if score not in ("max", "mean"):
         raise ValueError(f"score must be 'max' or 'mean', got {score!r}")
@@ -186,10 +188,8 @@ def boxes_from_map(
     labels, n = ndimage.label(binary, structure=_structure(2, connectivity))
     if n == 0:
         return []
-    ids = np.arange(1, n + 1)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]  # (n,)
-    stat = ndimage.maximum if score == "max" else ndimage.mean
-    conf = np.asarray(stat(filtered, labels, ids), dtype=np.float64)  # (n,)
+    means = ndimage.mean(filtered, labels, np.arange(1, n + 1)) if score == "mean" else None  # (n,)
     order = np.argsort(-areas, kind="stable")
     if top_k is not None:
         order = order[:top_k]
@@ -197,13 +197,17 @@ def boxes_from_map(
     boxes = []
     for i in order:  # <= top_k components
         rows, cols = slices[i]
+        if means is None:
+            conf = float(filtered[rows, cols][labels[rows, cols] == i + 1].max())
+        else:
+            conf = float(np.float64(means[i]))
         boxes.append(
             Box(
                 x=int(cols.start),
                 y=int(rows.start),
                 width=int(cols.stop - cols.start),
                 height=int(rows.stop - rows.start),
-                score=float(conf[i]),
+                score=conf,
                 area=int(areas[i]),
             )
         )

@@ -322,12 +322,12 @@ def save_boxes_image(
     from PIL.PngImagePlugin import PngInfo
 
     img = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] != 3:
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {np.shape(image)}")
     h_img, w_img = img.shape[:2]
-    rgb = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)  # (H, W, 3)
+    rgb = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)  # (H, W) or (H, W, 3)
+    if rgb.ndim == 2:  # gray: rounded once, then the same byte in each channel
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
     font_px = max(10, min(h_img, w_img) // 40)
     font = _pil_font(font_px)
     banner = font_px + 8 if title else 0
