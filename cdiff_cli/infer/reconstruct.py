@@ -113,17 +113,20 @@ def reconstruct_slices(
         raise CdiffError(f"noise passes {passes}: must be at least 1")
     reconstruct = RECONSTRUCTORS[spec.inference]
     passes = passes if spec.uses_diffusion else 1  # no noise to draw: one pass is all of them
-    with stage("reconstruct"):
-        for start in range(0, len(xs), batch_size):
-            chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
-            b = chunk.shape[0]
-            total = torch.zeros_like(chunk, device="cpu")
-            for k in range(passes):
-                generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start, *([k] if k else [])))
-                with _autocast(device, cfg.amp):
-                    recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
-                total += recon.float().cpu()
-            out[start : start + b] = total / passes
+    try:
+        with stage("reconstruct"):
+            for start in range(0, len(xs), batch_size):
+                chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
+                b = chunk.shape[0]
+                total = torch.zeros_like(chunk, device="cpu")
+                for k in range(passes):
+                    generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start, *([k] if k else [])))
+                    with _autocast(device, cfg.amp):
+                        recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
+                    total += recon.float().cpu()
+                out[start : start + b] = total / passes
+    finally:
+        _LAST_Z.pair = None  # the encoding is reused across the passes of one chunk, never across calls
     return out.numpy()
 
 
