@@ -56,7 +56,7 @@ def test_p_value_is_the_share_of_healthy_scores_at_or_above() -> None:
     assert p_value(0.05, healthy) == 1.0 and p_value(2.0, healthy) == 0.0
     assert p_value(0.9, healthy) == pytest.approx(0.2)  # ties count as at or above
     yes = Verdict(score=2.0, p_value=0.0, level=0.05, anomalous=True, unit="image", n_healthy=10)
-    assert yes.text.startswith("anomalous: score 2") and "p < 0.1" in yes.text
+    assert yes.text.startswith("anomalous: score 2") and "p < 0.1: above all 10 healthy" in yes.text
     no = Verdict(score=0.5, p_value=0.6, level=0.05, anomalous=False)
     assert no.text.startswith("no anomaly found at the 5 % false-alarm level")
     assert Verdict(0.5, None, 0.05, None).text.startswith("not calibrated: run cdiff evaluate")

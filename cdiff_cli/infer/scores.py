@@ -18,7 +18,7 @@ from scipy import ndimage
 
 ScoreName = Literal["mean", "q99", "lcc", "norm_q99", "norm_lcc"]
 SCORES: tuple[ScoreName, ...] = ("mean", "q99", "lcc", "norm_q99", "norm_lcc")
-DEFAULT_SCORE: ScoreName = "norm_lcc"
+DEFAULT_SCORE: ScoreName = "lcc"  # chosen by benchmarks/bench_scores.py (RESULTS.md, "Scores and the verdict")
 Z_THRESHOLD = 3.0  # a normalised residual this far above healthy counts towards a component's mass
 N_INTENSITY, N_EDGE, MIN_BIN = 16, 8, 200
 

@@ -59,7 +59,8 @@ class Verdict:
             return f"not calibrated: run cdiff evaluate (score {self.score:.3g})"
         lvl = f"{100 * self.level:g} %"
         p = self.p_value or 0.0
-        ptxt = f"p < {1 / self.n_healthy:.2g}" if p == 0 and self.n_healthy else f"p = {p:.3g}"
+        ptxt = (f"p < {1 / self.n_healthy:.2g}: above all {self.n_healthy} healthy calibration scores"
+                if p == 0 and self.n_healthy else f"p = {p:.3g}")
         if self.anomalous:
             return f"anomalous: score {self.score:.3g}, {ptxt} ({lvl} false-alarm level)"
         return f"no anomaly found at the {lvl} false-alarm level (score {self.score:.3g}, {ptxt})"
