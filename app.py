@@ -62,7 +62,8 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _score_text(a: Analysis, r: Rendered, index: int, threshold: float, kind: str) -> str:
     where = "brain" if a.kind == "volume" else "foreground"
-    lines = [f"**{a.name}** · noise levels {','.join(map(str, a.timesteps))} · {a.seconds:.1f} s"]
+    lines = [b for b in [a.badge(index)] if b]  # the verdict first
+    lines.append(f"**{a.name}** · noise levels {','.join(map(str, a.timesteps))} · {a.seconds:.1f} s")
     if a.kind == "volume":
         lines.append(f"**Volume anomaly score**: mean {r.total_scores['mean']:.4f} · max {r.total_scores['max']:.4f} "
                      f"(map inside the {where})")

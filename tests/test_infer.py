@@ -342,6 +342,24 @@ def test_evaluate_stores_calibration_next_to_the_model(evaluated: dict[str, Any]
     assert cal["unit"] == "pixel"  # the default: 1 % of the healthy validation pixels
 
 
+def test_evaluate_stores_the_verdicts_healthy_statistics(evaluated: dict[str, Any]) -> None:
+    """verdict.json beside calibration.json (healthy validation volumes, cross-fitted), readable by the
+    API, and the verdict's detection rates at its level in metrics.json and metrics.md."""
+    from cdiff_cli.infer.verdict import load_scoring
+
+    folder = evaluated["root"] / "m_fold0" / "diffusion"
+    doc = json.loads((folder / "verdict.json").read_text())
+    assert doc["n_volumes"] >= 2 and doc["level"] == pytest.approx(0.05) and doc["cross_fitted"]
+    assert len(doc["healthy"]["volume"]) == doc["n_volumes"] and doc["healthy"]["slice"]
+    scoring = load_scoring(folder)
+    assert scoring is not None and set(scoring.norm) == {"volume", "image"}
+    metrics = json.loads((evaluated["exact"] / "metrics.json").read_text())["per_fold"][0]["verdict"]
+    for unit in ("volume", "slice"):
+        rates = metrics["brats"][unit]
+        assert 0 <= rates["false_alarm_rate"] <= 1 and rates["n_healthy"] > 0
+    assert "Verdict at the 5 % false-alarm level" in (evaluated["exact"] / "metrics.md").read_text()
+
+
 def test_evaluate_reconstructs_with_the_recipes_timesteps(evaluated: dict[str, Any]) -> None:
     """infer.timesteps on the command line evaluates the same weights at other noise levels; the
     calibration is then not stored with the model, whose own timesteps `cdiff localize` uses."""

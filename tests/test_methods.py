@@ -356,6 +356,7 @@ def test_cddpm_trains_every_parameter_its_code_trains_including_the_z_head(tmp_p
 def test_anoddpm_runs_as_its_repository(variance: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Noised to index t_start - 1, then exactly t_start U-Net passes at t = t_start - 1, ..., 0, each
     reverse step with the recipe's variance (the repository's forward_backward with t_distance)."""
+    from cdiff_cli.diffusion.schedule import SliceNoise
     from cdiff_cli.infer.baselines import reconstruct_partial_reverse
     from cdiff_cli.models.methods import build_networks
 
@@ -376,7 +377,8 @@ def test_anoddpm_runs_as_its_repository(variance: str, monkeypatch: pytest.Monke
     hook = unet.register_forward_hook(lambda m, inp, out: passes.append(inp[1].tolist()))
     try:
         with torch.no_grad():
-            out = reconstruct_partial_reverse(model, _Slices(2).images, (500,), torch.Generator().manual_seed(0))
+            out = reconstruct_partial_reverse(model, _Slices(2).images, (500,), SliceNoise(
+                [torch.Generator().manual_seed(i) for i in range(2)], torch.Generator().manual_seed(9)))
     finally:
         hook.remove()
     assert out.shape == (2, 1, 32, 32)

@@ -73,8 +73,10 @@ def write_result(result: AnomalyMap, path: Path, out: Path, stem: str | None = N
             if preview is not None:
                 with stage("image preview"):
                     save_preview(preview, result.image, result.recon, result.anomaly, title=path.name)
+    verdict = result.verdict if result.unit == "volume" or len(result.slice_scores) == 1 else None
     return {"input": str(path), **{k: str(v) for k, v in paths.items()},
-            **({"preview": str(preview)} if preview else {}), "score": result.score}
+            **({"preview": str(preview)} if preview else {}), "score": result.score,
+            "anomaly_score": result.anomaly_score, "verdict": None if verdict is None else verdict.as_dict()}
 
 
 Stages = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]  # read, reconstruct, write
@@ -89,7 +91,7 @@ def _grid_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, 
     def read(path: Path) -> Input:
         return model.read(path, series=series if path.is_dir() else None)
 
-    return read, lambda path, inp: model.reconstruct_slices(inp.slices, **kw), finish
+    return read, lambda path, inp: model.reconstruct_slices(inp.slices, indices=inp.noise_indices, **kw), finish
 
 
 def _photograph_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, str],
@@ -144,5 +146,10 @@ def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
         info("anomaly scores (mean of the map): " +
              ", ".join(f"{Path(w['input']).name} {w['score']:.4f}" for w in written[:8]) +
              (" ..." if len(written) > 8 else ""))
+        for w in written[:20]:
+            if w.get("verdict"):
+                info(f"{Path(w['input']).name}: {w['verdict']['text']}")
+        if len(written) > 20:
+            info(f"... the verdicts of all {len(written)} inputs are in {record}")
     plan.finish("reconstructed", record)
     return written

@@ -39,6 +39,8 @@ from cdiff_cli.infer.postprocess import Box
 
 if TYPE_CHECKING:
     import nibabel as nib
+
+    from cdiff_cli.infer.verdict import Scoring, Unit, Verdict
     import torch
 
     from cdiff_cli.config import Domain, Recipe
@@ -69,6 +71,8 @@ class AnomalyMap:
     grid: GridMaps
     affine: np.ndarray | None
     _source: Input = field(repr=False)
+    _scoring: Scoring | None = field(default=None, repr=False)  # the model's healthy statistics
+    _erosion: int = field(default=3, repr=False)  # how far the scored region stays from the outer rim
 
     @cached_property
     def recon(self) -> np.ndarray:
@@ -93,6 +97,55 @@ class AnomalyMap:
             brain = g.mask > 0
             return float(g.anomaly[brain].mean()) if brain.any() else 0.0
         return float(g.anomaly.mean())
+
+    @property
+    def unit(self) -> Unit:
+        """What one verdict is about: a whole ``volume`` (maps with a brain mask) or an ``image``."""
+        return "volume" if self.grid.mask is not None else "image"
+
+    @cached_property
+    def _scores(self) -> tuple[list[float], float | None]:
+        from cdiff_cli.infer.scores import DEFAULT_SCORE, scoring_region, unit_scores
+
+        g, sc = self.grid, self._scoring
+        region = scoring_region(g.image, g.mask, self._erosion)
+        if sc is None:
+            return unit_scores(DEFAULT_SCORE, g.anomaly, g.image, region, None, self.unit == "volume")
+        return unit_scores(sc.score, g.anomaly, g.image, region, sc.norm.get(sc.kind_of(self.unit)),
+                           self.unit == "volume")
+
+    @property
+    def slice_scores(self) -> list[float]:
+        """The anomaly score of each image (a batch) or of each slice of a volume, robust to edges:
+        the residual in units of the spread healthy residuals have at that intensity and edge strength,
+        summed over its largest component (``infer/scores.py``); the plain mean without statistics."""
+        return self._scores[0]
+
+    @property
+    def anomaly_score(self) -> float:
+        """The input's anomaly score: the volume's (3-D components), the image's, or a batch's highest."""
+        per, whole = self._scores
+        return float(whole) if whole is not None else float(max(per))
+
+    @property
+    def slice_verdicts(self) -> list[Verdict]:
+        """The verdict of each image of a batch, or of each slice of a volume (against healthy slices)."""
+        unit: Unit = "slice" if self.unit == "volume" else "image"
+        return [self._verdict(s, unit) for s in self.slice_scores]
+
+    @property
+    def verdict(self) -> Verdict:
+        """Anomalous or not at the model's calibrated false-alarm level, with the p-value (the share of
+        healthy calibration inputs scoring at least as high); "not calibrated" without statistics."""
+        if self.unit == "image" and len(self.slice_scores) > 1:
+            raise CdiffError(f"a batch of {len(self.slice_scores)} images has one verdict per image: use "
+                             ".slice_verdicts")
+        return self._verdict(self.anomaly_score, self.unit)
+
+    def _verdict(self, score: float, unit: Unit) -> Verdict:
+        from cdiff_cli.infer.verdict import uncalibrated
+
+        return uncalibrated(score, unit) if self._scoring is None else self._scoring.verdict(score, unit)
 
 
 @dataclass(frozen=True)
@@ -178,13 +231,15 @@ class Model:
 
     def reconstruct_slices(self, slices: np.ndarray, *, timesteps: tuple[int, ...] | None = None,
                            seed: int | None = None, batch_size: int | None = None,
-                           passes: int | None = None) -> np.ndarray:
+                           passes: int | None = None, indices: list[int] | None = None) -> np.ndarray:
         """Network stage: (N, 1, H, W) model-grid slices -> (N, H, W) reconstructions (same seed, same
-        output; ``passes``: the mean over that many noise draws, default ``infer.noise_passes``)."""
+        output; ``passes``: the mean over that many noise draws, default ``infer.noise_passes``).
+        ``indices``: each slice's index within its input, which seeds its noise (``Input.noise_indices``;
+        default 0..N-1), so a slice's reconstruction does not depend on the batch size or its company."""
         from cdiff_cli.infer.reconstruct import reconstruct_slices
 
         timesteps, seed, batch_size, passes = self.check_options(timesteps, seed, batch_size, passes)
-        return reconstruct_slices(self.loaded, slices, timesteps, seed, batch_size, passes)[:, 0]
+        return reconstruct_slices(self.loaded, slices, timesteps, seed, batch_size, passes, indices)[:, 0]
 
     def check_options(self, timesteps: Any = None, seed: Any = None, batch_size: Any = None,
                       passes: Any = None) -> tuple[tuple[int, ...] | None, int | None, int | None, int | None]:
@@ -205,8 +260,13 @@ class Model:
         are computed when first read."""
         from cdiff_cli.infer.maps import grid_maps
 
+        from cdiff_cli.infer.postprocess import reference_erosion_iterations
+
         grid = grid_maps(self.loaded, inp, recon, median_size, erosion)
-        return AnomalyMap(kind=inp.kind, name=inp.name, grid=grid, affine=inp.affine, _source=inp)
+        rim = erosion if erosion is not None else self.recipe.eval.erosion_iterations
+        return AnomalyMap(kind=inp.kind, name=inp.name, grid=grid, affine=inp.affine, _source=inp,
+                          _scoring=self.loaded.scoring,
+                          _erosion=reference_erosion_iterations(self.image_hw[0]) if rim is None else int(rim))
 
     # ------------------------------------------------------------------ the whole path
 
@@ -220,7 +280,8 @@ class Model:
         """
         self.check_options(timesteps, seed, batch_size)  # before the input is read: a typo fails at once
         inp = self.read(x, kind=kind, affine=affine, series=series)
-        recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size)
+        recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
+                                        indices=inp.noise_indices)
         return Reconstruction(kind=inp.kind, recon=inp.to_input_grid(recon), grid_image=inp.slices[:, 0],
                               grid_recon=recon, affine=inp.affine)
 
@@ -250,12 +311,12 @@ class Model:
                 count_of(name, value, minimum=0)
         inp = self.read(x, kind=kind, affine=affine, mask=mask, series=series)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
-                                        passes=passes)
+                                        passes=passes, indices=inp.noise_indices)
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)
 
     def boxes(self, x: InputLike | AnomalyMap, *, threshold: float | Literal["calibrated"] | None = None,
               top_k: int | None = None, score: Literal["max", "mean"] | None = None,
-              **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
+              all_candidates: bool = False, **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
         """Anomaly boxes, largest component first: for an image on its own pixels (a list per image
         for a batch); for a volume per axial slice of the prepared grid (slices with a box only).
 
@@ -263,11 +324,14 @@ class Model:
         ``localize.threshold``); ``top_k``: boxes kept (default ``localize.top_k``); ``score``: a box's
         confidence, the ``max`` or ``mean`` map value inside it (default ``localize.score``). ``x`` may be
         a result of :meth:`anomaly_map` (no network pass) or any input (``kw`` as for it).
-        """
-        from cdiff_cli.infer.pipeline import stage
-        from cdiff_cli.infer.postprocess import boxes_from_map
 
+        With the model's healthy statistics (``verdict.json``), boxes are drawn only where the verdict
+        is anomalous (an image; a slice of an anomalous volume), and only those whose own p-value (against
+        healthy boxes) is within the level, or else the most significant one; each box carries its
+        ``p_value``. ``all_candidates=True`` keeps every candidate, as a model without statistics does.
+        """
         from cdiff_cli.infer.options import count_of
+        from cdiff_cli.infer.verdict import select_boxes
 
         thr = self.resolve_threshold(threshold)
         k = self.recipe.localize.top_k if top_k is None else count_of("top_k", top_k)
@@ -275,19 +339,23 @@ class Model:
             raise CdiffError(f"score {score!r}: expected 'max' or 'mean'")
         result = x if isinstance(x, AnomalyMap) else self.anomaly_map(x, **kw)
         how = self.recipe.localize.score if score is None else score
+        scoring = self.loaded.scoring
 
-        def find(m: np.ndarray) -> list[Box]:
-            with stage("boxes"):
-                return boxes_from_map(m, thr, k, 1, 4, how)
+        def find(m: np.ndarray, verdict: Verdict | None) -> list[Box]:
+            return select_boxes(m, thr, k, how, scoring, verdict, all_candidates)
 
         g = result.grid
         if result.kind == "image":
-            per = [find(m) for m in (result.anomaly[None] if result.anomaly.ndim == 2 else result.anomaly)]
+            maps = result.anomaly[None] if result.anomaly.ndim == 2 else result.anomaly
+            per = [find(m, v) for m, v in zip(maps, result.slice_verdicts)]
             return per[0] if result.anomaly.ndim == 2 else per
         if g.mask is None:
-            per = [find(m) for m in g.anomaly]
+            per = [find(m, v) for m, v in zip(g.anomaly, result.slice_verdicts)]
             return per[0] if result._source.single else per
-        found = [SliceBoxes(z, find(g.anomaly[z])) for z in range(len(g.anomaly)) if g.mask[z].any()]
+        volume = result.verdict
+        verdicts = result.slice_verdicts
+        found = [SliceBoxes(z, find(g.anomaly[z], verdicts[z] if volume.anomalous is not False else None))
+                 for z in range(len(g.anomaly)) if g.mask[z].any()]
         return [s for s in found if s.boxes]
 
     def resolve_threshold(self, threshold: float | Literal["calibrated"] | None) -> float:

@@ -17,6 +17,7 @@ from cdiff_cli.errors import DataError
 if TYPE_CHECKING:
     from cdiff_cli.api import Model
     from cdiff_cli.config import DomainName
+    from cdiff_cli.infer.verdict import Verdict
 
 Progress = Callable[[float, str], None]
 MAX_VOXELS = 64_000_000  # a 400 x 400 x 400 volume; refuse larger before reading the voxels
@@ -39,6 +40,21 @@ class Analysis:
     seconds: float
     default_slice: int = 0
     vmax: float = 1.0  # heatmap scale shared by all slices
+    verdict: Verdict | None = None  # the input's calibrated verdict (the API's), None for photographs
+    slice_verdicts: list[Verdict] | None = None  # a volume's, per slice
+
+    def badge(self, index: int | None = None) -> str:
+        """The verdict as the first line of the analysis text: a badge, then the verdict in words
+        (a volume's, then the shown slice's)."""
+        if self.verdict is None:
+            return ""
+        v = self.verdict
+        mark = ("⬜ **NOT CALIBRATED**" if not v.calibrated else "🟥 **ANOMALOUS**" if v.anomalous
+                else "🟩 **NO ANOMALY FOUND**")
+        text = f"{mark} · {v.text}"
+        if self.kind == "volume" and self.slice_verdicts is not None and index is not None:
+            text += f" · slice {index}: {self.slice_verdicts[index].text}"
+        return text
 
     @property
     def depth(self) -> int:
@@ -79,15 +95,18 @@ def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Pro
         img = _shrink(img, DISPLAY_MAX_SIDE)
     inp = model.read(img, kind="image")  # as `cdiff localize`
     report(0.35, f"reconstructing ({len(steps)} noise level(s))")
-    result = model.maps(inp, model.reconstruct_slices(inp.slices, timesteps=steps))
+    result = model.maps(inp, model.reconstruct_slices(inp.slices, timesteps=steps, indices=inp.noise_indices))
     report(0.9, "post-processing")
+    verdict = result.verdict
     shown = result.image  # (H, W): the normalised input on its own pixels
     recon = np.clip(result.recon, 0, 1)
     # the map exactly as `cdiff localize` boxes it (median on the model grid, as the calibration),
     # then limited to the foreground so that a poorly reconstructed background is neither scored nor boxed
     fg, _ = foreground_mask(img)
     anomaly = result.anomaly * fg
-    return _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
+    done = _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
+    done.verdict = verdict
+    return done
 
 
 # the app's part of the domain table (config/domains.py): how an uploaded 2-D image is analysed
@@ -105,9 +124,12 @@ def analyze_volume(model: Model, path: Path, steps: tuple[int, ...], report: Pro
     report(0.2, "preprocessing (RAS, crop, rescale, resample)")
     inp = model.read(path, kind="volume")  # as `cdiff reconstruct`
     report(0.35, f"reconstructing {len(inp.slices)} slices ({len(steps)} noise level(s))")
-    g = model.maps(inp, model.reconstruct_slices(inp.slices, timesteps=steps)).grid
+    result = model.maps(inp, model.reconstruct_slices(inp.slices, timesteps=steps, indices=inp.noise_indices))
+    g = result.grid
     report(0.9, "post-processing")
-    return _finish("volume", name or path.name, g.image, g.recon, g.anomaly, g.mask > 0, steps)
+    done = _finish("volume", name or path.name, g.image, g.recon, g.anomaly, g.mask > 0, steps)
+    done.verdict, done.slice_verdicts = result.verdict, result.slice_verdicts
+    return done
 
 
 def check_volume_header(path: Path) -> None:

@@ -137,7 +137,7 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
 def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
                  out: Path, device: str, series: str | None = None, strict: bool = False,
-                 pictures: bool = True) -> None:
+                 pictures: bool = True, all_candidates: bool = False) -> None:
     _check_options(top_k=top_k, threshold=threshold)
     if protocol not in (None, "recipe", "paper"):
         raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
@@ -148,7 +148,7 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
 
     result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
                       recipe=recipe, protocol=protocol or "recipe", series=series,  # type: ignore[arg-type]
-                      strict=strict, pictures=pictures,
+                      strict=strict, pictures=pictures, all_candidates=all_candidates,
                       recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())
@@ -158,8 +158,19 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
     _summary(f"localized {result['n_inputs']} input(s) ({what or 'none'}): {result['n_boxes']} box(es) on "
              f"{result['n_with_boxes']} {where}", {
         "settings": ", ".join(f"{k} {v} ({result['settings_from'][k]})" for k, v in result["settings"].items()),
+        "verdicts": _verdict_summary(result),
         "boxes (COCO JSON)": result["boxes"], "pictures": result["pictures"] or "none (--no-pictures)",
         "metrics": result.get("metrics_json", "no annotations: none computed")})
+
+
+def _verdict_summary(result: dict[str, Any]) -> str:
+    """One line: how many inputs the calibrated verdict finds anomalous (or that the model is not calibrated)."""
+    verdicts = result["verdicts"]
+    if len(verdicts) == 1:
+        return verdicts[0]["verdict"]["text"]
+    if verdicts and verdicts[0]["verdict"]["anomalous"] is None:
+        return f"not calibrated: run cdiff evaluate (boxes on every input); {result['verdicts_markdown']}"
+    return f"{result['n_anomalous']} of {len(verdicts)} input(s) anomalous; {result['verdicts_markdown']}"
 
 
 def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, dry_run: Path | None,

@@ -197,6 +197,9 @@ def localize(
                                                       "protocol). Default: the recipe's localize.t2_filter.")]
     = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("localize"),
+    all_candidates: Annotated[bool, typer.Option("--all-candidates", help="Draw every candidate box, also on "
+                                                 "inputs the calibrated verdict finds healthy (by default a model "
+                                                 "with healthy statistics boxes anomalous inputs only).")] = False,
     series: SeriesOpt = None,
     strict: StrictOpt = False,
     device: DeviceOpt = "auto",
@@ -208,7 +211,7 @@ def localize(
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict, pictures)
+                 strict, pictures, all_candidates)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

@@ -297,6 +297,8 @@ class EvalConfig(Section):
     # pixels (unit "pixel") or of healthy validation slices that get any box (unit "slice")
     calibration_fpr: float = Field(0.01, gt=0, lt=1)
     calibration_unit: Literal["pixel", "slice"] = "pixel"
+    # the verdict flags about this rate of healthy inputs (its statistics: verdict.json, by evaluate)
+    verdict_level: float = Field(0.05, gt=0, lt=1)
     max_images: int = Field(0, ge=0)  # contrastive-analysis protocol: seeded cap per class and split (0 = all)
 
 

@@ -9,11 +9,21 @@ use :func:`to_model_range` / :func:`from_model_range` at the boundary.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from cdiff_cli.config import DiffusionConfig, Variance
-from cdiff_cli.diffusion.simplex import simplex_noise
+from cdiff_cli.diffusion.simplex import simplex_noise, simplex_noise_per_slice
+
+
+@dataclass
+class SliceNoise:
+    """The randomness of one batch of slices: one generator per slice (seeded by the slice's index
+    within its input) and a ``phase`` generator seeded by the call's seed alone."""
+
+    generators: list[torch.Generator]
+    phase: torch.Generator
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +110,28 @@ class GaussianDiffusion:
             return simplex_noise(tuple(shape), self.cfg.simplex, generator, device=device, dtype=dtype)
         gdev = generator.device if generator is not None else torch.device("cpu")
         return torch.randn(tuple(shape), generator=generator, device=gdev, dtype=dtype).to(device)
+
+    def sample_noise_per_slice(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        noise: SliceNoise,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Noise of ``shape`` (R*B, ...) ordered (r, slice), slice b's R fields drawn from its own
+        generator (``noise.generators[b]``): a slice's noise does not depend on the other slices of its
+        batch. Simplex fields share one lattice placement per call (``noise.phase``), which keeps the
+        batch one contraction per octave."""
+        b = len(noise.generators)
+        if b == 0 or shape[0] % b:
+            raise ValueError(f"shape {tuple(shape)}: the leading size must be a multiple of {b} generators")
+        device = torch.device(device) if device is not None else self.device
+        if self.cfg.noise == "simplex":
+            return simplex_noise_per_slice(tuple(shape), self.cfg.simplex, noise.generators, noise.phase,
+                                           device=device, dtype=dtype)
+        per = (shape[0] // b, *shape[1:])
+        parts = [self.sample_noise(per, g, device=device, dtype=dtype) for g in noise.generators]  # B x (R, ...)
+        return torch.stack(parts, 1).reshape(tuple(shape))  # (R, B, ...) -> (R*B, ...)
 
     def sample_timesteps(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None

@@ -286,10 +286,39 @@ def simplex_noise(
     ``shape`` on ``device`` in ``dtype``.
     """
     cfg = cfg or SimplexConfig()
+    n = math.prod(tuple(shape)[:-2])
+    return _fields(tuple(shape), cfg, *draw_randomness(n, cfg, generator), device, dtype)
+
+
+def simplex_noise_per_slice(
+    shape: tuple[int, ...] | torch.Size,
+    cfg: SimplexConfig,
+    generators: list[torch.Generator],
+    phase: torch.Generator,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fields of ``shape`` (R*B, ...) ordered (r, slice): slice b's R fields take their permutations and
+    lattice offsets (what makes a field independent) from ``generators[b]`` alone, and every field of
+    the call the same pixel shifts and slice levels from ``phase``, so the whole batch still costs one
+    contraction per octave and a slice's noise does not depend on the other slices of its batch."""
+    b = len(generators)
+    r = shape[0] // b
+    per = [draw_randomness(r * math.prod(tuple(shape)[1:-2]), cfg, g)[:2] for g in generators]
+    m = per[0][0].shape[0] // r  # channels per slice
+    perm = torch.stack([p.view(r, m, 256) for p, _ in per], 1).reshape(-1, 256)  # (R*B*C, 256): (r, slice, channel)
+    offsets = torch.stack([o.view(cfg.octaves, r, m, cfg.dims) for _, o in per], 2).reshape(cfg.octaves, -1, cfg.dims)
+    _, _, shifts, levels = draw_randomness(0, cfg, phase)
+    return _fields(tuple(shape), cfg, perm, offsets, shifts, levels, device, dtype)
+
+
+def _fields(shape: tuple[int, ...], cfg: SimplexConfig, perm: torch.Tensor, offsets: torch.Tensor,
+            shifts: torch.Tensor, levels: torch.Tensor, device: torch.device | str | None,
+            dtype: torch.dtype) -> torch.Tensor:
+    """The octave-summed fields of explicit randomness (as :func:`draw_randomness` draws it)."""
     *lead, height, width = shape
     n = math.prod(lead)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    perm, offsets, shifts, levels = draw_randomness(n, cfg, generator)
     if n == 0 or height == 0 or width == 0:
         return torch.zeros(tuple(shape), dtype=dtype, device=device)
     perm, offsets = perm.to(device), offsets.to(device)
@@ -301,8 +330,9 @@ def simplex_noise(
             full = _padded_geometry(height, width, feature, cfg.dims, int(levels[k]) if cfg.dims == 3 else 0,
                                     str(device))
             r, c = (int(v) for v in shifts[k])
-            crop = Geometry(full.vid[r : r + height, c : c + width], full.weight[r : r + height, c : c + width],
-                            full.vertices)
+            # contiguous crops: the CPU sparse product on a strided crop is about 100x slower
+            crop = Geometry(full.vid[r : r + height, c : c + width].contiguous(),
+                            full.weight[r : r + height, c : c + width].contiguous(), full.vertices)
             out += amplitude * contract(crop, perm, offsets[k])
     return out.div_(NORM[cfg.dims]).T.reshape(tuple(shape)).to(dtype)
 

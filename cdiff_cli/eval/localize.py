@@ -30,7 +30,6 @@ from cdiff_cli.infer.files import collect_inputs, is_volume
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pipeline import pipelined, stage
 from cdiff_cli.infer.reconstruct import output_stem
-from cdiff_cli.train.distributed import derive_seed
 
 
 Protocol = Literal["recipe", "paper"]
@@ -98,7 +97,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
              annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
              recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
              series: str | None = None, strict: bool = False, model: Model | None = None,
-             pictures: bool = True) -> dict[str, Any]:
+             pictures: bool = True, all_candidates: bool = False) -> dict[str, Any]:
     """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
 
     ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
@@ -107,7 +106,10 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     is listed (``failed`` in ``localize.json``) and the others go on, ending with exit code 3
     (``strict``: stop at the first). ``model``: one already loaded (a notebook, a benchmark's model with a
     stand-in network), used instead of loading ``model_spec`` on ``device_spec``. ``pictures``: draw each
-    image (each volume slice with a box) with its boxes into ``out/images``.
+    image (each volume slice with a box) with its boxes into ``out/images``. Each image and volume gets a
+    verdict (``verdicts`` in ``localize.json``, ``verdicts.md``); with the model's healthy statistics,
+    boxes are drawn only where it is anomalous (``all_candidates``: every candidate box, as without
+    statistics).
     """
     from cdiff_cli.data.nova import is_t2
 
@@ -132,7 +134,8 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     # boxed and drawn while the network runs on this one
     n = chunk_size(loaded)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
-    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images" if pictures else None, plan, series)
+    boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images" if pictures else None, plan, series,
+                   all_candidates)
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(plan.files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
@@ -150,6 +153,9 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
                               "failed": [f.as_dict() for f in plan.failed], "boxes": str(out / "boxes.json"),
                               "pictures": str(out / "images") if pictures else None, "threshold": thr, "threshold_kind": thr_kind,
                               "settings": settings.model_dump(mode="json"), "settings_from": origin,
+                              "all_candidates": all_candidates, "verdicts": boxer.verdicts,
+                              "n_anomalous": sum(bool(v["verdict"]["anomalous"]) for v in boxer.verdicts),
+                              "verdicts_markdown": str(out / "verdicts.md"),
                               "seconds": round(seconds, 2), "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
     t2_only = settings.t2_filter
     scored = [r for r in records if r["record"] is not None and (not t2_only or is_t2(r["record"].caption))]
@@ -159,6 +165,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
         result.update(_metrics(out, scored, t2_only, thr, thr_kind, result))
     with stage("write json"):
         write_json(out / "localize.json", {k: v for k, v in result.items()})
+        write_text(out / "verdicts.md", verdicts_table(boxer.verdicts))
     plan.finish("localized", out / "localize.json")
     return result
 
@@ -174,10 +181,11 @@ class _Boxer:
     """The three pipeline stages of ``localize`` (see ``infer.pipeline``), each a stage of the API."""
 
     def __init__(self, model: Model, thr: float, settings: LocalizeConfig, eval_cfg: EvalConfig,
-                 gold: dict[str, Any], pictures: Path | None, plan: InputPlan, series: str | None = None) -> None:
+                 gold: dict[str, Any], pictures: Path | None, plan: InputPlan, series: str | None = None,
+                 all_candidates: bool = False) -> None:
         self.model, self.thr, self.gold, self.pictures, self.series = model, thr, gold, pictures, series
-        self.settings, self.eval_cfg, self.plan = settings, eval_cfg, plan
-        self.chunks = 0
+        self.settings, self.eval_cfg, self.plan, self.all_candidates = settings, eval_cfg, plan, all_candidates
+        self.verdicts: list[dict[str, Any]] = []  # one per input: its verdict (and a volume's anomalous slices)
 
     def load(self, chunk: list[Path]) -> list[Input | Failure]:
         """Each input of the chunk, or its :class:`Failure` (the plan records it; the others go on)."""
@@ -190,13 +198,13 @@ class _Boxer:
         return loaded
 
     def compute(self, chunk: list[Path], loaded: list[Input | Failure]) -> np.ndarray | None:
-        self.chunks += 1  # a fresh noise seed per chunk (counted whether or not its inputs could be read)
-        seed = derive_seed(self.model.recipe.infer.seed, "localize", self.chunks)
         good = [inp for inp in loaded if not isinstance(inp, Failure)]
         if not good:
             return None
         x = np.concatenate([inp.slices for inp in good])  # (B, 1, H, W): a chunk of images, or a volume's slices
-        return self.model.reconstruct_slices(x, seed=seed)
+        # each slice's noise is seeded by its index within its own input (as the API and the app seed
+        # it), so an input gets the same boxes alone or in a folder, in any chunk
+        return self.model.reconstruct_slices(x, indices=[i for inp in good for i in inp.noise_indices])
 
     def finish(self, chunk: list[Path], loaded: list[Input | Failure], recon: np.ndarray | None,
                ) -> list[dict[str, Any]]:
@@ -217,25 +225,33 @@ class _Boxer:
         # the median filter runs on the model grid (as the calibration does), then the map is
         # resized to the image's own pixels, where the components and boxes are found
         result = self.model.maps(inp, recon, median_size=self.settings.median_size)
+        verdict = result.verdict
         record = {"file": path, "name": self.plan.names[path], "hw": inp.raw[0].shape, "boxes": self._boxes(result),
-                  "record": self.gold.get(path.name)}
+                  "record": self.gold.get(path.name), "verdict": verdict}
+        self.verdicts.append({"file": path.name, "name": self.plan.names[path], "kind": "image",
+                              "verdict": verdict.as_dict(), "n_boxes": len(record["boxes"])})
         if self.pictures is not None:
             _picture(self.pictures, record, inp.raw[0], self.thr)
         return record
 
     def _boxes(self, result: Any) -> Any:
-        return self.model.boxes(result, threshold=self.thr, top_k=self.settings.top_k, score=self.settings.score)
+        return self.model.boxes(result, threshold=self.thr, top_k=self.settings.top_k, score=self.settings.score,
+                                all_candidates=self.all_candidates)
 
     def _volume(self, path: Path, inp: Input, recon: np.ndarray) -> list[dict[str, Any]]:
         """Boxes per axial slice of a volume, on the prepared (D, H, W) grid."""
         result = self.model.maps(inp, recon, median_size=self.eval_cfg.median_size,
                                  erosion=self.eval_cfg.erosion_iterations)
-        found = []
+        found, verdict, per = [], result.verdict, result.slice_verdicts
+        boxed = self._boxes(result)
+        self.verdicts.append({"file": path.name, "name": self.plan.names[path], "kind": "volume",
+                              "verdict": verdict.as_dict(), "n_boxes": sum(len(sb.boxes) for sb in boxed),
+                              "anomalous_slices": [z for z, v in enumerate(per) if v.anomalous and result.grid.mask[z].any()]})
         with output_set() as pictures:  # a volume's pictures are a set: all or none
-            for sb in self._boxes(result):
+            for sb in boxed:
                 image = result.grid.image[sb.slice]
                 record = {"file": path, "name": self.plan.names[path], "slice": sb.slice, "hw": image.shape,
-                          "boxes": sb.boxes, "record": None}
+                          "boxes": sb.boxes, "record": None, "verdict": per[sb.slice]}
                 if self.pictures is not None:
                     pictures.append(_picture(self.pictures, record, image, self.thr))
                 found.append(record)
@@ -249,9 +265,11 @@ def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> 
     stem = r.get("name") or output_stem(r["file"])
     name = stem if "slice" not in r else f"{stem}_z{r['slice']:03d}"
     path = safe_child(folder, f"{name}.png")
+    verdict = r.get("verdict")
     with stage("pictures"):
         save_boxes_image(path, image, r["boxes"], gold_boxes=gold_boxes,
-                         title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})")
+                         title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})"
+                         + (f"\n{verdict.text}" if verdict is not None else ""))
     return path
 
 
@@ -267,7 +285,7 @@ def _coco(records: list[dict[str, Any]]) -> dict[str, Any]:
         images.append(entry)
         for b in r["boxes"]:
             preds.append({"id": len(preds) + 1, "image_id": i, "category_id": 1, "bbox": list(b.xywh()),
-                          "score": float(b.score), "area": int(b.area)})
+                          "score": float(b.score), "area": int(b.area), "p_value": b.p_value})
         if r["record"] is not None:
             for x, y, bw, bh in r["record"].gold_boxes:
                 golds.append({"id": len(golds) + 1, "image_id": i, "category_id": 1, "bbox": [x, y, bw, bh],
@@ -291,3 +309,13 @@ def _metrics(out: Path, scored: list[dict[str, Any]], t2_filter: bool, thr: floa
     write_text(out / "metrics.md", localization_table(reference, coco))
     return {"metrics": doc, "metrics_json": str(out / "metrics.json"), "markdown": str(out / "metrics.md")}
 
+
+
+def verdicts_table(verdicts: list[dict[str, Any]]) -> str:
+    """``verdicts.md``: one row per input with its verdict in words, its score and p-value, its boxes."""
+    lines = ["# Verdicts", "", "| input | kind | verdict | score | p | boxes |", "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        d = v["verdict"]
+        p = "-" if d["p_value"] is None else f"{d['p_value']:.3g}"
+        lines.append(f"| {v['name']} | {v['kind']} | {d['text']} | {d['score']:.4g} | {p} | {v['n_boxes']} |")
+    return "\n".join(lines) + "\n"

@@ -29,7 +29,9 @@ from cdiff_cli.eval import metrics as M
 from cdiff_cli.eval.contrastive_protocol import evaluate_contrastive
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
-from cdiff_cli.infer.postprocess import calibrate_healthy, remove_small_components
+from cdiff_cli.eval.verdict_calibration import HealthyVolume, fit_scoring, verdict_metrics, verdict_table
+from cdiff_cli.infer.postprocess import (calibrate_healthy, median_filter_2d, reference_erosion_iterations,
+                                         remove_small_components)
 
 
 class MapFn(Protocol):
@@ -157,7 +159,11 @@ def evaluate_maps(maps: MapFn, recipe: Recipe, fold: int, localize_median: int, 
             "cases": per_case,
         }
         curves[src.name] = (test, store)
-    result["calibration"] = _calibrate(maps, hstore, subjects(healthy_name, "val"), bar, ecfg, localize_median)
+    result["calibration"], verdict_doc = _calibrate(maps, hstore, subjects(healthy_name, "val"), bar, ecfg,
+                                                    localize_median)
+    if verdict_doc is not None:
+        result["_verdict"] = verdict_doc
+        result["verdict"] = verdict_metrics(verdict_doc, h_test, hstore, curves)
     result["_curves"], result["_healthy"] = curves, (h_test, hstore)
     return result
 
@@ -200,14 +206,47 @@ def calibration_of(maps: list[np.ndarray], ecfg: EvalConfig) -> float:
 
 
 def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
-               ecfg: EvalConfig, median_size: int) -> dict[str, Any]:
+               ecfg: EvalConfig, median_size: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The localisation threshold (see :func:`calibration_of`) on the healthy validation slices; the
-    median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it."""
-    maps = healthy_slice_maps(maps_fn, store, subjects, bar, median_size)
+    median size is the model's own ``localize.median_size``, as ``cdiff localize`` applies it. A model
+    (maps with a reconstruction) also gets the verdict's healthy statistics from the same volumes,
+    reconstructed once (``eval/verdict_calibration.py``); a reference map gets none (None)."""
+    healthy = healthy_val_volumes(maps_fn, store, subjects, bar, ecfg)
+    if healthy is None:
+        maps = healthy_slice_maps(maps_fn, store, subjects, bar, median_size)
+    else:
+        maps = [median_filter_2d(v.residual[z], median_size)[v.mask[z] > 0] if median_size > 1
+                else v.residual[z][v.mask[z] > 0] for v in healthy for z in range(len(v.mask)) if v.mask[z].any()]
     if not maps:
         raise DataError("no healthy validation slices to calibrate the localisation threshold on")
-    return {"threshold": calibration_of(maps, ecfg), "fpr": ecfg.calibration_fpr, "unit": ecfg.calibration_unit,
-            "n_slices": len(maps), "median_size": median_size}
+    cal = {"threshold": calibration_of(maps, ecfg), "fpr": ecfg.calibration_fpr, "unit": ecfg.calibration_unit,
+           "n_slices": len(maps), "median_size": median_size}
+    if healthy is None or len(healthy) < 2:
+        return cal, None
+    rim = ecfg.erosion_iterations if ecfg.erosion_iterations is not None else reference_erosion_iterations(
+        healthy[0].image.shape[-2])
+    doc = fit_scoring(healthy, threshold=cal["threshold"], median_size=median_size, erosion=rim,
+                      level=ecfg.verdict_level, data=f"{store.doc['source']['name']} validation volumes "
+                      f"({len(healthy)}, held out from training)")
+    return cal, doc
+
+
+def healthy_val_volumes(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
+                        ecfg: EvalConfig) -> list[HealthyVolume] | None:
+    """The healthy validation volumes with their maps (one reconstruction each), or None for maps
+    without a reconstruction (the references), which are calibrated as before."""
+    out: list[HealthyVolume] = []
+    task = bar.add_task("calibration", total=len(subjects))
+    for sid in subjects:
+        v = store.subject_index(sid)
+        mask = np.asarray(store.mask(v))
+        r = maps_fn(store.volume(v), mask, ecfg.median_size, ecfg.erosion_iterations)
+        if getattr(r, "grid", None) is None:
+            bar.remove_task(task)
+            return None
+        out.append(HealthyVolume(image=r.grid.image, anomaly=r.grid.anomaly, mask=mask, residual=r.grid.residual))
+        bar.advance(task)
+    return out
 
 
 def _aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
@@ -285,7 +324,7 @@ def evaluate_volumes(recipe: Recipe, model_spec: str | None, out: Path | None, d
             per_fold.append(evaluate_model(model, recipe, bar, max_test, max_val))
             if spec is not None and spec == specs[0] and _own_run_dir(spec):
                 if recipe.infer == model.recipe.infer:
-                    _store_calibration(model.loaded, per_fold[-1]["calibration"])
+                    _store_calibration(model.loaded, per_fold[-1]["calibration"], per_fold[-1].get("_verdict"))
                 else:  # `cdiff localize` reconstructs with the model's own infer settings (an ablation's differ)
                     info(f"infer settings differ from the model's (timesteps {list(recipe.infer.timesteps)} vs "
                          f"{list(model.recipe.infer.timesteps)}): the calibration stays in metrics.json only")
@@ -326,6 +365,8 @@ def write_evaluation(out: Path, recipe: Recipe, per_fold: list[dict[str, Any]], 
            "per_fold": [{k: v for k, v in f.items() if not k.startswith("_")} for f in per_fold]}
     label = "cdiff (ours)" if method == "cdiff" else method
     table = segmentation_table({**{k: v for k, v in doc.items() if k != "per_fold"}, "method": label})
+    if per_fold[0].get("verdict"):
+        table += verdict_table(per_fold[0]["verdict"])
     write_json(out / "metrics.json", doc)
     write_text(out / "metrics.md", table)
     save_resolved(recipe, out)
@@ -341,10 +382,16 @@ def _own_run_dir(spec: str) -> bool:
     return path.is_dir() and path.resolve() != REFERENCE.resolve()
 
 
-def _store_calibration(model: LoadedModel, calibration: dict[str, Any]) -> None:
-    """Keep the calibrated localisation threshold with the model (``calibration.json``)."""
+def _store_calibration(model: LoadedModel, calibration: dict[str, Any], verdict: dict[str, Any] | None = None) -> None:
+    """Keep the calibrated localisation threshold with the model (``calibration.json``), and the
+    verdict's healthy statistics (``verdict.json``) when there are any."""
+    from cdiff_cli.infer.verdict import VERDICT_FILE, Scoring
+
     try:
         write_json(model.folder / "calibration.json", calibration)
         model.calibration = calibration
+        if verdict is not None:
+            write_json(model.folder / VERDICT_FILE, verdict)
+            model.scoring = Scoring.from_dict(verdict)
     except Exception as e:  # a read-only Hub cache: the threshold stays in metrics.json
         info(f"could not store the calibration with the model ({e}); it is in metrics.json")

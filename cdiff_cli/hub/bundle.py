@@ -5,7 +5,7 @@ The bundle is a complete run folder, laid out as ``runs/NAME`` is, so that ``loa
 
     recipe.yaml
     encoder/model.safetensors, config.json, log.csv       stage 1
-    diffusion/model.safetensors, config.json, calibration.json, log.csv
+    diffusion/model.safetensors, config.json, calibration.json, verdict.json, log.csv
     eval/metrics.json, metrics.md; localize/metrics.json, metrics.md
 
 Weights are stored in float16 to keep the package small (cast back to float32 when loaded).
@@ -89,7 +89,7 @@ def bundle(run: Path, out: Path = REFERENCE, max_mb: float = 25.0) -> float:
             if frozen:  # stored once: load_model reads a frozen encoder from encoder/ when the file lacks it
                 weights = {k: v for k, v in weights.items() if not k.startswith("encoder.")}
         save_weights(tmp / "diffusion" / "model.safetensors", _half(weights), HALF)
-        for name in ("config.json", "calibration.json"):
+        for name in ("config.json", "calibration.json", "verdict.json"):
             if (run / "diffusion" / name).is_file():
                 shutil.copy(run / "diffusion" / name, tmp / "diffusion" / name)
         shutil.copy(run / "recipe.yaml", tmp / "recipe.yaml")

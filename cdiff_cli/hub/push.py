@@ -9,6 +9,7 @@ snapshot) exactly like ``runs/NAME``::
     encoder/model.safetensors    stage-1 encoder (cdiff only) + config.json
     diffusion/model.safetensors  U-Net (unet.*) and encoder (encoder.*) + config.json
     diffusion/calibration.json   calibrated threshold, when present
+    diffusion/verdict.json       the verdict's healthy statistics, when present
 
 The token comes from ``HF_TOKEN`` or the stored Hub login and never reaches the output:
 every message that leaves this module passes through :func:`scrub`.
@@ -118,6 +119,8 @@ def collect(run_dir: Path, repo_id: str) -> UploadFolder:
     if cal.is_file():
         calibration = read_json(cal, "calibration", error=CheckpointError)
         folder.copies.append(("diffusion/calibration.json", cal))
+    if (diffusion / "verdict.json").is_file():  # the verdict's healthy statistics travel with the model
+        folder.copies.append(("diffusion/verdict.json", diffusion / "verdict.json"))
     metrics: dict[str, Any] = {}
     for key in ("eval", "localize"):
         path = run_dir / key / "metrics.json"

@@ -51,6 +51,13 @@ class Input:
     mask: np.ndarray | None = None  # prepared slices: a brain mask, for the volume post-processing
     single: bool = False  # one 2-D image or slice: results are (H, W), not (1, H, W)
 
+    @property
+    def noise_indices(self) -> list[int]:
+        """Each slice's index within its input, which seeds its noise: a volume's (or prepared stack's)
+        slice number, 0 for every 2-D image (each image is an input of its own), so an input gets the
+        same maps alone, in a folder or in a batch."""
+        return [0] * len(self.slices) if self.kind == "image" else list(range(len(self.slices)))
+
     def to_input_grid(self, grid: np.ndarray) -> np.ndarray:
         """A (N, H, W) array on the model grid -> the input's own grid (volume, images or as is)."""
         if self.kind == "volume":

@@ -3,7 +3,8 @@
 A model folder holds ``diffusion/model.safetensors`` (the U-Net as ``unet.*`` or, for the
 ``ae`` baseline, the autoencoder as ``ae.*``, and for methods with an encoder (cdiff, cddpm)
 the encoder as ``encoder.*``), ``diffusion/config.json`` (the resolved recipe) and, once
-calibrated, ``diffusion/calibration.json``. Weights are read only from safetensors.
+calibrated, ``diffusion/calibration.json``, and the healthy score statistics of the verdict,
+``diffusion/verdict.json``. Weights are read only from safetensors.
 
 A bundle whose encoder stayed frozen in stage 2 may store it once, in ``encoder/model.safetensors``
 (the stage-1 file, identical to the frozen copy), and leave it out of the diffusion file: the
@@ -48,6 +49,7 @@ class LoadedModel:
     device: torch.device
     folder: Path
     calibration: dict[str, Any] = field(default_factory=dict)
+    scoring: Any = None  # infer.verdict.Scoring from verdict.json (healthy score statistics), or None
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -201,6 +203,8 @@ def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> Loa
     cal = folder / "calibration.json"
     if cal.is_file():
         calibration = read_json(cal, "calibration", error=CheckpointError)
+    from cdiff_cli.infer.verdict import load_scoring
+
     diffusion = GaussianDiffusion(recipe.diffusion).to(device) if method.uses_diffusion else None
     return LoadedModel(recipe=recipe, unet=unet, encoder=encoder, diffusion=diffusion,
-                       device=device, folder=folder, calibration=calibration)
+                       device=device, folder=folder, calibration=calibration, scoring=load_scoring(folder))

@@ -143,7 +143,8 @@ class Box:
     ``(x, y, w, h)`` as spanning ``x .. x + w`` inclusive (a +1 on every box, gold and
     predicted alike); ``cdiff_cli.eval.detection`` reproduces that quirk only in its
     reference scoring. ``area``: pixels in the connected component (not the box), the
-    key for top-k. ``score``: max (or mean) of the filtered map in the component.
+    key for top-k. ``score``: max (or mean) of the filtered map in the component. ``p_value``:
+    the share of healthy calibration boxes scoring at least as high (None: not calibrated).
     """
 
     x: int
@@ -152,6 +153,7 @@ class Box:
     height: int
     score: float
     area: int
+    p_value: float | None = None
 
     def xywh(self) -> tuple[int, int, int, int]:
         return (self.x, self.y, self.width, self.height)

@@ -330,7 +330,7 @@ def save_boxes_image(
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     font_px = max(10, min(h_img, w_img) // 40)
     font = _pil_font(font_px)
-    banner = font_px + 8 if title else 0
+    banner = (font_px + 4) * (title.count("\n") + 1) + 4 if title else 0  # a line each (name, verdict)
     canvas = Image.new("RGB", (w_img, h_img + banner), (0, 0, 0))
     canvas.paste(Image.fromarray(rgb, "RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)

@@ -9,7 +9,7 @@ anomaly map is |x0 - x0_hat|, post-processed. The baselines that reconstruct oth
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 
 from cdiff_cli.config import EvalConfig
 from cdiff_cli.config.methods import method_spec
-from cdiff_cli.diffusion.schedule import from_model_range, to_model_range
+from cdiff_cli.diffusion.schedule import SliceNoise, from_model_range, to_model_range
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.baselines import reconstruct_autoencoder, reconstruct_partial_reverse, reconstruct_patched
 from cdiff_cli.infer.model import LoadedModel
@@ -51,7 +51,7 @@ def _encode(model: LoadedModel, chunk: torch.Tensor) -> torch.Tensor:
 
 
 def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
-              generator: torch.Generator) -> torch.Tensor:
+              noise: SliceNoise) -> torch.Tensor:
     """cdiff, ddpm, cddpm: the U-Net runs once on all (slice, t) pairs of the chunk together, so an
     ensemble of 3 timesteps costs one 3x-larger pass; the mean over the t's, (B, C, H, W) in [0, 1]."""
     diffusion, device = model.diffusion, model.device
@@ -61,15 +61,15 @@ def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...
     x0 = to_model_range(chunk).repeat(n_t, 1, 1, 1)  # (T*B, C, H, W)
     t = torch.tensor(timesteps, device=device).repeat_interleave(b)  # (T*B,)
     with stage("noise"):
-        noise = diffusion.sample_noise(tuple(x0.shape), generator, device=device)
+        noise = diffusion.sample_noise_per_slice(tuple(x0.shape), noise, device=device)
     x_t = diffusion.q_sample(x0, t, noise)
     pred = in_pieces(model.unet, x_t, t, z.repeat(n_t, 1) if z is not None else None)
     x0_hat = diffusion.model_x0(pred.float(), x_t.float(), t)
     return from_model_range(x0_hat.clamp(-1, 1)).view(n_t, b, *chunk.shape[1:]).mean(0)
 
 
-# one batch (model, chunk, timesteps, generator) -> recon, by MethodSpec.inference
-RECONSTRUCTORS: dict[str, Callable[[LoadedModel, torch.Tensor, tuple[int, ...], torch.Generator], torch.Tensor]] = {
+# one batch (model, chunk, timesteps, its noise: a generator per slice) -> recon, by MethodSpec.inference
+RECONSTRUCTORS: dict[str, Callable[[LoadedModel, torch.Tensor, tuple[int, ...], SliceNoise], torch.Tensor]] = {
     "one_pass": _one_pass, "patched": reconstruct_patched, "partial_reverse": reconstruct_partial_reverse,
     "autoencode": reconstruct_autoencoder}
 
@@ -82,10 +82,13 @@ def reconstruct_slices(
     seed: int | None = None,
     batch_size: int | None = None,
     passes: int | None = None,
+    indices: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Healthy reconstructions of slices ``x`` (N, C, H, W) in [0, 1] -> (N, C, H, W) float32.
 
-    The same seed and batch size give the same output. Each batch runs the U-Net once on all
+    Slice i's noise comes from its own generator, seeded by ``seed`` and ``indices[i]`` (its
+    index within its input: a volume's slice number, 0 for a 2-D image; default 0..N-1), so a
+    slice gets the same reconstruction whatever the batch size and whatever else is in the call. Each batch runs the U-Net once on all
     (slice, t) pairs together, so an ensemble of 3 timesteps costs one 3x-larger pass. How a
     method reconstructs, and what it costs, is its ``MethodSpec`` (``config/methods/``):
     anoddpm and ae ignore ``timesteps``. ``passes`` (default ``infer.noise_passes``): the mean
@@ -108,6 +111,9 @@ def reconstruct_slices(
     xs = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x, dtype=torch.float32)
     if xs.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) slices, got shape {tuple(xs.shape)}")
+    index = list(range(len(xs))) if indices is None else [int(i) for i in indices]
+    if len(index) != len(xs):
+        raise ValueError(f"{len(index)} noise indices for {len(xs)} slices")
     out = torch.empty_like(xs)
     if passes < 1:
         raise CdiffError(f"noise passes {passes}: must be at least 1")
@@ -120,9 +126,11 @@ def reconstruct_slices(
                 b = chunk.shape[0]
                 total = torch.zeros_like(chunk, device="cpu")
                 for k in range(passes):
-                    generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, start, *([k] if k else [])))
+                    noise = SliceNoise([torch.Generator(device="cpu").manual_seed(derive_seed(seed, i, *([k] if k else [])))
+                                        for i in index[start : start + b]],
+                                       torch.Generator(device="cpu").manual_seed(derive_seed(seed, "phase", k)))
                     with _autocast(device, cfg.amp):
-                        recon = reconstruct(model, chunk, timesteps, generator)  # (B, C, H, W) in [0, 1]
+                        recon = reconstruct(model, chunk, timesteps, noise)  # (B, C, H, W) in [0, 1]
                     total += recon.float().cpu()
                 out[start : start + b] = total / passes
     finally:
