@@ -73,9 +73,9 @@ def test_the_common_setting_runs_every_method_with_the_same_timesteps_and_passes
     original, one_pass = R.reconstruct_slices, R.RECONSTRUCTORS["one_pass"]
 
     def spy(model: Any, x: Any, timesteps: Any = None, seed: Any = None, batch_size: Any = None,
-            passes: Any = None) -> Any:
+            passes: Any = None, indices: Any = None) -> Any:
         before = len(inner)
-        out = original(model, x, timesteps, seed, batch_size, passes)
+        out = original(model, x, timesteps, seed, batch_size, passes, indices)
         seen = set(inner[before:])
         assert len(seen) == 1, seen  # one set of noise levels per call
         n = passes or model.recipe.infer.noise_passes

@@ -235,6 +235,8 @@ def healthy_val_volumes(maps_fn: MapFn, store: PreparedStore, subjects: list[str
                         ecfg: EvalConfig) -> list[HealthyVolume] | None:
     """The healthy validation volumes with their maps (one reconstruction each), or None for maps
     without a reconstruction (the references), which are calibrated as before."""
+    if not getattr(maps_fn, "reconstructs", True):  # a reference map: nothing to reconstruct, no verdict
+        return None
     out: list[HealthyVolume] = []
     task = bar.add_task("calibration", total=len(subjects))
     for sid in subjects:

@@ -74,4 +74,5 @@ def reference_maps(kind: Reference, recipe: Recipe) -> MapFn:
             res = volume_maps(image, recon, mask, recipe.eval.model_copy(update=update))
         return ReferenceMaps(anomaly=res.anomaly, recon=None if template is None else recon)
 
+    maps.reconstructs = False  # type: ignore[attr-defined]  # no model: calibrated without the verdict
     return maps
