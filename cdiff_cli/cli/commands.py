@@ -5,6 +5,7 @@ Imported lazily by ``cdiff_cli.cli.main`` so that ``cdiff --help`` stays instant
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +97,20 @@ def _check_options(timesteps: str | None = None, batch_size: int | None = None, 
     named as the user typed it); the timesteps parsed."""
     from cdiff_cli.infer.options import count_of, seed_of, threshold_of, timesteps_of
 
-    checks = [(timesteps, "--timesteps", lambda v: timesteps_of(v, text=True)),
-              (batch_size, "--batch-size", lambda v: count_of("", v)),
-              (seed, "--seed", seed_of), (noise_passes, "--noise-passes", lambda v: count_of("", v)),
-              (top_k, "--top-k", lambda v: count_of("", v)), (threshold, "--threshold", threshold_of)]
-    for value, flag, check in checks:
-        if value is not None:
-            try:
-                check(value)
-            except CdiffError as e:
-                reason = str(e).split(": ", 1)[-1]
-                raise CdiffError(f"{flag} {value!r}: {reason}") from None
-    return None if timesteps is None else timesteps_of(timesteps, text=True)
+    count = lambda v: count_of("", v)  # noqa: E731 - the flag names the value in the message
+    checks = [(timesteps, "--timesteps", lambda v: timesteps_of(v, text=True)), (batch_size, "--batch-size", count),
+              (seed, "--seed", seed_of), (noise_passes, "--noise-passes", count), (top_k, "--top-k", count),
+              (threshold, "--threshold", threshold_of)]
+    parsed = [None if value is None else _checked(flag, value, check) for value, flag, check in checks]
+    return parsed[0]
+
+
+def _checked(flag: str, value: Any, check: Callable[[Any], Any]) -> Any:
+    """``check(value)``, its error reworded to name the option as the user typed it."""
+    try:
+        return check(value)
+    except CdiffError as e:
+        raise CdiffError(f"{flag} {value!r}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
