@@ -19,8 +19,8 @@ from typing import Any, Callable
 import gradio as gr
 
 from cdiff_cli.errors import CdiffError, first_line
-from cdiff_cli.app.analysis import Analysis
-from cdiff_cli.app.examples import example_files
+from cdiff_cli.app.analysis import Analysis, level_in_words
+from cdiff_cli.app.examples import example_files, example_label
 from cdiff_cli.app.render import Rendered
 from cdiff_cli.app.session import MAX_UPLOAD_BYTES, Session, default_model_spec
 
@@ -60,10 +60,18 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _score_text(a: Analysis, r: Rendered, index: int, threshold: float, kind: str) -> str:
+STRENGTHS = {  # plain-language reconstruction strengths -> noise levels t (one U-Net pass each, averaged)
+    "Light: keeps fine detail; finds small, faint changes": "250",
+    "Strong: rebuilds more of the image; large lesions stand out, more false alarms at edges": "750",
+}
+MODEL_DEFAULT = "The model's default (recommended)"
+
+
+def _details(a: Analysis, r: Rendered, index: int, threshold: float, kind: str, all_candidates: bool) -> str:
+    """Everything below the verdict: scores, boxes and where their coordinates are, timing."""
     where = "brain" if a.kind == "volume" else "foreground"
-    lines = [b for b in [a.badge(index)] if b]  # the verdict first
-    lines.append(f"**{a.name}** · noise levels {','.join(map(str, a.timesteps))} · {a.seconds:.1f} s")
+    lines = [f"**{a.name}** · noise levels t = {','.join(map(str, a.timesteps))} · {a.seconds:.1f} s"]
+    lines += [f"⚠️ {note}" for note in a.notes]
     if a.kind == "volume":
         lines.append(f"**Volume anomaly score**: mean {r.total_scores['mean']:.4f} · max {r.total_scores['max']:.4f} "
                      f"(map inside the {where})")
@@ -73,53 +81,70 @@ def _score_text(a: Analysis, r: Rendered, index: int, threshold: float, kind: st
         lines.append(f"**Anomaly score**: mean {r.slice_scores['mean']:.4f} · max {r.slice_scores['max']:.4f} "
                      f"(map inside the {where})")
     if r.boxes:
-        listed = "; ".join(f"#{i} at ({b.x}, {b.y}) {b.width}x{b.height} px, score {b.score:.3f}"
+        listed = "; ".join(f"#{i} at x={b.x}, y={b.y}, {b.width}x{b.height} px, peak {b.score:.3f}"
+                           + (f" (p = {b.p_value:.3g})" if b.p_value is not None else "")
                            for i, b in enumerate(r.boxes, start=1))
-        lines.append(f"**{len(r.boxes)} box(es)** at threshold {threshold:.4f} ({kind}): {listed}")
+        lines.append(f"**{len(r.boxes)} box(es)** at threshold {threshold:.4f} ({kind}): {listed}. {a.pixels}")
+    elif a.verdict_of(index) is not None and a.verdict_of(index).anomalous is False and not all_candidates:
+        lines.append("No box: the verdict found no anomaly here (tick *show every candidate region* to see them).")
+    elif a.kind == "volume" and a.verdict is not None and a.verdict.anomalous is False and not all_candidates:
+        lines.append("No box: the volume's verdict found no anomaly.")
     else:
         lines.append(f"No region reaches the threshold {threshold:.4f} ({kind}) on this slice.")
     return "\n\n".join(lines)
 
 
-def _panels(a: Analysis, index: int | None, threshold: float | None, calibrated: bool, top_k: float) -> tuple:
+def _panels(a: Analysis, index: int | None, threshold: float | None, calibrated: bool, top_k: float,
+            all_candidates: bool) -> tuple:
     thr, kind = SESSION.threshold(threshold, bool(calibrated))
     i = a.default_slice if index is None else int(index)
-    r = SESSION.render(a, i, thr, int(top_k))
-    return r.image, r.recon, r.overlay, (r.image, r.recon), _score_text(a, r, i, thr, kind)
+    r = SESSION.render(a, i, thr, int(top_k), bool(all_candidates))
+    verdict = a.badge(i) or "### Anomaly map\n(this model gives no verdict)"
+    return (r.image, r.recon, r.overlay, (r.image, r.recon), verdict,
+            _details(a, r, i, thr, kind, bool(all_candidates)))
 
 
 @_guard
 def analyze(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
-            progress: gr.Progress = gr.Progress()) -> tuple:
+            all_candidates: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
     """Reconstruct the upload and show its most anomalous slice."""
     a = SESSION.analyze(file, timesteps, progress=lambda frac, desc: progress(frac, desc=desc))
-    panels = _panels(a, None, threshold, calibrated, top_k)
-    slider = gr.update(minimum=0, maximum=max(a.depth - 1, 1), value=a.default_slice, visible=a.kind == "volume")
+    panels = _panels(a, None, threshold, calibrated, top_k, all_candidates)
+    slider = gr.update(minimum=0, maximum=max(a.depth - 1, 1), value=a.default_slice, visible=a.kind == "volume",
+                       label=f"Axial slice (0 to {a.depth - 1}; opens on the most anomalous)")
+    download = gr.update(value=str(a.download) if a.download else None, visible=a.download is not None)
     state = {"file": file, "timesteps": timesteps}
-    return (*panels[:4], slider, panels[4], state)
+    return (*panels[:4], slider, panels[4], panels[5], download, state)
 
 
 def on_upload(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
-              progress: gr.Progress = gr.Progress()) -> tuple:
+              all_candidates: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
     if not file:  # the upload was cleared
-        return None, None, None, None, gr.update(visible=False), "", None
-    return analyze(file, timesteps, threshold, calibrated, top_k, progress)
+        return None, None, None, None, gr.update(visible=False), "", "", gr.update(visible=False, value=None), None
+    return analyze(file, timesteps, threshold, calibrated, top_k, all_candidates, progress)
 
 
 @_guard
-def show_slice(state: dict | None, index: float, threshold: float | None, calibrated: bool, top_k: float) -> tuple:
+def show_slice(state: dict | None, index: float, threshold: float | None, calibrated: bool, top_k: float,
+               all_candidates: bool = False) -> tuple:
     """Re-render from the cached maps: moving the slider never reruns the model."""
     if not state:
         raise gr.Error("analyse a file first", title="Nothing to show")
     a = SESSION.analyze(state["file"], state["timesteps"])  # a cache hit unless evicted
-    return _panels(a, index, threshold, calibrated, top_k)
+    return _panels(a, index, threshold, calibrated, top_k, all_candidates)
 
 
-def restyle(state: dict | None, index: float, threshold: float | None, calibrated: bool, top_k: float) -> tuple:
+def restyle(state: dict | None, index: float, threshold: float | None, calibrated: bool, top_k: float,
+            all_candidates: bool = False) -> tuple:
     """Settings changed: re-render if something is shown, else leave the page alone."""
     if not state:
-        return tuple(gr.update() for _ in range(5))
-    return show_slice(state, index, threshold, calibrated, top_k)
+        return tuple(gr.update() for _ in range(6))
+    return show_slice(state, index, threshold, calibrated, top_k, all_candidates)
+
+
+def pick_strength(choice: str, default_steps: str) -> str:
+    """The plain-language strength -> the noise levels it stands for (shown in the advanced field)."""
+    return STRENGTHS.get(choice, default_steps)
 
 
 def build_demo() -> gr.Blocks:
@@ -131,9 +156,13 @@ def build_demo() -> gr.Blocks:
         default_thr = float(model.threshold if model.threshold is not None else model.recipe.localize.threshold
                             if isinstance(model.recipe.localize.threshold, float) else 0.5)
         default_steps = ",".join(map(str, model.recipe.infer.timesteps))
+        scale_text = model.map_scale.describe()
+        level = level_in_words(model.loaded.scoring.level) if model.loaded.scoring is not None else (
+            "This model stores no healthy statistics: it gives no verdict, and every candidate region is boxed.")
         ready = True
     except CdiffError as e:
         model_text, examples, has_cal, default_thr, default_steps, ready = f"**{e}**", [], False, 0.5, "", False
+        scale_text = level = ""
 
     # uploads and results older than 2 h are deleted every hour (a public Space must not keep them)
     with gr.Blocks(title="cdiff: anomaly detection in brain MRI", delete_cache=(3600, 7200)) as demo:
@@ -145,38 +174,54 @@ def build_demo() -> gr.Blocks:
                                  "up to "
                                  f"{MAX_UPLOAD_BYTES // 2**20} MB", file_types=FILE_TYPES, elem_id="upload")
                 if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Examples (a tumour in an unseen synthetic brain; synthetic phantoms)",
-                                example_labels=[Path(p).name for p in examples])
-                with gr.Accordion("Settings", open=True):
-                    timesteps = gr.Textbox(value=default_steps, label="Noise levels t (comma-separated)",
-                                           placeholder="250,500,750", info="One U-Net pass each; averaged.")
+                    gr.Examples(examples=[[p] for p in examples], inputs=[upload],
+                                label="Examples (synthetic: a slice and a volume with a bright lesion)",
+                                example_labels=[example_label(Path(p)) for p in examples])
+                strength = gr.Radio([MODEL_DEFAULT, *STRENGTHS], value=MODEL_DEFAULT, label="Reconstruction strength",
+                                    info="How much of the image the model rebuilds from noise before comparing.")
+                with gr.Accordion("Boxes and advanced settings", open=False):
+                    all_candidates = gr.Checkbox(value=False, label="Show every candidate region",
+                                                 info="also on inputs the verdict finds healthy", elem_id="all")
                     calibrated = gr.Checkbox(value=has_cal, label="Use the calibrated threshold",
-                                             info="stored with the model" if has_cal else "none stored: fixed value used")
-                    threshold = gr.Number(value=default_thr, label="Threshold for boxes", precision=4)
-                    top_k = gr.Slider(1, 20, value=5, step=1, label="Top-k boxes (largest first)")
+                                             info="stored with the model" if has_cal else "none stored: the value below is used")
+                    threshold = gr.Number(value=default_thr, label="Threshold for boxes (map units)", precision=4,
+                                          interactive=not has_cal, elem_id="threshold",
+                                          info="used when the calibrated threshold is not ticked")
+                    top_k = gr.Slider(1, 20, value=5, step=1, label="At most this many boxes (largest first)")
+                    timesteps = gr.Textbox(value=default_steps, label="Noise levels t (comma-separated, 0-999)",
+                                           placeholder="250,500,750", elem_id="timesteps",
+                                           info="One U-Net pass each, averaged; higher t rebuilds more. "
+                                                "Set by the strength above.")
                 run = gr.Button("Analyze", variant="primary", interactive=ready, elem_id="analyze")
                 slice_slider = gr.Slider(0, 1, value=0, step=1, label="Axial slice", visible=False,
                                          elem_id="slice")
-                score = gr.Markdown(elem_id="score")
+                details = gr.Markdown(elem_id="score")
+                download = gr.File(label="Anomaly map on your volume's grid (NIfTI)", visible=False,
+                                   interactive=False, elem_id="download")
             with gr.Column(scale=3):
+                verdict = gr.Markdown(level, elem_id="verdict")
                 with gr.Row():
                     image_in = gr.Image(label="Input", format="png", interactive=False, elem_id="input-image")
                     image_rec = gr.Image(label="Reconstruction (healthy)", format="png", interactive=False,
                                          elem_id="recon-image")
                     image_ov = gr.Image(label="Anomaly map + boxes", format="png", interactive=False,
                                         elem_id="overlay-image")
+                gr.Markdown(scale_text, elem_id="scale")
                 compare = gr.ImageSlider(label="Before / after: input vs reconstruction", format="png",
                                          interactive=False, max_height=520)
         state = gr.State(None)
 
-        settings = [timesteps, threshold, calibrated, top_k]
-        outputs = [image_in, image_rec, image_ov, compare, slice_slider, score, state]
-        view = [state, slice_slider, threshold, calibrated, top_k]
-        view_out = [image_in, image_rec, image_ov, compare, score]
+        settings = [timesteps, threshold, calibrated, top_k, all_candidates]
+        outputs = [image_in, image_rec, image_ov, compare, slice_slider, verdict, details, download, state]
+        view = [state, slice_slider, threshold, calibrated, top_k, all_candidates]
+        view_out = [image_in, image_rec, image_ov, compare, verdict, details]
         run.click(analyze, [upload, *settings], outputs, api_name="analyze")
         upload.change(on_upload, [upload, *settings], outputs, api_visibility="private")
         slice_slider.release(show_slice, view, view_out, api_name="show_slice", show_progress="hidden")
-        for trigger in (threshold.submit, calibrated.change, top_k.release):
+        strength.change(functools.partial(pick_strength, default_steps=default_steps), strength, timesteps,
+                        api_visibility="private")
+        calibrated.change(lambda c: gr.update(interactive=not c), calibrated, threshold, api_visibility="private")
+        for trigger in (threshold.submit, calibrated.change, top_k.release, all_candidates.change):
             trigger(restyle, view, view_out, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=int(os.environ.get("CDIFF_CONCURRENCY", "1")), max_size=32)
     return demo

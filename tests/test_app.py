@@ -97,10 +97,12 @@ def _examples(server: tuple[str, Path]) -> tuple[Path, Path]:
 
 
 def _analyze(client: Any, path: Path, timesteps: str = "", threshold: float = 0.5, calibrated: bool = True,
-             top_k: int = 5) -> tuple:
+             top_k: int = 5, all_candidates: bool = False) -> tuple:
+    """(input, reconstruction, overlay, before/after, slider, verdict, details, download)."""
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(path)), timesteps, threshold, calibrated, top_k, api_name="/analyze")
+    return client.predict(handle_file(str(path)), timesteps, threshold, calibrated, top_k, all_candidates,
+                          api_name="/analyze")
 
 
 def _rgb(path: str) -> np.ndarray:
@@ -120,23 +122,27 @@ def test_page_serves_the_model_and_the_warning(server: tuple[str, Path]) -> None
 
 def test_png_slice(client: Any, server: tuple[str, Path]) -> None:
     png, _ = _examples(server)
-    image, recon, overlay, (before, after), slider, score = _analyze(client, png, "250,500", top_k=3)
+    image, recon, overlay, (before, after), slider, verdict, score, download = _analyze(client, png, "250,500",
+                                                                                       top_k=3)
     a, b, c = _rgb(image), _rgb(recon), _rgb(overlay)
-    assert a.shape == b.shape == c.shape and a.shape[2] == 3 and min(a.shape[:2]) >= 384
+    assert a.shape == b.shape and a.shape[2] == 3 and min(a.shape[:2]) >= 384
+    assert c.shape[0] == a.shape[0] and c.shape[1] > a.shape[1]  # the overlay carries its colour bar
     assert _rgb(before).shape == a.shape and _rgb(after).shape == b.shape
-    assert not np.array_equal(a, c)  # the heatmap is drawn
-    assert slider["visible"] is False
+    assert not np.array_equal(a, c[:, : a.shape[1]])  # the heatmap is drawn
+    assert slider["visible"] is False and download["visible"] is False  # a map to download: volumes only
+    assert verdict.startswith("### ⬜ No verdict")  # the tiny model stores no healthy statistics
     assert "Anomaly score" in score and "mean" in score and "max" in score
-    assert "calibrated" in score and "250,500" in score
+    assert "250,500" in score and ("calibrated" in score or "No region" in score)
 
 
 def test_nifti_volume_and_slider(client: Any, server: tuple[str, Path]) -> None:
     _, nii = _examples(server)
-    *panels, slider, score = _analyze(client, nii, "", calibrated=False, threshold=0.05)
+    *panels, slider, verdict, score, download = _analyze(client, nii, "", calibrated=False, threshold=0.05)
     assert slider["visible"] is True and slider["maximum"] == 7  # the tiny recipe's 8 slices
     assert "Volume anomaly score" in score and f"Slice {slider['value']} / 7" in score
+    assert str(download["value"]).endswith("_anomaly.nii.gz") and download["visible"]  # the map on the input's grid
     other = 0 if slider["value"] != 0 else 7
-    image, recon, overlay, _, score2 = client.predict(other, 0.05, False, 2, api_name="/show_slice")
+    image, recon, overlay, _, verdict2, score2 = client.predict(other, 0.05, False, 2, False, api_name="/show_slice")
     assert f"Slice {other} / 7" in score2
     assert not np.array_equal(_rgb(image), _rgb(panels[0]))
 
@@ -180,7 +186,7 @@ def test_bad_uploads_show_a_message_and_the_server_stays_up(client: Any, server:
         _analyze(client, _examples(server)[0], "250,abc")
     with pytest.raises(AppError, match="outside 0..999"):
         _analyze(client, _examples(server)[0], "5000")
-    *_, score = _analyze(client, _examples(server)[0], "500")  # still serving
+    *_, score, _ = _analyze(client, _examples(server)[0], "500")  # still serving
     assert "Anomaly score" in score
 
 
@@ -222,7 +228,7 @@ def test_session_reuses_maps_for_slices_and_settings(tiny_run: Path, tmp_path: P
     sess.model.loaded.unet.forward = boom  # type: ignore[method-assign]
     assert sess.analyze(nii, " 250 ") is a  # same content, same noise levels: from the cache
     frames = [sess.render(a, i, thr, k) for i in range(a.depth) for thr, k in ((0.1, 1), (0.5, 5))]
-    assert all(f.overlay.shape == (384, 384, 3) for f in frames)
+    assert all(f.image.shape == (384, 384, 3) and f.overlay.shape[0] == 384 for f in frames)
     assert all(len(f.boxes) <= 1 for f in frames[0::2])
     s = a.scores()
     assert 0 <= s["mean"] <= s["max"]

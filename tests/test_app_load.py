@@ -61,7 +61,7 @@ def _one_user(url: str, path: Path) -> tuple[str, Any, float]:
     t0 = time.perf_counter()
     client = Client(url, verbose=False)
     try:
-        *_, score = client.predict(handle_file(str(path)), "", 0.5, True, 5, api_name="/analyze")
+        *_, score, _ = client.predict(handle_file(str(path)), "", 0.5, True, 5, False, api_name="/analyze")
     except AppError as e:
         return "error", str(e), time.perf_counter() - t0
     return "ok", score, time.perf_counter() - t0
@@ -97,7 +97,7 @@ def test_sixteen_concurrent_users_good_and_bad_uploads(server: tuple[str, Path])
     assert _SERVER["proc"].poll() is None, "the server died"
     from gradio_client import Client
 
-    *_, score = _analyze(Client(url, verbose=False), png)  # still serving
+    *_, score, _ = _analyze(Client(url, verbose=False), png)  # still serving
     assert "Anomaly score" in score
     slowest = max(r[2] for r in results)
     print(f"\n{N_USERS} concurrent users: {wall:.1f} s wall, slowest request {slowest:.1f} s", file=sys.__stderr__)

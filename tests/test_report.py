@@ -12,12 +12,12 @@ from cdiff_cli.errors import CdiffError
 from cdiff_cli.eval.plots import plot_case_grid, plot_pr_curves, plot_residual_histograms
 from cdiff_cli.eval.report import format_value, localization_table, segmentation_table
 from cdiff_cli.infer.postprocess import Box
+from cdiff_cli.infer.pictures import save_boxes_image
 from cdiff_cli.infer.preview import (
     GOLD_RGB,
     PRED_RGB,
     informative_slices,
     robust_vmax,
-    save_boxes_image,
     save_preview,
     save_volume_preview,
 )

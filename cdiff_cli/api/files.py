@@ -26,6 +26,7 @@ from cdiff_cli.errors import CdiffError
 from cdiff_cli.fileio import check_output_dir, output_set, safe_child, write_json
 from cdiff_cli.infer.batch import Failure, InputPlan, pipelined_plan, plan_inputs, unique_names
 from cdiff_cli.infer.contrastive import reconstruct_natural_file
+from cdiff_cli.infer.mapscale import MapScale
 from cdiff_cli.infer.files import COMPRESSIONS, Compression, nifti_suffix, write_maps, write_nifti
 from cdiff_cli.infer.pipeline import stage
 from cdiff_cli.infer.reconstruct import output_stem
@@ -45,9 +46,10 @@ class Outputs:
 
 
 def write_result(result: AnomalyMap, path: Path, out: Path, stem: str | None = None,
-                 outputs: Outputs = Outputs()) -> dict[str, Any]:
+                 outputs: Outputs = Outputs(), scale: MapScale | None = None) -> dict[str, Any]:
     """Write the maps of input ``path`` into ``out`` as ``<stem>_*`` (default: the file's stem), as a
-    whole set or not at all; what was written, and the score."""
+    whole set or not at all; what was written, and the score. ``scale``: the preview's colour scale
+    (the model's, :attr:`Model.map_scale`; default per image)."""
     from cdiff_cli.infer.preview import informative_slices, save_preview, save_volume_preview
 
     stem, g = output_stem(path) if stem is None else stem, result.grid
@@ -65,14 +67,15 @@ def write_result(result: AnomalyMap, path: Path, out: Path, stem: str | None = N
             if preview is not None:
                 slices = informative_slices(g.anomaly, g.mask, n=4)
                 with stage("volume preview"):
-                    save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name)
+                    save_volume_preview(preview, g.image, g.recon, g.anomaly, slices, title=path.name,
+                                        scale=scale)
         else:
             written += [safe_child(out, f"{stem}_{k}.npy") for k in ("recon", "anomaly")]
             written += [preview] if preview else []
             paths = write_maps(out, stem, recon=result.recon, anomaly=result.anomaly)
             if preview is not None:
                 with stage("image preview"):
-                    save_preview(preview, result.image, result.recon, result.anomaly, title=path.name)
+                    save_preview(preview, result.image, result.recon, result.anomaly, title=path.name, scale=scale)
     verdict = result.verdict if result.unit == "volume" or len(result.slice_scores) == 1 else None
     return {"input": str(path), **{k: str(v) for k, v in paths.items()},
             **({"preview": str(preview)} if preview else {}), "score": result.score,
@@ -86,7 +89,7 @@ def _grid_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, 
                  series: str | None = None, outputs: Outputs = Outputs()) -> Stages:
     """Brain MRI: the three :class:`Model` stages, the next file read while the network runs."""
     def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
-        return write_result(model.maps(inp, recon), path, out, names.get(path), outputs)
+        return write_result(model.maps(inp, recon), path, out, names.get(path), outputs, model.map_scale)
 
     def read(path: Path) -> Input:
         return model.read(path, series=series if path.is_dir() else None)

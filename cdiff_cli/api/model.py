@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from cdiff_cli.config import Domain, Recipe
+    from cdiff_cli.infer.mapscale import MapScale
     from cdiff_cli.infer.model import LoadedModel
 
 InputLike = Union[str, os.PathLike, np.ndarray, "torch.Tensor", "nib.spatialimages.SpatialImage"]
@@ -205,6 +206,13 @@ class Model:
         """The calibrated box threshold stored with the model, if any."""
         value = self.loaded.calibration.get("threshold")
         return None if value is None else float(value)
+
+    @cached_property
+    def map_scale(self) -> MapScale:
+        """The colour scale of this model's maps: units of its box threshold (``infer/mapscale.py``)."""
+        from cdiff_cli.infer.mapscale import map_scale
+
+        return map_scale(self.loaded)
 
     # ------------------------------------------------------------------ the three stages
 

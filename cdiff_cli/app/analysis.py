@@ -6,7 +6,7 @@ pixels (downscaled to at most ``DISPLAY_MAX_SIDE``), a volume is on the prepared
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -42,19 +42,37 @@ class Analysis:
     vmax: float = 1.0  # heatmap scale shared by all slices
     verdict: Verdict | None = None  # the input's calibrated verdict (the API's), None for photographs
     slice_verdicts: list[Verdict] | None = None  # a volume's, per slice
+    notes: list[str] = field(default_factory=list)  # warnings about the input (a lossy format, ...)
+    pixels: str = ""  # what the box coordinates are pixels of, in words
+    download: Path | None = None  # a volume's anomaly map on its own grid (NIfTI), once written
+    export: Callable[[Path], None] | None = None  # writes that map (the session calls it once, then drops it)
 
     def badge(self, index: int | None = None) -> str:
-        """The verdict as the first line of the analysis text: a badge, then the verdict in words
-        (a volume's, then the shown slice's)."""
+        """The verdict as the page's first words (Markdown): a headline, the false-alarm level in
+        plain words, the score and p-value; for a volume, the shown slice's verdict too."""
         if self.verdict is None:
             return ""
         v = self.verdict
-        mark = ("⬜ **NOT CALIBRATED**" if not v.calibrated else "🟥 **ANOMALOUS**" if v.anomalous
-                else "🟩 **NO ANOMALY FOUND**")
-        text = f"{mark} · {v.text}"
+        what = "volumes" if self.kind == "volume" else "images"
+        if not v.calibrated:
+            return ("### ⬜ No verdict: this model is not calibrated\n"
+                    f"It stores no healthy statistics, so every candidate region is shown (score {v.score:.3g}).")
+        head = "### 🟥 Anomalous" if v.anomalous else "### 🟩 No anomaly found"
+        lines = [head, f"{level_in_words(v.level, what)} {_evidence(v)}"]
         if self.kind == "volume" and self.slice_verdicts is not None and index is not None:
-            text += f" · slice {index}: {self.slice_verdicts[index].text}"
-        return text
+            sv = self.slice_verdicts[index]
+            lines.append(f"**Slice {index}**: {'anomalous' if sv.anomalous else 'no anomaly found'} "
+                         f"({_evidence(sv)})")
+        return "\n\n".join(lines)
+
+    def verdict_of(self, index: int) -> Verdict | None:
+        """The verdict that decides whether slice ``index`` gets boxes (as ``Model.boxes``): an image's
+        own; a volume's slice verdict when the volume is anomalous, else None (no boxes)."""
+        if self.kind == "image":
+            return self.verdict
+        if self.verdict is None or self.slice_verdicts is None:
+            return None
+        return self.slice_verdicts[index] if self.verdict.anomalous is not False else None
 
     @property
     def depth(self) -> int:
@@ -70,6 +88,26 @@ class Analysis:
         return {"mean": float(inside.mean()), "max": float(inside.max())}
 
 
+LOSSY_NOTE = ("This is a JPEG, a lossy format: its compression artefacts change the anomaly map and can add or move "
+              "boxes. Upload PNG, NIfTI or DICOM when you can.")
+
+
+def level_in_words(level: float, what: str = "images") -> str:
+    """``At the 5 % false-alarm level, about 1 in 20 healthy images is flagged.``"""
+    one_in = max(1, round(1 / level)) if level > 0 else 0
+    tail = f"about 1 in {one_in} healthy {what} is flagged." if one_in else f"no healthy {what[:-1]} is flagged."
+    return f"At the {100 * level:g} % false-alarm level, {tail}"
+
+
+def _evidence(v: Verdict) -> str:
+    """Score and p-value in words."""
+    if v.p_value is None:
+        return f"score {v.score:.3g}"
+    if v.p_value == 0 and v.n_healthy:
+        return f"score {v.score:.3g}, higher than all {v.n_healthy} healthy calibration scores"
+    return f"score {v.score:.3g}; {100 * v.p_value:.3g} % of {v.n_healthy} healthy calibration scores are as high"
+
+
 def analyze_image(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
     """A 2-D slice (or, for a model of photographs, a photograph) on its own pixels."""
     report(0.15, "reading the image")
@@ -83,15 +121,20 @@ def _analyze_photograph(model: Model, path: Path, steps: tuple[int, ...], report
     report(0.35, f"reconstructing ({len(steps)} noise level(s))")
     rgb, rec, amap, crop = analyze_natural_image(model.loaded, path, steps, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS,
                                                  DISPLAY_MAX_SIDE)
-    return _finish("image", path.name, rgb[None], rec[None], amap[None], crop[None], steps)
+    done = _finish("image", path.name, rgb[None], rec[None], amap[None], crop[None], steps)
+    done.pixels = "Coordinates are pixels of the picture as shown (its centred crop)."
+    return done
 
 
 def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
     """A brain slice, as `cdiff localize` reads it."""
-    from cdiff_cli.data.images2d import foreground_mask, load_image_2d
+    from cdiff_cli.data.images2d import foreground_mask, is_lossy, load_image_2d
 
     img = load_image_2d(path, max_side=MAX_IMAGE_SIDE, max_pixels=MAX_IMAGE_PIXELS)  # (H, W) in [0, 1]
+    pixels = "Coordinates are pixels of your image."
     if max(img.shape) > DISPLAY_MAX_SIDE:
+        pixels = (f"Coordinates are pixels of your image shrunk from {img.shape[1]}x{img.shape[0]} to "
+                  f"{DISPLAY_MAX_SIDE} px on its longer side.")
         img = _shrink(img, DISPLAY_MAX_SIDE)
     inp = model.read(img, kind="image")  # as `cdiff localize`
     report(0.35, f"reconstructing ({len(steps)} noise level(s))")
@@ -105,7 +148,9 @@ def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Pro
     fg, _ = foreground_mask(img)
     anomaly = result.anomaly * fg
     done = _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
-    done.verdict = verdict
+    done.verdict, done.pixels = verdict, pixels
+    if is_lossy(path):
+        done.notes.append(LOSSY_NOTE)
     return done
 
 
@@ -129,6 +174,17 @@ def analyze_volume(model: Model, path: Path, steps: tuple[int, ...], report: Pro
     report(0.9, "post-processing")
     done = _finish("volume", name or path.name, g.image, g.recon, g.anomaly, g.mask > 0, steps)
     done.verdict, done.slice_verdicts = result.verdict, result.slice_verdicts
+    d = model.recipe.data
+    done.pixels = (f"Coordinates are pixels of the model grid shown here ({g.image.shape[2]}x{g.image.shape[1]} at "
+                   f"{d.spacing:g} mm per pixel, after reorientation to RAS, cropping and resampling), not your "
+                   "volume's own voxels; the NIfTI map below is on your volume's grid.")
+
+    def export(target: Path) -> None:
+        from cdiff_cli.infer.files import write_nifti
+
+        write_nifti(target, result.anomaly, result.affine, "fast")  # mapped back onto the input's voxels
+
+    done.export = export
     return done
 
 

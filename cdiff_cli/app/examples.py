@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cdiff_cli.api import Model
     from cdiff_cli.config import DomainName
 
-PHANTOM_VERSION = 2  # bump when the example phantoms change (they are cached on disk)
+PHANTOM_VERSION = 3  # bump when the example phantoms change (they are cached on disk)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -59,11 +59,12 @@ def make_examples(folder: Path, model: Model) -> list[Path]:
 
     d = model.recipe.data
     h, w = d.image_hw
-    png = folder / f"phantom_slice_{h}x{w}.png"
+    side = max(192, 3 * max(h, w))  # a slice at a typical upload's size, not the model grid's
+    cols, rows = round(side * w / h), side
+    png = folder / f"phantom_slice_{cols}x{rows}px.png"  # named by its own size (width x height)
     vol = folder / f"phantom_volume_{'x'.join(map(str, d.crop))}.nii.gz"
     if not png.is_file():
-        side = max(192, 3 * max(h, w))
-        sl = phantom((round(side * w / h), side), lesion=True, seed=1).T[::-1]  # (x, y) -> (rows, cols), anterior up
+        sl = phantom((cols, rows), lesion=True, seed=1).T[::-1]  # (x, y) -> (rows, cols), anterior up
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(np.round(sl * 255).astype(np.uint8)), "L").save(buf, format="PNG")
         write_bytes(png, buf.getvalue())
@@ -80,6 +81,16 @@ def make_examples(folder: Path, model: Model) -> list[Path]:
 # the app's part of the domain table (config/domains.py): the examples offered for a model of each domain
 EXAMPLES: dict[DomainName, Callable[[Path, Model], list[Path]]] = {"volumes": make_examples,
                                                                   "contrastive": example_faces}
+
+
+def example_label(path: Path) -> str:
+    """An example's button text: its file name without the suffix, in words (``phantom slice 288x288px``)."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("_", " ")
 
 
 def example_files(model: Model, cache_dir: Path | None = None, extra_dir: Path | None = None) -> list[Path]:

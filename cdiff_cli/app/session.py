@@ -24,7 +24,7 @@ from cdiff_cli.app.analysis import Analysis, Progress, analyze_image, analyze_vo
 from cdiff_cli.app.examples import IMAGE_SUFFIXES
 from cdiff_cli.app.render import Rendered, panels
 from cdiff_cli.errors import CdiffError, DataError
-from cdiff_cli.infer.postprocess import boxes_from_map
+from cdiff_cli.infer.reconstruct import output_stem
 
 if TYPE_CHECKING:
     from cdiff_cli.api import Model
@@ -136,6 +136,7 @@ class Session:
         self._model: Model | None = None
         self._lock = threading.Lock()  # one inference at a time; the cache is guarded too
         self._cache: OrderedDict[tuple[str, tuple[int, ...]], Analysis] = OrderedDict()
+        self._download_dir: Path | None = None
 
     @property
     def model(self) -> Model:
@@ -201,19 +202,42 @@ class Session:
                     result = analyze_image(model, p, steps, report)
             except DataError as e:  # name the upload, not the server's temporary path
                 raise DataError(str(e).replace(str(p), p.name)) from None
+            if result.export is not None:  # a volume's map on its own grid, for download
+                report(0.95, "writing the map on the input's grid")
+                result.download = self._downloads() / key[0][:16] / f"{output_stem(Path(result.name))}_anomaly.nii.gz"
+                result.download.parent.mkdir(parents=True, exist_ok=True)
+                result.export(result.download)
+                result.export = None
             result.seconds = time.perf_counter() - t0
             self._cache[key] = result
             while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+                _, old = self._cache.popitem(last=False)
+                if old.download is not None and old.download not in {a.download for a in self._cache.values()}:
+                    old.download.unlink(missing_ok=True)
             report(1.0, "done")
             return result
 
-    def render(self, analysis: Analysis, index: int | None, threshold: float, top_k: int) -> Rendered:
-        """One slice as panels, with its top-k boxes at ``threshold``: no model pass, milliseconds."""
+    def _downloads(self) -> Path:
+        """The session's folder of downloadable maps (removed when the process exits)."""
+        if self._download_dir is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            self._download_dir = Path(tempfile.mkdtemp(prefix="cdiff-app-maps-"))
+            atexit.register(shutil.rmtree, self._download_dir, ignore_errors=True)
+        return self._download_dir
+
+    def render(self, analysis: Analysis, index: int | None, threshold: float, top_k: int,
+               all_candidates: bool = False) -> Rendered:
+        """One slice as panels, with its boxes at ``threshold``: no model pass, milliseconds. As
+        ``cdiff localize``: with the model's verdict statistics, an input judged healthy gets no box
+        (``all_candidates``: every candidate region, the top-k by area)."""
+        from cdiff_cli.infer.verdict import select_boxes
+
         i = analysis.default_slice if index is None else int(np.clip(int(index), 0, analysis.depth - 1))
         if not 1 <= int(top_k) <= 50:
             raise DataError(f"top-k {top_k}: choose 1 to 50")
-        boxes = boxes_from_map(analysis.anomaly[i], threshold, int(top_k), median_size=1, connectivity=4,
-                               score=self.model.recipe.localize.score)
-        return panels(analysis, i, boxes)
-
+        boxes = select_boxes(analysis.anomaly[i], threshold, int(top_k), self.model.recipe.localize.score,
+                             self.model.loaded.scoring, analysis.verdict_of(i), all_candidates)
+        return panels(analysis, i, boxes, self.model.map_scale)

@@ -306,3 +306,12 @@ def resize_2d(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         return a.astype(np.float32, copy=True)
     im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
     return np.asarray(im.resize((int(hw[1]), int(hw[0])), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def is_lossy(path: Path) -> bool:
+    """Whether the file is a JPEG (by its content, whatever its name says)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return False

@@ -27,6 +27,7 @@ from cdiff_cli.eval.detection import coco_ap, reference_nova_metrics
 from cdiff_cli.fileio import check_output_dir, output_set, safe_child, write_json, write_text
 from cdiff_cli.infer.batch import Failure, InputPlan, plan_inputs
 from cdiff_cli.infer.files import collect_inputs, is_volume
+from cdiff_cli.infer.mapscale import MapScale
 from cdiff_cli.infer.model import LoadedModel
 from cdiff_cli.infer.pipeline import pipelined, stage
 from cdiff_cli.infer.reconstruct import output_stem
@@ -231,7 +232,7 @@ class _Boxer:
         self.verdicts.append({"file": path.name, "name": self.plan.names[path], "kind": "image",
                               "verdict": verdict.as_dict(), "n_boxes": len(record["boxes"])})
         if self.pictures is not None:
-            _picture(self.pictures, record, inp.raw[0], self.thr)
+            _picture(self.pictures, record, inp.raw[0], self.thr, result.anomaly, self.model.map_scale)
         return record
 
     def _boxes(self, result: Any) -> Any:
@@ -253,13 +254,16 @@ class _Boxer:
                 record = {"file": path, "name": self.plan.names[path], "slice": sb.slice, "hw": image.shape,
                           "boxes": sb.boxes, "record": None, "verdict": per[sb.slice]}
                 if self.pictures is not None:
-                    pictures.append(_picture(self.pictures, record, image, self.thr))
+                    pictures.append(_picture(self.pictures, record, image, self.thr,
+                                             result.grid.anomaly[sb.slice], self.model.map_scale))
                 found.append(record)
         return found
 
 
-def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> Path:
-    from cdiff_cli.infer.preview import save_boxes_image
+def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float, anomaly: np.ndarray,
+             scale: MapScale) -> Path:
+    """The image with its map (on the model's fixed colour scale, with a colour bar) and boxes."""
+    from cdiff_cli.infer.pictures import save_boxes_image
 
     gold_boxes = list(r["record"].gold_boxes) if r["record"] is not None else None
     stem = r.get("name") or output_stem(r["file"])
@@ -269,7 +273,7 @@ def _picture(folder: Path, r: dict[str, Any], image: np.ndarray, thr: float) -> 
     with stage("pictures"):
         save_boxes_image(path, image, r["boxes"], gold_boxes=gold_boxes,
                          title=f"{name}  ({len(r['boxes'])} box(es), thr {thr:.3f})"
-                         + (f"\n{verdict.text}" if verdict is not None else ""))
+                         + (f"\n{verdict.text}" if verdict is not None else ""), anomaly=anomaly, scale=scale)
     return path
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cdiff_cli.fileio import atomic_path
+from cdiff_cli.infer.mapscale import MapScale, robust_vmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -35,7 +36,6 @@ __all__ = [
     "save_preview",
     "informative_slices",
     "save_volume_preview",
-    "save_boxes_image",
     "robust_vmax",
     "new_figure",
     "save_figure",
@@ -73,18 +73,6 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
 
 
-def robust_vmax(anomaly: ArrayLike, q: float = 99.0) -> float:
-    """Upper end of the heatmap colour scale: the ``q``-th percentile of the positive values.
-
-    Why positive values only: masked maps are zero outside the brain, and those zeros would
-    drag the percentile down until every voxel of the brain saturates. Never <= 0.
-    """
-    a = np.asarray(anomaly, dtype=np.float64)
-    pos = a[np.isfinite(a) & (a > 0)]
-    if pos.size == 0:
-        return 1.0
-    v = float(np.percentile(pos, q))
-    return v if v > 0 else float(pos.max())
 
 
 def draw_overlay(
@@ -122,7 +110,7 @@ def _draw_boxes_mpl(ax: Axes, boxes: Sequence[BoxLike] | None, gold: bool) -> No
     from matplotlib.patches import Rectangle
 
     for b in boxes or ():
-        x, y, w, h, score = _box_fields(b)
+        x, y, w, h, score = box_fields(b)
         if w <= 0 or h <= 0:
             continue
         ax.add_patch(
@@ -141,7 +129,7 @@ def _draw_boxes_mpl(ax: Axes, boxes: Sequence[BoxLike] | None, gold: bool) -> No
             )
 
 
-def _box_fields(b: BoxLike) -> tuple[int, int, int, int, float | None]:
+def box_fields(b: BoxLike) -> tuple[int, int, int, int, float | None]:
     """(x, y, w, h, score) of a Box-like object or a (x, y, w, h[, score]) tuple."""
     if hasattr(b, "width"):
         score = getattr(b, "score", None)
@@ -160,7 +148,7 @@ def _as_image(image: ArrayLike) -> NDArray[np.float64]:
     return np.clip(img, 0.0, 1.0)
 
 
-def _check_same_shape(ndim: int, **arrays: ArrayLike | None) -> tuple[int, ...]:
+def check_same_shape(ndim: int, **arrays: ArrayLike | None) -> tuple[int, ...]:
     shapes = {k: np.shape(v) for k, v in arrays.items() if v is not None}
     first = next(iter(shapes.values()))
     if len(first) != ndim:
@@ -197,6 +185,27 @@ def _three_panels(
 _PANEL_TITLES = ("input", "reconstruction", "residual overlay")
 
 
+def _vmax(anomaly: ArrayLike, vmax: float | None, scale: MapScale | None) -> float:
+    """The top of the colour scale: the fixed scale's, else ``vmax``, else the map's own."""
+    value = scale.vmax(anomaly) if scale is not None and scale.fixed else (
+        robust_vmax(anomaly) if vmax is None else float(vmax))
+    if not value > 0:
+        raise ValueError(f"vmax must be > 0, got {value}")
+    return value
+
+
+def _colorbar(fig: Figure, sm: ScalarMappable, ax: Any, scale: MapScale | None) -> None:
+    """The colour bar: ticks in units of the box threshold on a fixed scale, residuals otherwise."""
+    if scale is None or not scale.fixed:
+        fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02, label="residual |x - x\u0302|")
+        return
+    from cdiff_cli.infer.mapscale import TICKS
+
+    bar = fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02, label=scale.label)
+    bar.set_ticks([t * scale.unit for t in TICKS])  # type: ignore[operator]
+    bar.set_ticklabels([f"{t:g}" + ("+" if t == TICKS[-1] else "") for t in TICKS])
+
+
 # --- public API -------------------------------------------------------------------------------
 
 
@@ -210,24 +219,24 @@ def save_preview(
     gold_boxes: Sequence[BoxLike] | None = None,
     seg: ArrayLike | None = None,
     vmax: float | None = None,
+    scale: MapScale | None = None,
 ) -> None:
     """One PNG: input | reconstruction | input with the residual heatmap overlaid.
 
-    The overlay is scaled to ``vmax`` (default: 99th percentile of the positive residuals,
-    so one hot pixel does not wash out the rest). ``boxes`` (red, score label) and
+    The overlay is on the model's fixed ``scale`` (``infer/mapscale.py``: units of the box threshold,
+    the same for every image), else scaled to ``vmax`` (default: 99th percentile of the positive
+    residuals, so one hot pixel does not wash out the rest). ``boxes`` (red, score label) and
     ``gold_boxes`` (green dashed) are Box-like objects or ``(x, y, w, h[, score])``
     tuples; ``seg`` adds the ground-truth outline. ``title`` should carry the case id.
     """
-    _check_same_shape(2, image=image, recon=recon, anomaly=anomaly, seg=seg)
-    vmax = robust_vmax(anomaly) if vmax is None else float(vmax)
-    if not vmax > 0:
-        raise ValueError(f"vmax must be > 0, got {vmax}")
+    check_same_shape(2, image=image, recon=recon, anomaly=anomaly, seg=seg)
+    vmax = _vmax(anomaly, vmax, scale)
     fig = new_figure((10.0, 3.7))
     axes = fig.subplots(1, 3)
     sm = _three_panels(axes, image, recon, anomaly, vmax, seg, boxes, gold_boxes)
     for ax, name in zip(axes, _PANEL_TITLES):
         ax.set_title(name, fontsize=10)
-    fig.colorbar(sm, ax=axes[2], fraction=0.046, pad=0.02, label="residual |x - x\u0302|")
+    _colorbar(fig, sm, axes[2], scale)
     if title:
         fig.suptitle(title, fontsize=11)
     save_figure(fig, path)
@@ -268,13 +277,14 @@ def save_volume_preview(
     title: str = "",
     seg: ArrayLike | None = None,
     vmax: float | None = None,
+    scale: MapScale | None = None,
 ) -> None:
     """A grid, one row per slice in ``slices``, each row input | reconstruction | overlay.
 
-    One colour scale for the whole volume (default: 99th percentile of the positive
-    residuals of the volume), so rows can be compared.
+    One colour scale for the whole volume: the model's fixed ``scale`` when given, else ``vmax``
+    (default: 99th percentile of the positive residuals of the volume), so rows can be compared.
     """
-    d, _, _ = _check_same_shape(3, volume=volume, recon=recon, anomaly=anomaly, seg=seg)
+    d, _, _ = check_same_shape(3, volume=volume, recon=recon, anomaly=anomaly, seg=seg)
     slices = [int(s) for s in slices]
     if not slices:
         raise ValueError("no slices to show")
@@ -283,9 +293,7 @@ def save_volume_preview(
         raise ValueError(f"slice indices {bad} outside 0..{d - 1}")
     vol, rec, an = np.asarray(volume), np.asarray(recon), np.asarray(anomaly)
     sg = None if seg is None else np.asarray(seg)
-    vmax = robust_vmax(an) if vmax is None else float(vmax)
-    if not vmax > 0:
-        raise ValueError(f"vmax must be > 0, got {vmax}")
+    vmax = _vmax(an, vmax, scale)
     rows = len(slices)
     fig = new_figure((9.5, 2.9 * rows + (0.4 if title else 0.0)))
     axes = np.atleast_2d(fig.subplots(rows, 3))  # (rows, 3)
@@ -295,100 +303,7 @@ def save_volume_preview(
         axes[r, 0].set_ylabel(f"slice {s}", fontsize=9)
     for ax, name in zip(axes[0], _PANEL_TITLES):
         ax.set_title(name, fontsize=10)
-    fig.colorbar(sm, ax=list(axes[:, 2]), fraction=0.046, pad=0.02, label="residual |x - x\u0302|")
+    _colorbar(fig, sm, list(axes[:, 2]), scale)
     if title:
         fig.suptitle(title, fontsize=11)
     save_figure(fig, path)
-
-
-def save_boxes_image(
-    path: str | os.PathLike[str],
-    image: ArrayLike,
-    boxes: Sequence[BoxLike] | None,
-    gold_boxes: Sequence[BoxLike] | None = None,
-    title: str = "",
-) -> None:
-    """The image at native resolution with predicted (red, score) and gold (green dashed) boxes.
-
-    For ``cdiff localize``: pixel (col, row) of the PNG is pixel (col, row) of the input, so
-    boxes can be checked against the annotation. A box covers columns ``x .. x + w - 1``
-    and rows ``y .. y + h - 1`` (inclusive pixels); the outline is drawn inward from that
-    edge (1 px, 2 px from ~360 px up). Gold boxes are drawn after the predicted ones, so
-    both show where they coincide. A non-empty ``title`` goes into a banner BELOW the
-    image (coordinates stay aligned) and into the PNG's ``Title`` text chunk.
-    ``image``: (H, W) or (H, W, 3) in [0, 1].
-    """
-    from PIL import Image, ImageDraw
-    from PIL.PngImagePlugin import PngInfo
-
-    img = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
-        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {np.shape(image)}")
-    h_img, w_img = img.shape[:2]
-    rgb = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)  # (H, W) or (H, W, 3)
-    if rgb.ndim == 2:  # gray: rounded once, then the same byte in each channel
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    font_px = max(10, min(h_img, w_img) // 40)
-    font = _pil_font(font_px)
-    banner = (font_px + 4) * (title.count("\n") + 1) + 4 if title else 0  # a line each (name, verdict)
-    canvas = Image.new("RGB", (w_img, h_img + banner), (0, 0, 0))
-    canvas.paste(Image.fromarray(rgb, "RGB"), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    lw = max(1, round(min(h_img, w_img) / 240))
-    labels: list[tuple[int, int, int, int, float]] = []
-    for b in boxes or ():
-        x, y, w, h, score = _box_fields(b)
-        if w <= 0 or h <= 0:
-            continue
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=PRED_RGB, width=lw)
-        if score is not None and math.isfinite(score):
-            labels.append((x, y, w, h, score))
-    for b in gold_boxes or ():
-        x, y, w, h, _ = _box_fields(b)
-        if w > 0 and h > 0:
-            _dashed_rect(draw, x, y, x + w - 1, y + h - 1, GOLD_RGB, lw)
-    for x, y, w, h, score in labels:  # on top of every outline
-        text = f"{score:.2f}"
-        l, t, r, btm = draw.textbbox((0, 0), text, font=font)
-        tw, th = r - l + 2, btm - t + 2
-        ty = y - th if y - th >= 0 else min(y + h, h_img - th)  # above, else below the box
-        draw.rectangle([x, ty, x + tw - 1, ty + th - 1], fill=PRED_RGB)
-        draw.text((x + 1 - l, ty + 1 - t), text, fill=(255, 255, 255), font=font)
-    info = PngInfo()
-    if title:
-        draw.rectangle([0, h_img, w_img - 1, h_img + banner - 1], fill=(0, 0, 0))
-        draw.text((4, h_img + 4), title, fill=(255, 255, 255), font=font)
-        info.add_text("Title", title)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG", pnginfo=info, compress_level=1)  # speed over a few % of size
-
-
-def _dashed_rect(
-    draw: Any, x0: int, y0: int, x1: int, y1: int, color: tuple[int, int, int], lw: int,
-    dash: int = 4, gap: int = 3,
-) -> None:
-    """Dashed outline of the inclusive rectangle, ``lw`` px drawn inward; corners are inked."""
-    lw = max(1, min(lw, x1 - x0 + 1, y1 - y0 + 1))
-    step = dash + gap
-    for start in range(x0, x1 + 1, step):  # top and bottom edges
-        end = min(start + dash - 1, x1)
-        draw.rectangle([start, y0, end, y0 + lw - 1], fill=color)
-        draw.rectangle([start, y1 - lw + 1, end, y1], fill=color)
-    for start in range(y0, y1 + 1, step):  # left and right edges
-        end = min(start + dash - 1, y1)
-        draw.rectangle([x0, start, x0 + lw - 1, end], fill=color)
-        draw.rectangle([x1 - lw + 1, start, x1, end], fill=color)
-    # the far corners may fall in a gap: ink them so the box extent is always visible
-    draw.rectangle([x1 - lw + 1, y0, x1, y0 + lw - 1], fill=color)
-    draw.rectangle([x0, y1 - lw + 1, x0 + lw - 1, y1], fill=color)
-    draw.rectangle([x1 - lw + 1, y1 - lw + 1, x1, y1], fill=color)
-
-
-def _pil_font(size: int) -> Any:
-    """A scalable font when Pillow has FreeType (>= 10.1), else the built-in bitmap one."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, AttributeError, OSError):
-        return ImageFont.load_default()

@@ -1,0 +1,160 @@
+"""One colour scale for every anomaly map a person looks at: the app, ``cdiff reconstruct --preview``
+and the pictures of ``cdiff localize``.
+
+A map scaled to its own maximum makes a healthy slice look as hot as a tumour. Here the colours
+are in units of the model's box threshold: 0 is a perfect reconstruction, 1 is the threshold
+at which a region becomes a box candidate (the calibrated one, which flags a stated share of
+healthy validation pixels; else the recipe's fixed one), and the scale saturates at
+:data:`SPAN` times it. Only a model with neither falls back to a per-image scale, and its colour
+bar says so. Colours come from a 256-entry inferno table (numpy; matplotlib is only read once),
+so overlays cost about a millisecond per image.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from cdiff_cli.infer.model import LoadedModel
+
+SPAN = 2.0  # the bar runs from 0 to twice the threshold
+MAX_ALPHA = 0.85  # the strongest residual still lets a little anatomy show through
+TICKS = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class MapScale:
+    """``unit``: the map value drawn as 1 on the colour bar (the box threshold), None: per image."""
+
+    unit: float | None
+    source: str  # "calibrated", "fixed" or "per image"
+    detail: str = ""  # e.g. "flags 1% of the healthy validation pixels"
+
+    @property
+    def fixed(self) -> bool:
+        return self.unit is not None
+
+    def vmax(self, anomaly: Any = None) -> float:
+        """The map value at the top of the colour bar."""
+        if self.unit is not None:
+            return SPAN * self.unit
+        return robust_vmax(np.zeros(1) if anomaly is None else anomaly)
+
+    @property
+    def label(self) -> str:
+        """The colour bar's caption."""
+        if self.unit is None:
+            return "residual |x - x\u0302|, scaled to this image (no threshold stored with the model)"
+        what = "calibrated" if self.source == "calibrated" else "fixed"
+        return f"anomaly / {what} box threshold ({self.unit:.3g})"
+
+    def describe(self) -> str:
+        """One sentence for a page or a report."""
+        if self.unit is None:
+            return "The colours are scaled to this image: compare images only by their scores."
+        extra = f", which {self.detail}" if self.detail else ""
+        return (f"Colours: 1 on the bar is the {self.source} box threshold ({self.unit:.3g}{extra}); "
+                f"the bar ends at {SPAN:g} times it, the same scale for every image.")
+
+
+def map_scale(model: LoadedModel) -> MapScale:
+    """The model's scale: its calibrated threshold, else its recipe's fixed one, else per image."""
+    cal = model.calibration.get("threshold")
+    if cal is not None and np.isfinite(float(cal)) and float(cal) > 0:
+        return MapScale(float(cal), "calibrated", f"flags {model.calibration_label()}")
+    fixed = model.recipe.localize.threshold
+    if isinstance(fixed, (int, float)) and float(fixed) > 0:
+        return MapScale(float(fixed), "fixed")
+    return MapScale(None, "per image")
+
+
+@functools.cache
+def _inferno() -> np.ndarray:
+    """(256, 3) float32 inferno colours."""
+    from matplotlib import colormaps
+
+    return colormaps["inferno"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)
+
+
+def heat_rgb(image: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: float = MAX_ALPHA) -> np.ndarray:
+    """(H, W) gray (or (H, W, 3) colour) image in [0, 1] with the map (H, W) over it: inferno
+    colours whose opacity follows the map, clipped at ``vmax``. (H, W, 3) uint8."""
+    frac = np.clip(np.nan_to_num(np.asarray(anomaly, np.float32)) / max(float(vmax), 1e-12), 0, 1)
+    color = _inferno()[np.round(frac * 255).astype(np.intp)]  # (H, W, 3)
+    alpha = (max_alpha * frac)[..., None]
+    base = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1)
+    base = base if base.ndim == 3 else base[..., None]
+    return np.round((base * (1 - alpha) + color * alpha) * 255).astype(np.uint8)
+
+
+def colorbar_rgb(height: int, scale: MapScale, vmax: float | None = None, font_px: int | None = None) -> np.ndarray:
+    """A vertical colour bar (height, W, 3) uint8 on white, to paste right of a map: ticks in units of
+    the threshold (``1 = box threshold``), or the map's own values for a per-image scale (``vmax``)."""
+    return _colorbar(int(height), scale, None if scale.fixed else float(vmax or 1.0), font_px)
+
+
+@functools.lru_cache(maxsize=32)
+def _colorbar(height: int, scale: MapScale, vmax: float | None, font_px: int | None) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    fpx = font_px or max(11, min(22, height // 22))
+    font = pil_font(fpx)
+    pad = max(4, fpx // 2)
+    top, bottom = pad + fpx + pad, pad + fpx // 2
+    bar_w = max(10, fpx)
+    labels = ([f"{t:g}" + (" = threshold" if t == 1.0 else "+" if t == TICKS[-1] else "") for t in TICKS]
+              if scale.fixed else [f"{vmax * t / TICKS[-1]:.2g}" for t in TICKS])
+    draw0 = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(draw0.textlength(s, font=font) for s in labels)
+    caption = "x box threshold" if scale.fixed else "residual (this image)"
+    width = int(max(pad + bar_w + pad + text_w + pad, draw0.textlength(caption, font=font) + 2 * pad))
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), caption, fill=(0, 0, 0), font=font)
+    span = max(1, height - top - bottom)
+    ramp = _inferno()[np.round(np.linspace(255, 0, span)).astype(np.intp)]  # top = hottest
+    strip = np.repeat((ramp * 255).astype(np.uint8)[:, None, :], bar_w, axis=1)
+    canvas.paste(Image.fromarray(strip, "RGB"), (pad, top))
+    draw.rectangle([pad - 1, top - 1, pad + bar_w, top + span], outline=(0, 0, 0))
+    for t, text in zip(TICKS, labels):
+        y = top + round((1 - t / TICKS[-1]) * (span - 1))
+        draw.line([pad + bar_w, y, pad + bar_w + pad // 2, y], fill=(0, 0, 0), width=2 if t == 1.0 else 1)
+        draw.text((pad + bar_w + pad, y), text, fill=(0, 0, 0), font=font, anchor="lm")
+    out = np.asarray(canvas)
+    out.setflags(write=False)  # shared between callers (cached)
+    return out
+
+
+def with_colorbar(panel: np.ndarray, scale: MapScale, vmax: float | None = None) -> np.ndarray:
+    """``panel`` (H, W, 3) uint8 with the colour bar appended on its right (its pixels stay where they were)."""
+    bar = colorbar_rgb(panel.shape[0], scale, vmax)
+    return np.concatenate([panel, bar], axis=1)
+
+
+def robust_vmax(anomaly: ArrayLike, q: float = 99.0) -> float:
+    """Upper end of the heatmap colour scale: the ``q``-th percentile of the positive values.
+
+    Why positive values only: masked maps are zero outside the brain, and those zeros would
+    drag the percentile down until every voxel of the brain saturates. Never <= 0.
+    """
+    a = np.asarray(anomaly, dtype=np.float64)
+    pos = a[np.isfinite(a) & (a > 0)]
+    if pos.size == 0:
+        return 1.0
+    v = float(np.percentile(pos, q))
+    return v if v > 0 else float(pos.max())
+
+
+def pil_font(size: int) -> Any:
+    """A scalable font when Pillow has FreeType (>= 10.1), else the built-in bitmap one."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, AttributeError, OSError):
+        return ImageFont.load_default()
