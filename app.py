@@ -11,6 +11,7 @@ NOT FOR CLINICAL USE.
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import os
 from pathlib import Path
@@ -94,12 +95,27 @@ def _details(a: Analysis, r: Rendered, index: int, threshold: float, kind: str, 
     return "\n\n".join(lines)
 
 
+VERDICT_COLOURS = {"anomalous": "#b71c1c", "healthy": "#1b5e20", "uncalibrated": "#616161"}
+
+
+def verdict_html(a: Analysis, index: int) -> str:
+    """The verdict as the page's first element: a coloured headline (text, not only colour), then its words."""
+    parts = a.verdict_parts(index)
+    if parts is None:
+        return "<div id='verdict-text'><h3>Anomaly map</h3><p>This model gives no verdict.</p></div>"
+    state, head, lines = parts
+    body = "".join(f"<p style='margin:4px 0'>{html.escape(line)}</p>" for line in lines)
+    return (f"<div id='verdict-text' data-state='{state}'><div style='display:inline-block;padding:6px 14px;"
+            f"border-radius:6px;background:{VERDICT_COLOURS[state]};color:#fff;font-size:1.35em;font-weight:700'>"
+            f"{html.escape(head.upper())}</div>{body}</div>")
+
+
 def _panels(a: Analysis, index: int | None, threshold: float | None, calibrated: bool, top_k: float,
             all_candidates: bool) -> tuple:
     thr, kind = SESSION.threshold(threshold, bool(calibrated))
     i = a.default_slice if index is None else int(index)
     r = SESSION.render(a, i, thr, int(top_k), bool(all_candidates))
-    verdict = a.badge(i) or "### Anomaly map\n(this model gives no verdict)"
+    verdict = verdict_html(a, i)
     return (r.image, r.recon, r.overlay, (r.image, r.recon), verdict,
             _details(a, r, i, thr, kind, bool(all_candidates)))
 
@@ -199,7 +215,7 @@ def build_demo() -> gr.Blocks:
                 download = gr.File(label="Anomaly map on your volume's grid (NIfTI)", visible=False,
                                    interactive=False, elem_id="download")
             with gr.Column(scale=3):
-                verdict = gr.Markdown(level, elem_id="verdict")
+                verdict = gr.HTML(f"<p>{html.escape(level)}</p>" if level else "", elem_id="verdict")
                 with gr.Row():
                     image_in = gr.Image(label="Input", format="png", interactive=False, elem_id="input-image")
                     image_rec = gr.Image(label="Reconstruction (healthy)", format="png", interactive=False,

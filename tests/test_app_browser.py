@@ -55,15 +55,21 @@ def test_click_an_example_and_see_the_result(browser, tmp_path_factory: pytest.T
     url, _ = start_app_server(tmp_path_factory)
     browser.get(url)
     wait = WebDriverWait(browser, 60)
-    example = wait.until(lambda d: _visible_with_text(d, "phantom_volume"))[0]
+    example = wait.until(lambda d: _visible_with_text(d, "phantom volume"))[0]
     assert "NOT FOR CLINICAL USE" in browser.find_element(By.TAG_NAME, "body").text
     example.click()  # a real click: fills the upload, which starts the analysis
     wait.until(lambda d: "Volume anomaly score" in d.find_element(By.ID, "score").text)
     score = browser.find_element(By.ID, "score").text
     assert "Slice" in score and "box" in score
+    widths = {}
     for elem_id in ("input-image", "recon-image", "overlay-image"):
         img = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#{elem_id} img"))[0]
         wait.until(lambda d: int(img.get_attribute("naturalWidth") or 0) >= 384)
+        widths[elem_id] = int(img.get_attribute("naturalWidth"))
+    assert widths["overlay-image"] > widths["input-image"]  # the map's colour bar
+    verdict = browser.find_element(By.ID, "verdict")
+    assert verdict.is_displayed() and "NO VERDICT" in verdict.text  # the tiny model has no healthy statistics
+    assert verdict.location["y"] < browser.find_element(By.ID, "overlay-image").location["y"]  # above the maps
     assert browser.find_element(By.ID, "slice").is_displayed()  # the volume's slice slider
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "app_browser.png"

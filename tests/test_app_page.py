@@ -45,7 +45,7 @@ def test_a_healthy_upload_gets_no_box_and_says_so_first(tmp_path: Path) -> None:
     a = sess.analyze(_png(tmp_path), "250")
     assert a.verdict is not None and a.verdict.anomalous is False
     badge = a.badge(0)
-    assert badge.startswith("### 🟩 No anomaly found")
+    assert badge.startswith("### No anomaly found")
     assert "At the 5 % false-alarm level, about 1 in 20 healthy images is flagged." in badge
     assert sess.render(a, 0, 0.001, 5).boxes == []
     candidates = sess.render(a, 0, 0.001, 5, all_candidates=True).boxes
@@ -55,7 +55,7 @@ def test_a_healthy_upload_gets_no_box_and_says_so_first(tmp_path: Path) -> None:
 def test_an_anomalous_upload_gets_boxes_with_their_p_values(tmp_path: Path) -> None:
     sess = _session(tmp_path, healthy=-1e9)  # everything scores above the healthy statistics
     a = sess.analyze(_png(tmp_path), "250")
-    assert a.badge(0).startswith("### 🟥 Anomalous") and "higher than all 20 healthy" in a.badge(0)
+    assert a.badge(0).startswith("### Anomalous") and "higher than all 20 healthy" in a.badge(0)
     boxes = sess.render(a, 0, 0.001, 5).boxes
     assert boxes and all(b.p_value == 0.0 for b in boxes)
 

@@ -83,9 +83,9 @@ def test_the_common_setting_runs_every_method_with_the_same_timesteps_and_passes
         calls.append((model.recipe.method, seen.pop(), n))
         return out
 
-    def one_pass_spy(model: Any, chunk: Any, timesteps: Any, generator: Any) -> Any:
+    def one_pass_spy(model: Any, chunk: Any, timesteps: Any, generator: Any, z: Any = None) -> Any:
         inner.append(tuple(timesteps))
-        return one_pass(model, chunk, timesteps, generator)
+        return one_pass(model, chunk, timesteps, generator, z)
 
     monkeypatch.setattr(R, "reconstruct_slices", spy)
     monkeypatch.setitem(R.RECONSTRUCTORS, "one_pass", one_pass_spy)

@@ -210,4 +210,4 @@ def test_app_session_gives_the_apis_maps_and_verdict(tiny: Any, tmp_path: Path) 
     api = tiny.anomaly_map(path)
     assert np.allclose(analysis.recon[0], np.clip(api.recon, 0, 1), atol=1e-6)
     assert analysis.verdict is not None and analysis.verdict.score == api.verdict.score
-    assert analysis.badge().startswith("### ⬜ No verdict: this model is not calibrated")
+    assert analysis.badge().startswith("### No verdict: this model is not calibrated")

@@ -81,7 +81,7 @@ def draw_boxes(rgb: np.ndarray, boxes: list[Box], factor: int, scale: MapScale) 
     draw = ImageDraw.Draw(canvas)
     side = min(rgb.shape[:2])
     lw = max(2, side // 160)
-    font = pil_font(max(16, side // 24))
+    font = pil_font(max(16, side // 14))
     for rank, b in enumerate(boxes, start=1):
         x0, y0 = b.x * factor, b.y * factor
         x1, y1 = (b.x + b.width) * factor - 1, (b.y + b.height) * factor - 1

@@ -18,7 +18,7 @@ from cdiff_cli.infer.pieces import in_pieces
 
 
 def reconstruct_patched(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
-                        noise: SliceNoise) -> torch.Tensor:
+                        noise: SliceNoise, z: torch.Tensor | None = None) -> torch.Tensor:
     """pDDPM: per (t, cell), noise only that cell (the rest of the slice is clean context) and
     take the U-Net's prediction inside it; the cells tile the slice, so stitching is a masked sum.
     All (t, cell, slice) triples go through the U-Net as one batch, like the timestep ensemble."""
@@ -38,7 +38,7 @@ def reconstruct_patched(model: LoadedModel, chunk: torch.Tensor, timesteps: tupl
 
 
 def reconstruct_partial_reverse(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
-                                noise: SliceNoise) -> torch.Tensor:
+                                noise: SliceNoise, z: torch.Tensor | None = None) -> torch.Tensor:
     """AnoDDPM as its repository (``forward_backward`` with ``t_distance = anoddpm.t_start``): noise
     x0 to index t_start - 1 with the recipe's noise (simplex), then ancestral steps t_start - 1, ...,
     0 with ``anoddpm.variance`` (t_start U-Net passes); the step at t = 0 returns x0_hat.
@@ -61,6 +61,6 @@ def reconstruct_partial_reverse(model: LoadedModel, chunk: torch.Tensor, timeste
 
 
 def reconstruct_autoencoder(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
-                            noise: SliceNoise) -> torch.Tensor:
+                            noise: SliceNoise, z: torch.Tensor | None = None) -> torch.Tensor:
     """The ``ae`` baseline: one deterministic pass; ``timesteps`` and the seed play no part."""
     return from_model_range(in_pieces(model.unet, to_model_range(chunk)).float().clamp(-1, 1))

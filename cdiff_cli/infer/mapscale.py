@@ -102,7 +102,7 @@ def colorbar_rgb(height: int, scale: MapScale, vmax: float | None = None, font_p
 def _colorbar(height: int, scale: MapScale, vmax: float | None, font_px: int | None) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    fpx = font_px or max(11, min(22, height // 22))
+    fpx = font_px or max(11, min(28, height // 14))
     font = pil_font(fpx)
     pad = max(4, fpx // 2)
     top, bottom = pad + fpx + pad, pad + fpx // 2

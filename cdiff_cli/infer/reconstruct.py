@@ -8,7 +8,6 @@ anomaly map is |x0 - x0_hat|, post-processed. The baselines that reconstruct oth
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,29 +34,26 @@ def _autocast(device: torch.device, amp: str) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
-_LAST_Z = threading.local()  # per thread: the last chunk encoded and its z
-
-
-def _encode(model: LoadedModel, chunk: torch.Tensor) -> torch.Tensor:
-    """z = f(x0) of a chunk, once: the noise passes over the same chunk reuse it (z depends on the
-    slices alone, never on the noise or the timestep)."""
-    last = getattr(_LAST_Z, "pair", None)
-    if last is not None and last[0] is chunk and last[1] is model.encoder:
-        return last[2]
+def encode_chunk(model: LoadedModel, chunk: torch.Tensor) -> torch.Tensor | None:
+    """z = f(x0) of a chunk of slices, (B, z_dim); None for a method without an encoder. z depends
+    on the slices alone, never on the noise or the timestep, so :func:`reconstruct_slices` computes
+    it once per chunk and hands it to every noise pass."""
+    if model.encoder is None:
+        return None
     with stage("encoder"):
-        z = model.encoder(chunk)
-    _LAST_Z.pair = (chunk, model.encoder, z)
-    return z
+        return model.encoder(chunk)
 
 
 def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...],
-              noise: SliceNoise) -> torch.Tensor:
+              noise: SliceNoise, z: torch.Tensor | None = None) -> torch.Tensor:
     """cdiff, ddpm, cddpm: the U-Net runs once on all (slice, t) pairs of the chunk together, so an
-    ensemble of 3 timesteps costs one 3x-larger pass; the mean over the t's, (B, C, H, W) in [0, 1]."""
+    ensemble of 3 timesteps costs one 3x-larger pass; the mean over the t's, (B, C, H, W) in [0, 1].
+    ``z``: the chunk's encoding (:func:`encode_chunk`; computed here when not given)."""
     diffusion, device = model.diffusion, model.device
     n_t, b = len(timesteps), chunk.shape[0]
     share_cores()
-    z = _encode(model, chunk) if model.encoder is not None else None  # (B, z_dim)
+    if z is None:
+        z = encode_chunk(model, chunk)  # (B, z_dim) or None
     x0 = to_model_range(chunk).repeat(n_t, 1, 1, 1)  # (T*B, C, H, W)
     t = torch.tensor(timesteps, device=device).repeat_interleave(b)  # (T*B,)
     with stage("noise"):
@@ -68,8 +64,10 @@ def _one_pass(model: LoadedModel, chunk: torch.Tensor, timesteps: tuple[int, ...
     return from_model_range(x0_hat.clamp(-1, 1)).view(n_t, b, *chunk.shape[1:]).mean(0)
 
 
-# one batch (model, chunk, timesteps, its noise: a generator per slice) -> recon, by MethodSpec.inference
-RECONSTRUCTORS: dict[str, Callable[[LoadedModel, torch.Tensor, tuple[int, ...], SliceNoise], torch.Tensor]] = {
+# one batch (model, chunk, timesteps, its noise: a generator per slice, its z or None) -> recon, by
+# MethodSpec.inference
+Reconstructor = Callable[[LoadedModel, torch.Tensor, tuple[int, ...], SliceNoise, "torch.Tensor | None"], torch.Tensor]
+RECONSTRUCTORS: dict[str, Reconstructor] = {
     "one_pass": _one_pass, "patched": reconstruct_patched, "partial_reverse": reconstruct_partial_reverse,
     "autoencode": reconstruct_autoencoder}
 
@@ -119,22 +117,21 @@ def reconstruct_slices(
         raise CdiffError(f"noise passes {passes}: must be at least 1")
     reconstruct = RECONSTRUCTORS[spec.inference]
     passes = passes if spec.uses_diffusion else 1  # no noise to draw: one pass is all of them
-    try:
-        with stage("reconstruct"):
-            for start in range(0, len(xs), batch_size):
-                chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
-                b = chunk.shape[0]
-                total = torch.zeros_like(chunk, device="cpu")
-                for k in range(passes):
-                    noise = SliceNoise([torch.Generator(device="cpu").manual_seed(derive_seed(seed, i, *([k] if k else [])))
-                                        for i in index[start : start + b]],
-                                       torch.Generator(device="cpu").manual_seed(derive_seed(seed, "phase", k)))
-                    with _autocast(device, cfg.amp):
-                        recon = reconstruct(model, chunk, timesteps, noise)  # (B, C, H, W) in [0, 1]
-                    total += recon.float().cpu()
-                out[start : start + b] = total / passes
-    finally:
-        _LAST_Z.pair = None  # the encoding is reused across the passes of one chunk, never across calls
+    with stage("reconstruct"):
+        for start in range(0, len(xs), batch_size):
+            chunk = xs[start : start + batch_size].to(device, non_blocking=True)  # (B, C, H, W)
+            b = chunk.shape[0]
+            total = torch.zeros_like(chunk, device="cpu")
+            with _autocast(device, cfg.amp):
+                z = encode_chunk(model, chunk) if spec.inference == "one_pass" else None  # once per chunk
+            for k in range(passes):
+                noise = SliceNoise([torch.Generator(device="cpu").manual_seed(derive_seed(seed, i, *([k] if k else [])))
+                                    for i in index[start : start + b]],
+                                   torch.Generator(device="cpu").manual_seed(derive_seed(seed, "phase", k)))
+                with _autocast(device, cfg.amp):
+                    recon = reconstruct(model, chunk, timesteps, noise, z)  # (B, C, H, W) in [0, 1]
+                total += recon.float().cpu()
+            out[start : start + b] = total / passes
     return out.numpy()
 
 
