@@ -46,6 +46,10 @@ ModelOpt = Annotated[
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Stop at the first input that cannot be read. Default: process every readable input, list "
     "each unreadable one (one line each, and in the run's JSON) and exit with code 3.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for the network (torch's intra-op threads). Default: torch's choice, one per "
+    "core (or the recipe's infer.threads). On a machine shared with other work, 1 can be faster.",
+    show_default=False)]
 
 
 def _example(text: str) -> str:
@@ -147,11 +151,12 @@ def reconstruct(
     preview: Annotated[bool, typer.Option(
         "--preview/--no-preview", help="Also draw a PNG preview per input (input | reconstruction | "
                                       "overlay; most of the CPU time beside the network).")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
     run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict,
-                    compress, preview)
+                    compress, preview, threads)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
@@ -207,11 +212,12 @@ def localize(
         "--pictures/--no-pictures", help="Draw each image (or volume slice with boxes) with its boxes into "
                                         "OUT/images/ (--no-pictures: boxes.json and metrics only; the pictures "
                                         "are most of the CPU time beside the network).")] = True,
+    threads: ThreadsOpt = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict, pictures, all_candidates)
+                 strict, pictures, all_candidates, threads)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "
