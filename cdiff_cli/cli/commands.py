@@ -179,10 +179,19 @@ def _verdict_summary(result: dict[str, Any]) -> str:
     return f"{result['n_anomalous']} of {len(verdicts)} input(s) anomalous; {result['verdicts_markdown']}"
 
 
-def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, dry_run: Path | None,
-             message: str | None) -> None:
+def _sizes(files: list[tuple[str, int]]) -> dict[str, str]:
+    return {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files}
+
+
+def run_push(run_dir: Path | None, repo_id: str | None, private: bool, revision: str | None, dry_run: Path | None,
+             message: str | None, model: str | None = None, model_revision: str | None = None) -> None:
     from cdiff_cli.hub import push as hub
 
+    if model is not None or model_revision is not None:
+        raise CdiffError("--model and --model-revision go with --space USER/NAME (the Space that serves the model)")
+    if run_dir is None or repo_id is None:
+        raise CdiffError("push a model with `cdiff push RUN_DIR --repo-id USER/NAME`, or its Space with "
+                         "`cdiff push --space USER/NAME --model USER/MODEL`")
     if dry_run is not None:
         files = hub.dry_run(run_dir, repo_id, dry_run)
         title = f"dry run: wrote the upload folder for {repo_id} to {dry_run} (nothing uploaded)"
@@ -190,7 +199,31 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
         result = hub.push(run_dir, repo_id, private, revision, message)
         files = result["files"]
         title = f"pushed {run_dir} to {result['url']} ({result['revision']}, {'private' if private else 'public'})"
-    _summary(title, {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files})
+    _summary(title, _sizes(files))
+
+
+def run_push_space(space: str, model: str | None, model_revision: str | None, dry_run: Path | None,
+                   message: str | None, run_dir: Path | None = None, repo_id: str | None = None,
+                   private: bool = False, revision: str | None = None) -> None:
+    from cdiff_cli.hub import space as hub
+
+    if run_dir is not None or repo_id is not None:
+        raise CdiffError("--space pushes the Space of a published model: give --model USER/MODEL, not a run "
+                         "directory or --repo-id (push the model first with `cdiff push RUN_DIR --repo-id ...`)")
+    if private or revision is not None:
+        raise CdiffError("--space: a Space is public (its build fetches the package's wheel from its own files "
+                         "without a token) and runs from its main branch: drop --private and --revision")
+    if model is None:
+        raise CdiffError("--space needs --model USER/MODEL: the model repository the Space loads")
+    if dry_run is not None:
+        files = hub.dry_run_space(space, model, dry_run, model_revision)
+        title = (f"dry run: wrote the Space {space} to {dry_run} (nothing uploaded); it loads {model} at "
+                 f"{model_revision or 'main'}, not resolved to a commit without the network")
+    else:
+        result = hub.push_space(space, model, model_revision, message)
+        files = result["files"]
+        title = f"pushed the Space {result['url']}: it loads {model} at commit {result['revision']}"
+    _summary(title, _sizes(files))
 
 
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: int, budget: int | None,

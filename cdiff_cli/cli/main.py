@@ -221,21 +221,38 @@ def localize(
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "
-             "card) to a Hugging Face Hub model repo. The token comes from HF_TOKEN or `hf auth login` and is "
-             "never printed. --dry-run OUT writes the folder locally instead (no network)."
-             + _example("cdiff push runs/ixi --repo-id alice/cdiff-ixi --private"))
+             "card) to a Hugging Face Hub model repo; or, with --space, the Gradio Space that serves a published "
+             "model (front matter, requirements.txt with this package's wheel, app.py pinned to the model's "
+             "commit). The token comes from HF_TOKEN or `hf auth login` and is never printed or written. "
+             "--dry-run OUT writes the folder locally instead (no network)."
+             + _example("cdiff push runs/ixi --repo-id alice/cdiff-ixi")
+             + _example("cdiff push --space alice/cdiff-demo --model alice/cdiff-ixi"))
 def push(
-    run_dir: Annotated[Path, typer.Argument(help="The run directory (runs/NAME) with diffusion/ and encoder/.")],
-    repo_id: Annotated[str, typer.Option("--repo-id", help="Target model repo, USER/NAME.", show_default=False)],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    run_dir: Annotated[Optional[Path], typer.Argument(help="The run directory (runs/NAME) with diffusion/ and "
+                                                      "encoder/ (not with --space).", show_default=False)] = None,
+    repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="Target model repo, USER/NAME.",
+                                                   show_default=False)] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the model repo as private.")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created if needed).")] = None,
     dry_run: Annotated[Optional[Path], typer.Option("--dry-run", help="Write the upload folder here; no upload.")]
     = None,
     message: Annotated[Optional[str], typer.Option("--message", help="Commit message.")] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Push the Gradio Space USER/NAME that serves "
+                                                 "--model instead of a model (public: its build fetches the "
+                                                 "package's wheel from its own files).", show_default=False)]
+    = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --space: the model repo USER/NAME the "
+                                                 "Space loads.", show_default=False)] = None,
+    model_revision: Annotated[Optional[str], typer.Option("--model-revision", help="With --space: the model's "
+                                                          "branch, tag or commit (default main), pinned to its "
+                                                          "commit sha at push time.", show_default=False)] = None,
 ) -> None:
-    from cdiff_cli.cli.commands import run_push
+    from cdiff_cli.cli.commands import run_push, run_push_space
 
-    run_push(run_dir, repo_id, private, revision, dry_run, message)
+    if space is None:
+        run_push(run_dir, repo_id, private, revision, dry_run, message, model, model_revision)
+    else:
+        run_push_space(space, model, model_revision, dry_run, message, run_dir, repo_id, private, revision)
 
 
 @app.command(help="Train every method with one budget on the recipe's prepared data, evaluate each with the "
