@@ -212,4 +212,5 @@ def push(run_dir: Path, repo_id: str, private: bool = False, revision: str | Non
             "revision": revision or "main", "private": private}
 
 
-__all__ = ["UploadFolder", "check_dry_run_dir", "check_repo_id", "collect", "dry_run", "hub_failure", "hub_token", "listing", "push", "scrub"]
+__all__ = ["UploadFolder", "check_dry_run_dir", "check_repo_id", "collect", "dry_run", "hub_failure", "hub_token",
+           "listing", "push", "scrub"]

@@ -43,8 +43,9 @@ from cdiff_cli.hub.push import check_dry_run_dir, check_repo_id, hub_failure, hu
 ROOT = Path(cdiff_cli.__file__).resolve().parents[1]  # the source tree, when running from a checkout
 DIST = "cdiff-cli"  # the distribution's name (pyproject.toml); never `cdiff`, an unrelated PyPI project
 APP_EXTRA = "app"
-# Torch threads of the Space's app (2 shared vCPUs): benchmarks/bench_app_latency.py compares 1 and 2, quiet
-# and beside a busy process (benchmarks/results/app-latency/). A Space variable CDIFF_THREADS overrides it.
+# Torch threads of the Space's app (2 shared vCPUs): benchmarks/results/app-latency/ measured 1 thread serving
+# best in every cell, 2 threads 1.7-6.8x slower on a loaded 2-core machine. A Space variable CDIFF_THREADS
+# overrides it.
 SPACE_THREADS = 1
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 _OURS = {"README.md", "requirements.txt", "app.py", "cdiff_app.py", "wheels", "examples"}
@@ -292,9 +293,9 @@ def push_space(space: str, model: str, revision: str | None = None, message: str
         files = listing(upload)
         try:
             url = api.create_repo(space, repo_type="space", space_sdk="gradio", private=False, exist_ok=True)
+            message = message or f"cdiff {cdiff_cli.__version__} Space for {model}@{sha}"
             commit = api.upload_folder(repo_id=space, repo_type="space", folder_path=str(upload),
-                                       commit_message=message or f"cdiff {cdiff_cli.__version__} Space for {model}@{sha}",
-                                       delete_patterns=["wheels/*.whl"])
+                                       commit_message=message, delete_patterns=["wheels/*.whl"])
         except Exception as e:  # noqa: BLE001 - any Hub/network failure: one line, token removed
             raise hub_failure(f"upload to the Space {space}", e, token) from None
     return {"space": space, "url": scrub(str(url), token), "model": model, "revision": str(sha),
