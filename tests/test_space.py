@@ -133,6 +133,13 @@ def test_dry_run_main_revision_and_refusals(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_gradio_outside_the_pin_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_space, "gradio_version", lambda: "5.9.1")
+    with pytest.raises(CdiffError, match="gradio 5.9.1 is outside the package's pin gradio<7,>=6"):
+        hub_space.dry_run_space(SPACE, MODEL, tmp_path / "space", wheel=fake_wheel(tmp_path / "built"))
+    assert not (tmp_path / "space").exists()
+
+
 def test_missing_build_tools_and_source_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
@@ -295,7 +302,7 @@ def _hub_cache(base: Path) -> Path:
 def test_space_runs_from_a_fresh_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gradio_client = pytest.importorskip("gradio_client")
     pytest.importorskip("torchvision")
-    from wheelhouse import share_torch, wheelhouse
+    from wheelhouse import needed, share_torch, wheelhouse
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Resolve)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -307,11 +314,8 @@ def test_space_runs_from_a_fresh_environment(tmp_path: Path, monkeypatch: pytest
         build = tmp_path / "build"
         build.mkdir()
         shutil.copy(tmp_path / "space" / "requirements.txt", build)
-        links = wheelhouse(tmp_path / "wheelhouse", ["typer", "rich", "numpy", "scipy", "scikit-learn", "nibabel",
-                                                     "nilearn", "pillow", "pyarrow", "pydantic", "pyyaml",
-                                                     "safetensors", "huggingface_hub", "matplotlib", "pydicom",
-                                                     "gradio", "filelock", "typing-extensions", "setuptools",
-                                                     "sympy", "networkx", "jinja2", "fsspec"])
+        declared = hub_space.check_wheel(tmp_path / "space" / "wheels" / WHEEL)
+        links = wheelhouse(tmp_path / "wheelhouse", needed(declared))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "HF_", "CDIFF_"))}
         env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
         venv = tmp_path / "venv"

@@ -55,6 +55,18 @@ def closure(roots: list[str], extras: dict[str, set[str]] | None = None) -> list
     return list(seen.values())
 
 
+def needed(requirements: list[str]) -> list[str]:
+    """The names to repack for ``requirements`` (the Space's): theirs, and those of torch and torchvision,
+    which are shared rather than installed but whose own dependencies pip installs."""
+    names = [Requirement(r).name for r in requirements]
+    for shared in SHARED:
+        for line in distribution(shared).requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                names.append(req.name)
+    return names
+
+
 def _tag(dist: Distribution) -> str:
     tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
             if line.startswith("Tag:")] or ["py3-none-any"]

@@ -238,8 +238,14 @@ runpy.run_path(str(Path(__file__).with_name("cdiff_app.py")), run_name="__main__
 def collect_space(space: str, model: str, revision: str, wheel: Path, dry: bool = False,
                   root: Path = ROOT) -> SpaceFolder:
     """Everything of the Space, from a built ``wheel`` (nothing is written)."""
+    from packaging.requirements import Requirement
+
     deps = check_wheel(wheel)
     sdk = gradio_version()
+    pins = [Requirement(d).specifier for d in deps if Requirement(d).name == "gradio"]
+    if pins and not pins[0].contains(sdk, prereleases=True):
+        raise CdiffError(f"the installed gradio {sdk} is outside the package's pin gradio{pins[0]}: install the "
+                         "pinned one (pip install -e '.[app]'), the Space runs the same version")
     copies = [("cdiff_app.py", root / "app.py")]
     if (root / "examples").is_dir():
         copies += [(f"examples/{p.name}", p) for p in sorted((root / "examples").iterdir())
