@@ -35,6 +35,21 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """``cdiff ARGS`` in this process, as the console script runs it (user errors: one line, exit 2); its code."""
+    import sys
+
+    from cdiff_cli.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["cdiff", *args])
+    monkeypatch.delenv("CDIFF_DEBUG", raising=False)
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 @pytest.fixture(scope="module")
 def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """``module_tmp(name)``: a fresh folder that lives until the test module ends. Model folders and

@@ -152,7 +152,9 @@ class Session:
                 raise CdiffError("no model configured: set CDIFF_MODEL to a run directory (runs/NAME) or a Hugging "
                                  "Face Hub repo id (USER/NAME), or bundle one at cdiff_cli/assets/reference")
             from cdiff_cli.api import load_model
+            from cdiff_cli.infer.threads import threads_from_env
 
+            threads_from_env()  # CDIFF_THREADS: the Space sets it (benchmarks/bench_app_latency.py)
             self._model = load_model(self.spec, device=self.device_spec)
         return self._model
 

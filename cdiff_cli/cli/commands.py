@@ -92,16 +92,19 @@ def run_train(kind: str, recipe_path: Path, overrides: list[str], device: str, r
 
 def _check_options(timesteps: str | None = None, batch_size: int | None = None, seed: int | None = None,
                    noise_passes: int | None = None, top_k: int | None = None,
-                   threshold: str | None = None) -> tuple[int, ...] | None:
+                   threshold: str | None = None, threads: int | None = None) -> tuple[int, ...] | None:
     """Every inference option checked before any input is read or model loaded (one line each,
-    named as the user typed it); the timesteps parsed."""
+    named as the user typed it); the timesteps parsed. ``threads`` is applied once checked."""
     from cdiff_cli.infer.options import count_of, seed_of, threshold_of, timesteps_of
 
     count = lambda v: count_of("", v)  # noqa: E731 - the flag names the value in the message
     checks = [(timesteps, "--timesteps", lambda v: timesteps_of(v, text=True)), (batch_size, "--batch-size", count),
               (seed, "--seed", seed_of), (noise_passes, "--noise-passes", count), (top_k, "--top-k", count),
-              (threshold, "--threshold", threshold_of)]
+              (threshold, "--threshold", threshold_of), (threads, "--threads", count)]
     parsed = [None if value is None else _checked(flag, value, check) for value, flag, check in checks]
+    from cdiff_cli.infer.threads import set_threads
+
+    set_threads(parsed[-1])
     return parsed[0]
 
 
@@ -116,10 +119,10 @@ def _checked(flag: str, value: Any, check: Callable[[Any], Any]) -> Any:
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
                     batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
                     series: str | None = None, strict: bool = False, compress: str = "fast",
-                    preview: bool = False) -> None:
+                    preview: bool = False, threads: int | None = None) -> None:
     from cdiff_cli.api.files import Outputs, reconstruct_inputs
 
-    steps = _check_options(timesteps, batch_size, seed, noise_passes)
+    steps = _check_options(timesteps, batch_size, seed, noise_passes, threads=threads)
     outputs = Outputs(compress, preview)  # type: ignore[arg-type]  # checked: one line on a typo
     written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict,
                                  outputs)
@@ -140,8 +143,8 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
 def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
                  out: Path, device: str, series: str | None = None, strict: bool = False,
-                 pictures: bool = True, all_candidates: bool = False) -> None:
-    _check_options(top_k=top_k, threshold=threshold)
+                 pictures: bool = True, all_candidates: bool = False, threads: int | None = None) -> None:
+    _check_options(top_k=top_k, threshold=threshold, threads=threads)
     if protocol not in (None, "recipe", "paper"):
         raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
     recipe = load_recipe(recipe_path) if recipe_path is not None else None
@@ -176,10 +179,19 @@ def _verdict_summary(result: dict[str, Any]) -> str:
     return f"{result['n_anomalous']} of {len(verdicts)} input(s) anomalous; {result['verdicts_markdown']}"
 
 
-def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, dry_run: Path | None,
-             message: str | None) -> None:
+def _sizes(files: list[tuple[str, int]]) -> dict[str, str]:
+    return {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files}
+
+
+def run_push(run_dir: Path | None, repo_id: str | None, private: bool, revision: str | None, dry_run: Path | None,
+             message: str | None, model: str | None = None, model_revision: str | None = None) -> None:
     from cdiff_cli.hub import push as hub
 
+    if model is not None or model_revision is not None:
+        raise CdiffError("--model and --model-revision go with --space USER/NAME (the Space that serves the model)")
+    if run_dir is None or repo_id is None:
+        raise CdiffError("push a model with `cdiff push RUN_DIR --repo-id USER/NAME`, or its Space with "
+                         "`cdiff push --space USER/NAME --model USER/MODEL`")
     if dry_run is not None:
         files = hub.dry_run(run_dir, repo_id, dry_run)
         title = f"dry run: wrote the upload folder for {repo_id} to {dry_run} (nothing uploaded)"
@@ -187,7 +199,31 @@ def run_push(run_dir: Path, repo_id: str, private: bool, revision: str | None, d
         result = hub.push(run_dir, repo_id, private, revision, message)
         files = result["files"]
         title = f"pushed {run_dir} to {result['url']} ({result['revision']}, {'private' if private else 'public'})"
-    _summary(title, {path: f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size} B" for path, size in files})
+    _summary(title, _sizes(files))
+
+
+def run_push_space(space: str, model: str | None, model_revision: str | None, dry_run: Path | None,
+                   message: str | None, run_dir: Path | None = None, repo_id: str | None = None,
+                   private: bool = False, revision: str | None = None) -> None:
+    from cdiff_cli.hub import space as hub
+
+    if run_dir is not None or repo_id is not None:
+        raise CdiffError("--space pushes the Space of a published model: give --model USER/MODEL, not a run "
+                         "directory or --repo-id (push the model first with `cdiff push RUN_DIR --repo-id ...`)")
+    if private or revision is not None:
+        raise CdiffError("--space: a Space is public (its build fetches the package's wheel from its own files "
+                         "without a token) and runs from its main branch: drop --private and --revision")
+    if model is None:
+        raise CdiffError("--space needs --model USER/MODEL: the model repository the Space loads")
+    if dry_run is not None:
+        files = hub.dry_run_space(space, model, dry_run, model_revision)
+        title = (f"dry run: wrote the Space {space} to {dry_run} (nothing uploaded); it loads {model} at "
+                 f"{model_revision or 'main'}, not resolved to a commit without the network")
+    else:
+        result = hub.push_space(space, model, model_revision, message)
+        files = result["files"]
+        title = f"pushed the Space {result['url']}: it loads {model} at commit {result['revision']}"
+    _summary(title, _sizes(files))
 
 
 def run_benchmark(recipe_path: Path, overrides: list[str], methods: str, seeds: int, budget: int | None,

@@ -46,6 +46,10 @@ ModelOpt = Annotated[
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Stop at the first input that cannot be read. Default: process every readable input, list "
     "each unreadable one (one line each, and in the run's JSON) and exit with code 3.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for the network (torch's intra-op threads). Default: torch's choice, one per "
+    "core (or the recipe's infer.threads). On a machine shared with other work, 1 can be faster.",
+    show_default=False)]
 
 
 def _example(text: str) -> str:
@@ -147,11 +151,12 @@ def reconstruct(
     preview: Annotated[bool, typer.Option(
         "--preview/--no-preview", help="Also draw a PNG preview per input (input | reconstruction | "
                                       "overlay; most of the CPU time beside the network).")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
     run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict,
-                    compress, preview)
+                    compress, preview, threads)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
@@ -207,29 +212,47 @@ def localize(
         "--pictures/--no-pictures", help="Draw each image (or volume slice with boxes) with its boxes into "
                                         "OUT/images/ (--no-pictures: boxes.json and metrics only; the pictures "
                                         "are most of the CPU time beside the network).")] = True,
+    threads: ThreadsOpt = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict, pictures, all_candidates)
+                 strict, pictures, all_candidates, threads)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "
-             "card) to a Hugging Face Hub model repo. The token comes from HF_TOKEN or `hf auth login` and is "
-             "never printed. --dry-run OUT writes the folder locally instead (no network)."
-             + _example("cdiff push runs/ixi --repo-id alice/cdiff-ixi --private"))
+             "card) to a Hugging Face Hub model repo; or, with --space, the Gradio Space that serves a published "
+             "model (front matter, requirements.txt with this package's wheel, app.py pinned to the model's "
+             "commit). The token comes from HF_TOKEN or `hf auth login` and is never printed or written. "
+             "--dry-run OUT writes the folder locally instead (no network)."
+             + _example("cdiff push runs/ixi --repo-id alice/cdiff-ixi")
+             + _example("cdiff push --space alice/cdiff-demo --model alice/cdiff-ixi"))
 def push(
-    run_dir: Annotated[Path, typer.Argument(help="The run directory (runs/NAME) with diffusion/ and encoder/.")],
-    repo_id: Annotated[str, typer.Option("--repo-id", help="Target model repo, USER/NAME.", show_default=False)],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    run_dir: Annotated[Optional[Path], typer.Argument(help="The run directory (runs/NAME) with diffusion/ and "
+                                                      "encoder/ (not with --space).", show_default=False)] = None,
+    repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="Target model repo, USER/NAME.",
+                                                   show_default=False)] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the model repo as private.")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created if needed).")] = None,
     dry_run: Annotated[Optional[Path], typer.Option("--dry-run", help="Write the upload folder here; no upload.")]
     = None,
     message: Annotated[Optional[str], typer.Option("--message", help="Commit message.")] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Push the Gradio Space USER/NAME that serves "
+                                                 "--model instead of a model (public: its build fetches the "
+                                                 "package's wheel from its own files).", show_default=False)]
+    = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --space: the model repo USER/NAME the "
+                                                 "Space loads.", show_default=False)] = None,
+    model_revision: Annotated[Optional[str], typer.Option("--model-revision", help="With --space: the model's "
+                                                          "branch, tag or commit (default main), pinned to its "
+                                                          "commit sha at push time.", show_default=False)] = None,
 ) -> None:
-    from cdiff_cli.cli.commands import run_push
+    from cdiff_cli.cli.commands import run_push, run_push_space
 
-    run_push(run_dir, repo_id, private, revision, dry_run, message)
+    if space is None:
+        run_push(run_dir, repo_id, private, revision, dry_run, message, model, model_revision)
+    else:
+        run_push_space(space, model, model_revision, dry_run, message, run_dir, repo_id, private, revision)
 
 
 @app.command(help="Train every method with one budget on the recipe's prepared data, evaluate each with the "

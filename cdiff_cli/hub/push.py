@@ -60,13 +60,13 @@ class UploadFolder:
             target.write_text(text, encoding="utf-8")
 
 
-def check_repo_id(repo_id: str) -> str:
-    """``USER/NAME`` with the Hub's characters; one clear line otherwise."""
+def check_repo_id(repo_id: str, flag: str = "--repo-id") -> str:
+    """``USER/NAME`` with the Hub's characters; one clear line (naming ``flag``) otherwise."""
     rid = (repo_id or "").strip()
     bad = (not REPO_ID.match(rid) or len(rid) > 96 or "--" in rid or ".." in rid
            or rid.endswith((".git", ".")) or rid.split("/")[1].startswith((".", "-")))
     if bad:
-        raise CdiffError(f"--repo-id {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.'; no '--' or "
+        raise CdiffError(f"{flag} {repo_id!r}: expected USER/NAME (letters, digits, '-', '_', '.'; no '--' or "
                          "'..'; at most 96 characters), e.g. alice/cdiff-ixi")
     return rid
 
@@ -139,16 +139,22 @@ def listing(folder: Path) -> list[tuple[str, int]]:
     return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
 
 
+def check_dry_run_dir(out: Path, ours: set[str]) -> Path:
+    """``out`` may be replaced as a whole: absent, empty, or a previous dry run (top-level names in ``ours``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CdiffError(f"--dry-run {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not {p.name for p in out.iterdir()} <= ours:
+        raise CdiffError(f"--dry-run {out} is a non-empty folder that is not a previous dry run; "
+                         "choose a new or empty folder (it is replaced as a whole)")
+    return out
+
+
 def dry_run(run_dir: Path, repo_id: str, out: Path) -> list[tuple[str, int]]:
     """Write the upload folder to ``out`` (atomically: complete or absent) without any network."""
     repo_id = check_repo_id(repo_id)
     upload = collect(run_dir, repo_id)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CdiffError(f"--dry-run {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not {p.name for p in out.iterdir()} <= _OURS:
-        raise CdiffError(f"--dry-run {out} is a non-empty folder that is not a previous dry run; "
-                         "choose a new or empty folder (it is replaced as a whole)")
+    out = check_dry_run_dir(out, _OURS)
     if out.resolve() == Path(run_dir).resolve() or Path(run_dir).resolve() in out.resolve().parents:
         raise CdiffError(f"--dry-run {out}: choose a folder outside the run directory")
     with atomic_dir(out) as tmp:
@@ -163,10 +169,19 @@ def scrub(text: str, token: str | None = None) -> str:
     return _TOKEN_LIKE.sub("hf_***", text)
 
 
-def _token() -> str | None:
+def hub_token() -> str:
+    """``HF_TOKEN``, else the stored Hub login (``hf auth login``); never written anywhere."""
     from huggingface_hub import get_token
 
-    return os.environ.get("HF_TOKEN") or get_token()
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise CdiffError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run OUT)")
+    return token
+
+
+def hub_failure(what: str, error: BaseException, token: str | None) -> CheckpointError:
+    """Any Hub/network failure of ``what`` as one line, the token removed."""
+    return CheckpointError(f"{what} failed: {type(error).__name__}: {scrub(first_line(error), token)[:300]}")
 
 
 def push(run_dir: Path, repo_id: str, private: bool = False, revision: str | None = None,
@@ -176,9 +191,7 @@ def push(run_dir: Path, repo_id: str, private: bool = False, revision: str | Non
 
     repo_id = check_repo_id(repo_id)
     upload = collect(run_dir, repo_id)
-    token = _token()
-    if not token:
-        raise CdiffError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run OUT)")
+    token = hub_token()
     message = message or f"Upload cdiff model from run {Path(run_dir).name}"
     with tempfile.TemporaryDirectory(prefix="cdiff-push-") as tmp:
         folder = Path(tmp) / "upload"
@@ -193,12 +206,11 @@ def push(run_dir: Path, repo_id: str, private: bool = False, revision: str | Non
             commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                        commit_message=message, repo_type="model")
         except Exception as e:  # any Hub/network failure: one line, token removed
-            first = first_line(e)
-            raise CheckpointError(f"upload to {repo_id} failed: {type(e).__name__}: {scrub(first, token)[:300]}") \
-                from None
+            raise hub_failure(f"upload to {repo_id}", e, token) from None
     return {"repo_id": repo_id, "url": scrub(str(repo_url), token),
             "commit": scrub(str(getattr(commit, "commit_url", commit)), token), "files": files,
             "revision": revision or "main", "private": private}
 
 
-__all__ = ["UploadFolder", "check_repo_id", "collect", "dry_run", "listing", "push", "scrub"]
+__all__ = ["UploadFolder", "check_dry_run_dir", "check_repo_id", "collect", "dry_run", "hub_failure", "hub_token",
+           "listing", "push", "scrub"]

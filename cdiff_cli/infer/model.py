@@ -193,7 +193,9 @@ def load_model(spec: str | os.PathLike[str] | None, device: torch.device) -> Loa
         load_into(encoder, enc, where)
         encoder.to(device).eval()
     unet.to(device).eval()
-    if recipe.infer.threads:
+    from cdiff_cli.infer.threads import chosen_threads
+
+    if recipe.infer.threads and chosen_threads() is None:  # --threads / CDIFF_THREADS win over the recipe
         torch.set_num_threads(recipe.infer.threads)
     if recipe.infer.channels_last:  # speed only: the same weights in NHWC memory format
         for net in (unet, encoder):
