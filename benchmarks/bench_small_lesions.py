@@ -14,9 +14,11 @@ default; 3 and 1 are the alternatives a small lesion would want):
                whatever the volume's verdict: the alternative the first run of this script pointed to
 
 For every median size the box threshold is recalibrated (1 % of healthy validation pixels, as
-`cdiff evaluate`) and the verdict's healthy statistics refitted (``fit_scoring``), both on the
-healthy validation volumes of fold 0 (never on test data), so every setting is compared at the
-same false-alarm level. Healthy test slices with a box are reported beside the lesions found.
+`cdiff evaluate`) and the verdict's healthy statistics refitted (``fit_scoring``), both on healthy
+validation volumes (never on test data), so every setting is compared at the same false-alarm
+level: ``--val-store DIR`` (every volume of a prepared healthy store the model never saw, e.g. the
+20 of ``cdiff synthesize --preset small --seed 2`` that the bundled model's verdict uses), else the
+4 validation volumes of fold 0 of ``--prepared`` (too few for a 5 % level: a first look only). Healthy test slices with a box are reported beside the lesions found.
 Each volume is reconstructed once per noise seed and cached (``scores_recon.cached_recon``).
 Rates by lesion size (pixels of the model grid), per seed, then mean; paired bootstrap intervals
 over (seed, volume) of each median size against the default.
@@ -120,12 +122,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits = read_json(args.prepared / "splits.json", "splits")
     sets = {"ixi": splits["ixi"]["test"], "mslub": splits["mslub"]["test"] + splits["mslub"].get("val", []),
             "brats": splits["brats"]["test"]}
-    val_ids = splits["ixi"]["folds"][0]["val"]
+    val_source = (args.val_store.parent, args.val_store.name) if args.val_store else (args.prepared, "ixi")
+    val_ids = ([sub["id"] for sub in PreparedStore.open(args.val_store).subjects] if args.val_store
+               else splits["ixi"]["folds"][0]["val"])
     doc: dict[str, Any] = {"medians": list(MEDIANS), "seeds": args.seeds, "sets": sets, "val": val_ids,
+                           "val_store": str(args.val_store or args.prepared / "ixi"),
                            "results": {}}
     for seed in args.seeds:
         t0 = time.perf_counter()
-        val = load(model, args.prepared, "ixi", val_ids, seed, args.cache)
+        val = load(model, *val_source, val_ids, seed, args.cache / ("val" if args.val_store else ""))
         test = {name: load(model, args.prepared, name, ids, seed, args.cache) for name, ids in sets.items()}
         for m in MEDIANS:
             val_maps = [maps(model, v, m) for v in val]
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepared", type=Path, default=Path("demo/prepared/reference"))
     ap.add_argument("--model", default=None)
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--val-store", type=Path, default=None, help="a prepared healthy store for the calibration")
     ap.add_argument("--cache", type=Path, default=Path("runs/small-lesions-cache"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/small-lesions"))
     args = ap.parse_args(argv)

@@ -211,3 +211,29 @@ def test_app_session_gives_the_apis_maps_and_verdict(tiny: Any, tmp_path: Path) 
     assert np.allclose(analysis.recon[0], np.clip(api.recon, 0, 1), atol=1e-6)
     assert analysis.verdict is not None and analysis.verdict.score == api.verdict.score
     assert analysis.badge().startswith("### No verdict: this model is not calibrated")
+
+
+def test_the_slice_gate_boxes_anomalous_slices_of_a_volume_judged_healthy(tiny: Any, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """gate "volume" (the default): a volume the verdict finds healthy gets no box, whatever its slices;
+    gate "slice": each slice is judged alone. The CLI's --gate checks its value in one line."""
+    from cdiff_cli import load_model
+    from cdiff_cli.eval.verdict_calibration import fit_scoring
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny.loaded.folder.parent, run)
+    doc = fit_scoring(_healthy_volumes(), threshold=0.03, median_size=3, erosion=1)
+    doc["healthy"] = {"volume": [1e9] * 20, "slice": [-1e9] * 20, "image": [-1e9] * 20}  # healthy volume, odd slices
+    doc["boxes"] = {k: [-1e9] * 20 for k in ("volume", "image")}
+    (run / "diffusion" / "verdict.json").write_text(json.dumps(doc))
+    model = load_model(run, device="cpu")
+    img, mask = _phantom(6, hw=model.image_hw[0], seed=3)
+    result = model.anomaly_map(img, kind="prepared", mask=mask)
+    assert result.verdict.anomalous is False and all(v.anomalous for v in result.slice_verdicts)
+    assert model.boxes(result, threshold=0.0001) == []
+    per_slice = model.boxes(result, threshold=0.0001, gate="slice")
+    assert per_slice and all(b.p_value == 0.0 for s in per_slice for b in s.boxes)
+    with pytest.raises(Exception, match="gate 'both'"):
+        model.boxes(result, threshold=0.0001, gate="both")  # type: ignore[arg-type]
+    code, err = run_cli(["localize", str(tmp_path), "--model", str(run), "--gate", "both"], capsys)
+    assert code == 2 and "--gate 'both': expected volume or slice" in err

@@ -324,7 +324,8 @@ class Model:
 
     def boxes(self, x: InputLike | AnomalyMap, *, threshold: float | Literal["calibrated"] | None = None,
               top_k: int | None = None, score: Literal["max", "mean"] | None = None,
-              all_candidates: bool = False, **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
+              all_candidates: bool = False, gate: Literal["volume", "slice"] | None = None,
+              **kw: Any) -> list[Box] | list[list[Box]] | list[SliceBoxes]:
         """Anomaly boxes, largest component first: for an image on its own pixels (a list per image
         for a batch); for a volume per axial slice of the prepared grid (slices with a box only).
 
@@ -337,6 +338,8 @@ class Model:
         is anomalous (an image; a slice of an anomalous volume), and only those whose own p-value (against
         healthy boxes) is within the level, or else the most significant one; each box carries its
         ``p_value``. ``all_candidates=True`` keeps every candidate, as a model without statistics does.
+        ``gate`` (default ``localize.gate``): for a volume, ``"volume"`` boxes only slices of an anomalous
+        volume; ``"slice"`` gates each slice by its own verdict (more small lesions, more false alarms).
         """
         from cdiff_cli.infer.options import count_of
         from cdiff_cli.infer.verdict import select_boxes
@@ -345,6 +348,9 @@ class Model:
         k = self.recipe.localize.top_k if top_k is None else count_of("top_k", top_k)
         if score not in (None, "max", "mean"):
             raise CdiffError(f"score {score!r}: expected 'max' or 'mean'")
+        gate = self.recipe.localize.gate if gate is None else gate
+        if gate not in ("volume", "slice"):
+            raise CdiffError(f"gate {gate!r}: expected 'volume' or 'slice'")
         result = x if isinstance(x, AnomalyMap) else self.anomaly_map(x, **kw)
         how = self.recipe.localize.score if score is None else score
         scoring = self.loaded.scoring
@@ -362,7 +368,8 @@ class Model:
             return per[0] if result._source.single else per
         volume = result.verdict
         verdicts = result.slice_verdicts
-        found = [SliceBoxes(z, find(g.anomaly[z], verdicts[z] if volume.anomalous is not False else None))
+        open_gate = gate == "slice" or volume.anomalous is not False
+        found = [SliceBoxes(z, find(g.anomaly[z], verdicts[z] if open_gate else None))
                  for z in range(len(g.anomaly)) if g.mask[z].any()]
         return [s for s in found if s.boxes]
 

@@ -71,14 +71,16 @@ class Analysis:
         _, head, lines = parts
         return "\n\n".join([f"### {head}", *lines])
 
-    def verdict_of(self, index: int) -> Verdict | None:
+    def verdict_of(self, index: int, gate: str = "volume") -> Verdict | None:
         """The verdict that decides whether slice ``index`` gets boxes (as ``Model.boxes``): an image's
-        own; a volume's slice verdict when the volume is anomalous, else None (no boxes)."""
+        own; a volume's slice verdict when the volume is anomalous (or ``gate`` is ``slice``), else None
+        (no boxes)."""
         if self.kind == "image":
             return self.verdict
         if self.verdict is None or self.slice_verdicts is None:
             return None
-        return self.slice_verdicts[index] if self.verdict.anomalous is not False else None
+        open_gate = gate == "slice" or self.verdict.anomalous is not False
+        return self.slice_verdicts[index] if open_gate else None
 
     @property
     def depth(self) -> int:

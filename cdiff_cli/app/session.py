@@ -241,5 +241,6 @@ class Session:
         if not 1 <= int(top_k) <= 50:
             raise DataError(f"top-k {top_k}: choose 1 to 50")
         boxes = select_boxes(analysis.anomaly[i], threshold, int(top_k), self.model.recipe.localize.score,
-                             self.model.loaded.scoring, analysis.verdict_of(i), all_candidates)
+                             self.model.loaded.scoring, analysis.verdict_of(i, self.model.recipe.localize.gate),
+                             all_candidates)
         return panels(analysis, i, boxes, self.model.map_scale)

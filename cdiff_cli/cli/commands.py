@@ -143,10 +143,13 @@ def run_evaluate(recipe_path: Path, overrides: list[str], model: str | None, out
 def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, protocol: str | None,
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
                  out: Path, device: str, series: str | None = None, strict: bool = False,
-                 pictures: bool = True, all_candidates: bool = False, threads: int | None = None) -> None:
+                 pictures: bool = True, all_candidates: bool = False, threads: int | None = None,
+                 gate: str | None = None) -> None:
     _check_options(top_k=top_k, threshold=threshold, threads=threads)
     if protocol not in (None, "recipe", "paper"):
         raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
+    if gate not in (None, "volume", "slice"):
+        raise CdiffError(f"--gate {gate!r}: expected volume or slice")
     recipe = load_recipe(recipe_path) if recipe_path is not None else None
     if model is None and recipe is not None and (recipe.run_dir / "diffusion").is_dir():
         model = str(recipe.run_dir)  # the recipe's own run, else the bundled model
@@ -154,7 +157,7 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
 
     result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
                       recipe=recipe, protocol=protocol or "recipe", series=series,  # type: ignore[arg-type]
-                      strict=strict, pictures=pictures, all_candidates=all_candidates,
+                      strict=strict, pictures=pictures, all_candidates=all_candidates, gate=gate,
                       recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())

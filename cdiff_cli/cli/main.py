@@ -213,11 +213,15 @@ def localize(
                                         "OUT/images/ (--no-pictures: boxes.json and metrics only; the pictures "
                                         "are most of the CPU time beside the network).")] = True,
     threads: ThreadsOpt = None,
+    gate: Annotated[Optional[str], typer.Option(help="Volumes: 'volume' boxes only slices of a volume the verdict "
+                                                "finds anomalous; 'slice' judges each slice alone (finds more small "
+                                                "lesions, flags more healthy slices). Default: the recipe's "
+                                                "localize.gate (volume).")] = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict, pictures, all_candidates, threads)
+                 strict, pictures, all_candidates, threads, gate)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

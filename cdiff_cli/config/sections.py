@@ -308,3 +308,6 @@ class LocalizeConfig(Section):
     median_size: int = Field(5, ge=1)
     score: Literal["max", "mean"] = "max"
     t2_filter: bool = True
+    # which verdict decides that a volume's slice gets boxes: "volume" (the volume's, then the slice's;
+    # a healthy volume gets none) or "slice" (each slice's alone: more small lesions, more false alarms)
+    gate: Literal["volume", "slice"] = "volume"

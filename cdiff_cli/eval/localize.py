@@ -40,14 +40,14 @@ PAPER_PROTOCOL: dict[str, Any] = {"threshold": 0.5, "top_k": 5, "median_size": 5
 
 def localize_settings(base: LocalizeConfig, base_name: str, protocol: Protocol = "recipe", top_k: int | None = None,
                       threshold: str | float | None = None, t2_filter: bool | None = None,
-                      ) -> tuple[LocalizeConfig, dict[str, str]]:
+                      gate: str | None = None) -> tuple[LocalizeConfig, dict[str, str]]:
     """The settings of one run, and where each came from: ``base`` (a recipe's section), then the
     paper's protocol if asked, then every argument that is not None (a flag the user typed)."""
     values, origin = base.model_dump(), {k: base_name for k in LocalizeConfig.model_fields}
     if protocol == "paper":
         values.update(PAPER_PROTOCOL)
         origin.update({k: "protocol paper" for k in PAPER_PROTOCOL})
-    flags = {"top_k": top_k, "threshold": threshold, "t2_filter": t2_filter}
+    flags = {"top_k": top_k, "threshold": threshold, "t2_filter": t2_filter, "gate": gate}
     for key, value in flags.items():
         if value is not None:
             values[key] = float(value) if key == "threshold" and value != "calibrated" else value
@@ -98,7 +98,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
              annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
              recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
              series: str | None = None, strict: bool = False, model: Model | None = None,
-             pictures: bool = True, all_candidates: bool = False) -> dict[str, Any]:
+             pictures: bool = True, all_candidates: bool = False, gate: str | None = None) -> dict[str, Any]:
     """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
 
     ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
@@ -127,7 +127,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     base = recipe if recipe is not None else loaded.recipe
     settings, origin = localize_settings(base.localize, recipe_name or ("recipe" if recipe is not None else
                                                                       "model recipe"), protocol, top_k, threshold,
-                                         t2_filter)
+                                         t2_filter, gate)
     thr, thr_kind = _threshold(loaded, settings)
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
@@ -237,7 +237,7 @@ class _Boxer:
 
     def _boxes(self, result: Any) -> Any:
         return self.model.boxes(result, threshold=self.thr, top_k=self.settings.top_k, score=self.settings.score,
-                                all_candidates=self.all_candidates)
+                                all_candidates=self.all_candidates, gate=self.settings.gate)
 
     def _volume(self, path: Path, inp: Input, recon: np.ndarray) -> list[dict[str, Any]]:
         """Boxes per axial slice of a volume, on the prepared (D, H, W) grid."""
