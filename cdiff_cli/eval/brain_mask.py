@@ -23,17 +23,17 @@ def dice_table(weights: Path, sets: dict[str, list[tuple[np.ndarray, np.ndarray,
     """Per set of (image, exact brain, anatomy): the network's and the foreground's Dice (mean, median,
     min), per anatomy too, and the share of slices the skull detector flags."""
     from cdiff_cli.data.images2d import foreground_mask
-    from cdiff_cli.infer.brain import SKULL_FRACTION, _mask_from, _skull_from, brain_probability
+    from cdiff_cli.infer.brain import SKULL_FRACTION, mask_from_probability, skull_fraction_from, brain_probability
 
     out = {}
     for name, items in sets.items():
         net, fg, flagged, per = [], [], [], {}
         for img, truth, anatomy in items:
             prob, meta = brain_probability(img, weights)
-            d = dice(_mask_from(prob, meta), truth)
+            d = dice(mask_from_probability(prob, meta), truth)
             net.append(d)
             fg.append(dice(foreground_mask(img)[0], truth))
-            flagged.append(_skull_from(img, prob, meta) > SKULL_FRACTION)
+            flagged.append(skull_fraction_from(img, prob, meta) > SKULL_FRACTION)
             per.setdefault(anatomy, []).append(d)
         out[name] = {"n": len(items), "network": _summary(net), "foreground": _summary(fg),
                      "detected_skull": round(float(np.mean(flagged)), 4),

@@ -61,13 +61,15 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def _mask_from(prob: np.ndarray, meta: dict) -> np.ndarray:
+def mask_from_probability(prob: np.ndarray, meta: dict) -> np.ndarray:
+    """The brain on the image's own pixels from :func:`brain_probability`'s output."""
     from cdiff_cli.data.images2d import from_model_grid
 
     return _clean(from_model_grid(prob, meta) > 0.5)
 
 
-def _skull_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
+def skull_fraction_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
+    """:func:`skull_fraction` from :func:`brain_probability`'s output (one network pass for both)."""
     from cdiff_cli.data.images2d import foreground_mask, to_model_grid
 
     fg = to_model_grid(foreground_mask(np.asarray(img, np.float32))[0].astype(np.float32), meta, binary=True) > 0
@@ -79,12 +81,12 @@ def _skull_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
 
 def brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> np.ndarray:
     """The brain of an (H, W) slice on its own pixels (bool)."""
-    return _mask_from(*brain_probability(img, weights))
+    return mask_from_probability(*brain_probability(img, weights))
 
 
 def skull_fraction(img: np.ndarray, weights: Path = WEIGHTS) -> float:
     """The share of the image's foreground outside the network's brain (dilated): ~0 when skull-stripped."""
-    return _skull_from(img, *brain_probability(img, weights))
+    return skull_fraction_from(img, *brain_probability(img, weights))
 
 
 def needs_brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> bool:
@@ -101,9 +103,9 @@ def brain_masks(images: np.ndarray, mode: BrainMaskMode) -> list[np.ndarray | No
     out: list[np.ndarray | None] = []
     for img in images:
         prob, meta = brain_probability(img)
-        if mode == "auto" and _skull_from(img, prob, meta) <= SKULL_FRACTION:
+        if mode == "auto" and skull_fraction_from(img, prob, meta) <= SKULL_FRACTION:
             out.append(None)
             continue
-        mask = _mask_from(prob, meta)
+        mask = mask_from_probability(prob, meta)
         out.append(mask if mask.any() else None)
     return out
