@@ -79,26 +79,27 @@ def write_result(result: AnomalyMap, path: Path, out: Path, stem: str | None = N
     verdict = result.verdict if result.unit == "volume" or len(result.slice_scores) == 1 else None
     return {"input": str(path), **{k: str(v) for k, v in paths.items()},
             **({"preview": str(preview)} if preview else {}), "score": result.score,
-            "anomaly_score": result.anomaly_score, "verdict": None if verdict is None else verdict.as_dict()}
+            "anomaly_score": result.anomaly_score, "verdict": None if verdict is None else verdict.as_dict(),
+            **({"brain_masked": result.brain_mask is not None} if result.kind == "image" else {})}
 
 
 Stages = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]  # read, reconstruct, write
 
 
 def _grid_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, str],
-                 series: str | None = None, outputs: Outputs = Outputs()) -> Stages:
+                 series: str | None = None, outputs: Outputs = Outputs(), brain_mask: str | None = None) -> Stages:
     """Brain MRI: the three :class:`Model` stages, the next file read while the network runs."""
     def finish(path: Path, inp: Input, recon: Any) -> dict[str, Any]:
         return write_result(model.maps(inp, recon), path, out, names.get(path), outputs, model.map_scale)
 
     def read(path: Path) -> Input:
-        return model.read(path, series=series if path.is_dir() else None)
+        return model.read(path, series=series if path.is_dir() else None, brain_mask=brain_mask)
 
     return read, lambda path, inp: model.reconstruct_slices(inp.slices, indices=inp.noise_indices, **kw), finish
 
 
 def _photograph_stages(model: Model, out: Path, kw: dict[str, Any], names: dict[Path, str],
-                       series: str | None = None, outputs: Outputs = Outputs()) -> Stages:
+                       series: str | None = None, outputs: Outputs = Outputs(), brain_mask: str | None = None) -> Stages:
     """Photographs (CelebA-like, RGB): their own reader and writer, one file at a time (no NIfTI to
     compress; their preview is the result a person looks at, so ``outputs`` does not apply)."""
     return (lambda path: None,
@@ -112,13 +113,13 @@ FILE_STAGES: dict[DomainName, Callable[..., Stages]] = {
 
 
 def reconstruct_files(model: Model, files: list[Path] | InputPlan, out: Path, series: str | None = None,
-                      outputs: Outputs = Outputs(), **kw: Any) -> list[dict[str, Any]]:
+                      outputs: Outputs = Outputs(), brain_mask: str | None = None, **kw: Any) -> list[dict[str, Any]]:
     """Reconstruct ``files`` (``kw``: timesteps, seed, batch_size, passes; ``series`` chooses in
     DICOM folders; ``outputs``: compression and previews); one dict per file written, in order. Given an :class:`InputPlan`, an input that
     fails is recorded there and the others go on; given a list, the first failure stops the run."""
     plan = files if isinstance(files, InputPlan) else InputPlan(list(files), unique_names(files), strict=True)
     written = []
-    stages = FILE_STAGES[model.domain.name](model, out, kw, plan.names, series, outputs)
+    stages = FILE_STAGES[model.domain.name](model, out, kw, plan.names, series, outputs, brain_mask)
     with make_progress() as bar:
         task = bar.add_task("reconstruct", total=len(plan.files))
         for result in pipelined_plan(plan, *stages):
@@ -132,7 +133,7 @@ def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
                        timesteps: tuple[int, ...] | None, batch_size: int | None, seed: int | None,
                        device_spec: str, passes: int | None = None,
                        series: str | None = None, strict: bool = False,
-                       outputs: Outputs = Outputs()) -> list[dict[str, Any]]:
+                       outputs: Outputs = Outputs(), brain_mask: str | None = None) -> list[dict[str, Any]]:
     """The body of ``cdiff reconstruct``: check the inputs and the output folder, load the model,
     reconstruct every readable input, write ``reconstruct.json`` (what was written, what failed and
     why), report scores; exit code 3 (:class:`SomeInputsFailed`) when any input failed."""
@@ -140,8 +141,8 @@ def reconstruct_inputs(inputs: list[Path], model_spec: str | None, out: Path,
     check_output_dir(out)
     model = load_model(model_spec, device=device_spec)
     model.check_options(timesteps, seed, batch_size, passes)
-    written = reconstruct_files(model, plan, out, series, outputs, timesteps=timesteps, seed=seed, batch_size=batch_size,
-                                passes=passes)
+    written = reconstruct_files(model, plan, out, series, outputs, brain_mask, timesteps=timesteps, seed=seed,
+                                batch_size=batch_size, passes=passes)
     plan.require_some("reconstructed")
     record = out / "reconstruct.json"
     write_json(record, {"written": written, "failed": [f.as_dict() for f in plan.failed]})

@@ -82,13 +82,23 @@ class AnomalyMap:
 
     @cached_property
     def anomaly(self) -> np.ndarray:
-        """The post-processed anomaly map (high = anomalous)."""
-        return self._source.to_input_grid(self.grid.anomaly)
+        """The post-processed anomaly map (high = anomalous); 0 outside the brain of a brain-masked image."""
+        return self._source.within_brain(self._source.to_input_grid(self.grid.anomaly))
 
     @cached_property
     def image(self) -> np.ndarray:
         """The input as the model saw it (normalised)."""
         return self._source.to_input_grid(self.grid.image)
+
+    @property
+    def brain_mask(self) -> np.ndarray | list[np.ndarray | None] | None:
+        """Images: the brain the brain-mask network found on the image's own pixels (bool; a list for a
+        batch), where the image was brain-masked (``brain_mask`` mode ``auto`` with skull detected, or
+        ``on``); None where it was not (the map then covers the image's intensity-based foreground)."""
+        brains = self._source.brains
+        if not brains:
+            return None
+        return brains[0] if self._source.single else list(brains)
 
     @property
     def score(self) -> float:
@@ -217,7 +227,7 @@ class Model:
     # ------------------------------------------------------------------ the three stages
 
     def read(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
-             mask: np.ndarray | None = None, series: str | None = None) -> Input:
+             mask: np.ndarray | None = None, series: str | None = None, brain_mask: str | None = None) -> Input:
         """Bring ``x`` onto the model grid exactly as ``cdiff prepare`` prepares training data.
 
         ``kind`` (``auto`` decides from the input): ``image`` is a 2-D slice on its own pixels,
@@ -229,13 +239,16 @@ class Model:
         (N, 1, H, W), as the prepared store holds them, with an optional (N, H, W) brain
         ``mask`` (then maps are post-processed as volumes are). Auto: a path by its suffix,
         a nibabel image is a volume, arrays 2-D an image, 3-D a volume, 4-D a batch of images.
+        ``brain_mask`` (2-D images; default the recipe's ``infer.brain_mask``, ``auto``): ``auto`` restricts
+        an image detected to have skull to the brain the bundled network finds (input, map, score, boxes),
+        ``on`` every image, ``off`` none (the intensity-based foreground, as before).
         """
         from cdiff_cli.infer.maps import read_input
 
         if self.domain.colour:
             raise DataError(f"{self.recipe.name} is a natural-image (CelebA-like) model: the Python API reads "
                             "brain MRI; use `cdiff reconstruct` for its maps")
-        return read_input(self.loaded, x, kind, affine, mask, series)
+        return read_input(self.loaded, x, kind, affine, mask, series, brain_mask)
 
     def reconstruct_slices(self, slices: np.ndarray, *, timesteps: tuple[int, ...] | None = None,
                            seed: int | None = None, batch_size: int | None = None,
@@ -280,14 +293,15 @@ class Model:
 
     def reconstruct(self, x: InputLike, *, kind: Kind = "auto", affine: np.ndarray | None = None,
                     timesteps: tuple[int, ...] | None = None, seed: int | None = None,
-                    batch_size: int | None = None, series: str | None = None) -> Reconstruction:
+                    batch_size: int | None = None, series: str | None = None,
+                    brain_mask: str | None = None) -> Reconstruction:
         """The healthy reconstruction of ``x`` on its own grid (see :meth:`read` for inputs).
 
         ``timesteps``: noise levels to average over (default: the recipe's ``infer.timesteps``);
         ``seed``: the noise seed (default ``infer.seed``).
         """
         self.check_options(timesteps, seed, batch_size)  # before the input is read: a typo fails at once
-        inp = self.read(x, kind=kind, affine=affine, series=series)
+        inp = self.read(x, kind=kind, affine=affine, series=series, brain_mask=brain_mask)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                         indices=inp.noise_indices)
         return Reconstruction(kind=inp.kind, recon=inp.to_input_grid(recon), grid_image=inp.slices[:, 0],
@@ -297,7 +311,7 @@ class Model:
                     mask: np.ndarray | None = None, timesteps: tuple[int, ...] | None = None,
                     seed: int | None = None, batch_size: int | None = None, median_size: int | None = None,
                     erosion: int | None = None, passes: int | None = None,
-                    series: str | None = None) -> AnomalyMap:
+                    series: str | None = None, brain_mask: str | None = None) -> AnomalyMap:
         """Reconstruction and anomaly map of ``x``, on its own grid and on the model grid
         (inputs as :meth:`read`, noise as :meth:`reconstruct`, post-processing as :meth:`maps`).
 
@@ -317,7 +331,7 @@ class Model:
         for name, value in (("median_size", median_size), ("erosion", erosion)):
             if value is not None:
                 count_of(name, value, minimum=0)
-        inp = self.read(x, kind=kind, affine=affine, mask=mask, series=series)
+        inp = self.read(x, kind=kind, affine=affine, mask=mask, series=series, brain_mask=brain_mask)
         recon = self.reconstruct_slices(inp.slices, timesteps=timesteps, seed=seed, batch_size=batch_size,
                                         passes=passes, indices=inp.noise_indices)
         return self.maps(inp, recon, median_size=median_size, erosion=erosion)

@@ -154,7 +154,8 @@ def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Pro
     recon = np.clip(result.recon, 0, 1)
     # the map exactly as `cdiff localize` boxes it (median on the model grid, as the calibration),
     # then limited to the foreground so that a poorly reconstructed background is neither scored nor boxed
-    fg, _ = foreground_mask(img)
+    # (an image with skull: the brain the brain-mask network found, infer/brain.py)
+    fg = result.brain_mask if result.brain_mask is not None else foreground_mask(img)[0]
     anomaly = result.anomaly * fg
     done = _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
     done.verdict, done.pixels = verdict, pixels

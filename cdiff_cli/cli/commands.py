@@ -92,19 +92,21 @@ def run_train(kind: str, recipe_path: Path, overrides: list[str], device: str, r
 
 def _check_options(timesteps: str | None = None, batch_size: int | None = None, seed: int | None = None,
                    noise_passes: int | None = None, top_k: int | None = None,
-                   threshold: str | None = None, threads: int | None = None) -> tuple[int, ...] | None:
+                   threshold: str | None = None, threads: int | None = None,
+                   brain_mask: str | None = None) -> tuple[int, ...] | None:
     """Every inference option checked before any input is read or model loaded (one line each,
     named as the user typed it); the timesteps parsed. ``threads`` is applied once checked."""
-    from cdiff_cli.infer.options import count_of, seed_of, threshold_of, timesteps_of
+    from cdiff_cli.infer.options import brain_mask_of, count_of, seed_of, threshold_of, timesteps_of
 
     count = lambda v: count_of("", v)  # noqa: E731 - the flag names the value in the message
     checks = [(timesteps, "--timesteps", lambda v: timesteps_of(v, text=True)), (batch_size, "--batch-size", count),
               (seed, "--seed", seed_of), (noise_passes, "--noise-passes", count), (top_k, "--top-k", count),
-              (threshold, "--threshold", threshold_of), (threads, "--threads", count)]
+              (threshold, "--threshold", threshold_of), (threads, "--threads", count),
+              (brain_mask, "--brain-mask", brain_mask_of)]
     parsed = [None if value is None else _checked(flag, value, check) for value, flag, check in checks]
     from cdiff_cli.infer.threads import set_threads
 
-    set_threads(parsed[-1])
+    set_threads(parsed[6])  # --threads
     return parsed[0]
 
 
@@ -119,13 +121,13 @@ def _checked(flag: str, value: Any, check: Callable[[Any], Any]) -> Any:
 def run_reconstruct(inputs: list[Path], model: str | None, out: Path, timesteps: str | None,
                     batch_size: int | None, seed: int | None, device: str, noise_passes: int | None = None,
                     series: str | None = None, strict: bool = False, compress: str = "fast",
-                    preview: bool = False, threads: int | None = None) -> None:
+                    preview: bool = False, threads: int | None = None, brain_mask: str | None = None) -> None:
     from cdiff_cli.api.files import Outputs, reconstruct_inputs
 
-    steps = _check_options(timesteps, batch_size, seed, noise_passes, threads=threads)
+    steps = _check_options(timesteps, batch_size, seed, noise_passes, threads=threads, brain_mask=brain_mask)
     outputs = Outputs(compress, preview)  # type: ignore[arg-type]  # checked: one line on a typo
     written = reconstruct_inputs(inputs, model, out, steps, batch_size, seed, device, noise_passes, series, strict,
-                                 outputs)
+                                 outputs, brain_mask)
     _summary(f"reconstructed {len(written)} input(s) into {out}", {
         **({"previews": out / "*_preview.png"} if preview else {}), "record": out / "reconstruct.json"})
 
@@ -144,8 +146,8 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
                  top_k: int | None, threshold: str | None, annotations: Path | None, t2_filter: bool | None,
                  out: Path, device: str, series: str | None = None, strict: bool = False,
                  pictures: bool = True, all_candidates: bool = False, threads: int | None = None,
-                 gate: str | None = None) -> None:
-    _check_options(top_k=top_k, threshold=threshold, threads=threads)
+                 gate: str | None = None, brain_mask: str | None = None) -> None:
+    _check_options(top_k=top_k, threshold=threshold, threads=threads, brain_mask=brain_mask)
     if protocol not in (None, "recipe", "paper"):
         raise CdiffError(f"--protocol {protocol!r}: expected paper or recipe")
     if gate not in (None, "volume", "slice"):
@@ -157,7 +159,7 @@ def run_localize(input_dir: Path, model: str | None, recipe_path: Path | None, p
 
     result = localize(input_dir, model, top_k, threshold, annotations, t2_filter, out, device,
                       recipe=recipe, protocol=protocol or "recipe", series=series,  # type: ignore[arg-type]
-                      strict=strict, pictures=pictures, all_candidates=all_candidates, gate=gate,
+                      strict=strict, pictures=pictures, all_candidates=all_candidates, gate=gate, brain_mask=brain_mask,
                       recipe_name=f"recipe {recipe_path}" if recipe_path is not None else None)
     if result.get("metrics"):
         info(Path(result["markdown"]).read_text())

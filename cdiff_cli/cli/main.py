@@ -43,6 +43,10 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="A run directory (runs/NAME) or a Hugging Face Hub repo id "
                  "(USER/NAME[@revision]). Default: the recipe's run directory, else the bundled model."),
 ]
+BrainMaskOpt = Annotated[Optional[str], typer.Option(
+    "--brain-mask", help="2-D images with skull: auto (default: where skull is detected), on or off. Restricts the "
+    "input, map, score and boxes to the brain the bundled brain-mask network finds; off keeps the intensity-"
+    "based foreground. Default: the recipe's infer.brain_mask.")]
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Stop at the first input that cannot be read. Default: process every readable input, list "
     "each unreadable one (one line each, and in the run's JSON) and exit with code 3.")]
@@ -152,11 +156,12 @@ def reconstruct(
         "--preview/--no-preview", help="Also draw a PNG preview per input (input | reconstruction | "
                                       "overlay; most of the CPU time beside the network).")] = False,
     threads: ThreadsOpt = None,
+    brain_mask: BrainMaskOpt = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_reconstruct
 
     run_reconstruct(inputs, model, out, timesteps, batch_size, seed, device, noise_passes, series, strict,
-                    compress, preview, threads)
+                    compress, preview, threads, brain_mask)
 
 
 @app.command(help="Evaluate on the recipe's evaluation sets: Dice at the validation-chosen threshold, AUPRC, "
@@ -217,11 +222,12 @@ def localize(
                                                 "finds anomalous; 'slice' judges each slice alone (finds more small "
                                                 "lesions, flags more healthy slices). Default: the recipe's "
                                                 "localize.gate (volume).")] = None,
+    brain_mask: BrainMaskOpt = None,
 ) -> None:
     from cdiff_cli.cli.commands import run_localize
 
     run_localize(input_dir, model, recipe, protocol, top_k, threshold, annotations, t2_filter, out, device, series,
-                 strict, pictures, all_candidates, threads, gate)
+                 strict, pictures, all_candidates, threads, gate, brain_mask)
 
 
 @app.command(help="Upload a trained run (weights, configs, recipe, calibration, metrics and a generated model "

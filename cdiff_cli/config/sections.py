@@ -286,6 +286,9 @@ class InferConfig(Section):
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool = False  # NHWC memory format of the networks (speed only; benchmarks/bench_infer.py)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default (one per core)
+    # 2-D images with skull: restrict the input, maps, scores and boxes to the brain the bundled brain-mask
+    # network finds (infer/brain.py); auto: where the image is detected to have skull, on: always, off: never
+    brain_mask: Literal["auto", "on", "off"] = "auto"
 
 
 class EvalConfig(Section):

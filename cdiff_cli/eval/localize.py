@@ -98,7 +98,8 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
              annotations: Path | None, t2_filter: bool | None, out: Path, device_spec: str,
              recipe: Recipe | None = None, protocol: Protocol = "recipe", recipe_name: str | None = None,
              series: str | None = None, strict: bool = False, model: Model | None = None,
-             pictures: bool = True, all_candidates: bool = False, gate: str | None = None) -> dict[str, Any]:
+             pictures: bool = True, all_candidates: bool = False, gate: str | None = None,
+             brain_mask: str | None = None) -> dict[str, Any]:
     """Boxes (and, with annotations, the NOVA metrics) for every image or volume under ``input_dir``.
 
     ``top_k``, ``threshold``, ``t2_filter`` None: from the settings (see :func:`localize_settings`)
@@ -110,9 +111,12 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     image (each volume slice with a box) with its boxes into ``out/images``. Each image and volume gets a
     verdict (``verdicts`` in ``localize.json``, ``verdicts.md``); with the model's healthy statistics,
     boxes are drawn only where it is anomalous (``all_candidates``: every candidate box, as without
-    statistics).
+    statistics). ``brain_mask`` (images with skull; None: ``recipe``'s ``infer.brain_mask``, else the model's):
+    ``auto`` restricts each image detected to have skull to the brain-mask network's brain, ``on`` every
+    image, ``off`` none (the intensity-based foreground).
     """
     from cdiff_cli.data.nova import is_t2
+    from cdiff_cli.infer.options import brain_mask_of
 
     plan = plan_inputs(input_files(input_dir), strict=strict)
     images = [p for p in plan.files if not is_volume(p)]
@@ -129,6 +133,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
                                                                       "model recipe"), protocol, top_k, threshold,
                                          t2_filter, gate)
     thr, thr_kind = _threshold(loaded, settings)
+    brain_mask = brain_mask_of(base.infer.brain_mask if brain_mask is None else brain_mask)
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
     # images in chunks, volumes one at a time; the next chunk is read and the previous one
@@ -136,7 +141,7 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
     n = chunk_size(loaded)
     work: list[list[Path]] = [images[i : i + n] for i in range(0, len(images), n)] + [[v] for v in volumes]
     boxer = _Boxer(api, thr, settings, base.eval, gold, out / "images" if pictures else None, plan, series,
-                   all_candidates)
+                   all_candidates, brain_mask)
     with make_progress() as bar:
         task = bar.add_task("localize", total=len(plan.files))
         for chunk, found in zip(work, pipelined(work, boxer.load, boxer.compute, boxer.finish)):
@@ -154,7 +159,9 @@ def localize(input_dir: Path, model_spec: str | None, top_k: int | None, thresho
                               "failed": [f.as_dict() for f in plan.failed], "boxes": str(out / "boxes.json"),
                               "pictures": str(out / "images") if pictures else None, "threshold": thr, "threshold_kind": thr_kind,
                               "settings": settings.model_dump(mode="json"), "settings_from": origin,
-                              "all_candidates": all_candidates, "verdicts": boxer.verdicts,
+                              "all_candidates": all_candidates, "brain_mask": brain_mask,
+                              "n_brain_masked": sum(bool(v.get("brain_masked")) for v in boxer.verdicts),
+                              "verdicts": boxer.verdicts,
                               "n_anomalous": sum(bool(v["verdict"]["anomalous"]) for v in boxer.verdicts),
                               "verdicts_markdown": str(out / "verdicts.md"),
                               "seconds": round(seconds, 2), "slices_per_s": round(len(records) / max(seconds, 1e-9), 2)}
@@ -183,8 +190,9 @@ class _Boxer:
 
     def __init__(self, model: Model, thr: float, settings: LocalizeConfig, eval_cfg: EvalConfig,
                  gold: dict[str, Any], pictures: Path | None, plan: InputPlan, series: str | None = None,
-                 all_candidates: bool = False) -> None:
+                 all_candidates: bool = False, brain_mask: str = "off") -> None:
         self.model, self.thr, self.gold, self.pictures, self.series = model, thr, gold, pictures, series
+        self.brain_mask = brain_mask
         self.settings, self.eval_cfg, self.plan, self.all_candidates = settings, eval_cfg, plan, all_candidates
         self.verdicts: list[dict[str, Any]] = []  # one per input: its verdict (and a volume's anomalous slices)
 
@@ -193,7 +201,7 @@ class _Boxer:
         loaded: list[Input | Failure] = []
         for p in chunk:
             try:
-                loaded.append(self.model.read(p, series=self.series if p.is_dir() else None))
+                loaded.append(self.model.read(p, series=self.series if p.is_dir() else None, brain_mask=self.brain_mask))
             except CdiffError as e:
                 loaded.append(self.plan.fail(p, e))
         return loaded
@@ -230,7 +238,8 @@ class _Boxer:
         record = {"file": path, "name": self.plan.names[path], "hw": inp.raw[0].shape, "boxes": self._boxes(result),
                   "record": self.gold.get(path.name), "verdict": verdict}
         self.verdicts.append({"file": path.name, "name": self.plan.names[path], "kind": "image",
-                              "verdict": verdict.as_dict(), "n_boxes": len(record["boxes"])})
+                              "verdict": verdict.as_dict(), "n_boxes": len(record["boxes"]),
+                              "brain_masked": result.brain_mask is not None})
         if self.pictures is not None:
             _picture(self.pictures, record, inp.raw[0], self.thr, result.anomaly, self.model.map_scale)
         return record

@@ -35,6 +35,9 @@ class GridMaps:
     residual: np.ndarray  # |image - recon|
     anomaly: np.ndarray  # the post-processed residual: what scores and boxes are read from
     mask: np.ndarray | None  # volumes and masked slices: the brain mask of the grid
+    # images with skull: the brain-mask network's brain on the grid (all True for an image without one);
+    # the anomaly map is 0 outside it. None when no image of the input was brain-masked
+    brain: np.ndarray | None = None
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Input:
     affine: np.ndarray | None = None  # volumes: the input's own affine
     mask: np.ndarray | None = None  # prepared slices: a brain mask, for the volume post-processing
     single: bool = False  # one 2-D image or slice: results are (H, W), not (1, H, W)
+    brains: list[np.ndarray | None] = field(default_factory=list)  # images: each one's brain on its own pixels (or None)
+    grid_brain: np.ndarray | None = None  # images: (N, H, W) bool brains on the model grid (all True if unmasked)
 
     @property
     def noise_indices(self) -> list[int]:
@@ -75,9 +80,17 @@ class Input:
                 back.append(from_model_grid(a, meta))
         return back[0] if self.single else np.stack(back)
 
+    def within_brain(self, arr: np.ndarray) -> np.ndarray:
+        """A map on the input's own grid (images), 0 outside each brain-masked image's brain."""
+        if not any(b is not None for b in self.brains):
+            return arr
+        maps = arr[None] if self.single else arr
+        out = np.stack([m if b is None else m * b for m, b in zip(maps, self.brains)])
+        return out[0] if self.single else out
+
 
 def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarray | None = None,
-               mask: np.ndarray | None = None, series: str | None = None) -> Input:
+               mask: np.ndarray | None = None, series: str | None = None, brain_mask: str | None = None) -> Input:
     """``x`` (a path, a nibabel image, a numpy array or a torch tensor) on the model grid.
 
     ``kind`` (``auto`` decides from the input): ``image`` is a 2-D slice on its own pixels,
@@ -88,10 +101,14 @@ def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarr
     with an optional (N, H, W) brain ``mask`` (then maps are post-processed as volumes are).
     Auto: a path by its suffix (a folder is a DICOM series, ``series`` its UID or description when
     the folder holds several), a nibabel image is a volume, arrays 2-D an image, 3-D a volume,
-    4-D a batch of images.
+    4-D a batch of images. ``brain_mask`` (images only; None: the recipe's ``infer.brain_mask``): ``auto``
+    restricts an image with skull to the brain the bundled network finds, ``on`` every image, ``off`` none.
     """
+    from cdiff_cli.infer.options import brain_mask_of
+
+    brain_mask = brain_mask_of(model.recipe.infer.brain_mask if brain_mask is None else brain_mask)
     if isinstance(x, (str, os.PathLike)):
-        return _read_path(model, Path(x), kind, series)
+        return _read_path(model, Path(x), kind, series, brain_mask)
     if series is not None:
         raise DataError("series= chooses a series of a DICOM folder; this input is not a path")
     if hasattr(x, "dataobj") and hasattr(x, "affine"):  # a nibabel image
@@ -118,22 +135,34 @@ def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarr
             raise DataError(f"mask shape {np.shape(mask)} differs from the slices' {stack.shape}")
         return Input("prepared", stack[:, None].astype(np.float32),  # a copy: store volumes are read-only memmaps
                      mask=None if mask is None else np.asarray(mask), single=single)
-    return read_images(model, stack, "array", single)
+    return read_images(model, stack, "array", single, brain_mask)
 
 
-def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool) -> Input:
-    """2-D images (N, H, W) on their own pixels -> letterboxed, percentile-rescaled model input."""
+def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool, brain_mask: str = "off") -> Input:
+    """2-D images (N, H, W) on their own pixels -> letterboxed, percentile-rescaled model input; an image
+    with a brain mask (``brain_mask``, see :func:`read_input`) is rescaled inside it and 0 outside it."""
     from cdiff_cli.data.extent import check_image_extent
-    from cdiff_cli.data.images2d import to_model_input
+    from cdiff_cli.data.images2d import to_model_grid, to_model_input
 
     check_image_extent(raw.shape[-2:], name)
     pct = model.recipe.data.percentiles
-    pairs = []
-    for im in raw:
+    brains: list[np.ndarray | None] = [None] * len(raw)
+    if brain_mask != "off":
+        from cdiff_cli.infer.brain import brain_masks
+
+        with stage("brain mask"):
+            brains = brain_masks(raw, brain_mask)  # type: ignore[arg-type]
+    xs, metas, grid_brain = [], [], []
+    for im, brain in zip(raw, brains):
         with stage("preprocess image"):
-            pairs.append(to_model_input(im, model.image_hw, percentiles=pct))
-    return Input("image", np.stack([x for x, _ in pairs])[:, None].astype(np.float32), name=name, raw=raw,
-                 metas=[m for _, m in pairs], single=single)
+            x, meta = to_model_input(im, model.image_hw, mask=brain, percentiles=pct)
+            inside = np.ones(x.shape, bool) if brain is None else to_model_grid(brain, meta, binary=True) > 0
+        xs.append(x * inside if brain is not None else x)  # exactly 0 outside the brain, as prepared slices
+        metas.append(meta)
+        grid_brain.append(inside)
+    masked = any(b is not None for b in brains)
+    return Input("image", np.stack(xs)[:, None].astype(np.float32), name=name, raw=raw, metas=metas, single=single,
+                 brains=brains, grid_brain=np.stack(grid_brain) if masked else None)
 
 
 def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: int | None = None,
@@ -161,10 +190,15 @@ def grid_maps(model: LoadedModel, inp: Input, recon: np.ndarray, median_size: in
     else:
         with stage("post-process images"):
             res = image_maps(image, recon, model.recipe.localize.median_size if median_size is None else median_size)
+        brain = inp.grid_brain
+        if brain is not None:
+            return GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly * brain,
+                            mask=None, brain=brain)
     return GridMaps(image=image, recon=res.recon, residual=res.residual, anomaly=res.anomaly, mask=mask)
 
 
-def _read_path(model: LoadedModel, path: Path, kind: Kind, series: str | None = None) -> Input:
+def _read_path(model: LoadedModel, path: Path, kind: Kind, series: str | None = None,
+               brain_mask: str = "off") -> Input:
     volume = path.name.lower().endswith(VOLUME_SUFFIXES) or path.is_dir()
     if kind == "prepared" or (kind == "image" and volume) or (kind == "volume" and not volume):
         raise DataError(f"{path.name}: kind={kind!r} does not match the file type")
@@ -186,7 +220,7 @@ def _read_path(model: LoadedModel, path: Path, kind: Kind, series: str | None = 
 
     with stage("load image"):
         raw = load_image_2d(path)[None]
-    return read_images(model, raw, path.name, single=True)
+    return read_images(model, raw, path.name, single=True, brain_mask=brain_mask)
 
 
 def read_volume(model: LoadedModel, img: Any, name: str) -> Input:

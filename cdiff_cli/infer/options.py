@@ -92,3 +92,13 @@ def threshold_of(value: Any) -> float | Literal["calibrated"]:
     if isinstance(value, bool) or not np.isfinite(number) or number < 0:
         raise CdiffError(f"threshold {value!r}: must be a finite number of at least 0 (or 'calibrated')")
     return number
+
+
+BRAIN_MASK_MODES = ("auto", "on", "off")
+
+
+def brain_mask_of(value: Any) -> Literal["auto", "on", "off"]:
+    """A brain-mask mode for 2-D images: ``auto`` (where skull is detected), ``on`` or ``off``."""
+    if value not in BRAIN_MASK_MODES:
+        raise CdiffError(f"brain_mask {value!r}: expected one of {', '.join(BRAIN_MASK_MODES)}")
+    return value

@@ -167,7 +167,7 @@ def _drain(finishing: deque[Future[R]]) -> BaseException | None:
 # ------------------------------------------------------------------------------ busy time per stage
 
 # the stages that report, in the order an input meets them (nested: inside "reconstruct")
-STAGES = ("load image", "preprocess image", "load volume", "preprocess volume", "reconstruct", "encoder", "noise",
+STAGES = ("load image", "brain mask", "preprocess image", "load volume", "preprocess volume", "reconstruct", "encoder", "noise",
           "network", "post-process volume", "post-process images", "to image grid", "boxes", "pictures",
           "to input grid", "write nifti", "volume preview", "image preview", "write json")
 

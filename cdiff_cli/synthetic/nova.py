@@ -89,7 +89,7 @@ def _extras(rng: np.random.Generator, tpl, points: np.ndarray) -> list:
 
 
 def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int, anatomy: str = "mni152") -> dict:
-    """One NOVA record: 8-bit image (rows, cols), lesion mask, boxes, caption and meta."""
+    """One NOVA record: 8-bit image (rows, cols), lesion mask, exact brain mask, boxes, caption and meta."""
     rng = seed_rng(idx, 0)
     kind = KINDS[idx % 3]
     flair = idx % 7 == 3
@@ -117,12 +117,14 @@ def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int, an
         r = anat.render(geom, warp, con, seed_rng(idx, 1 + _attempt), lesions=lesions)
         image = _to_uint8(r.image[:, :, 0].T)
         mask = (r.labels[:, :, 0].T > 0) if r.labels is not None else np.zeros(image.shape, bool)
+        brain = r.brain[:, :, 0].T
         boxes = gold_boxes(mask)
         if kind == "healthy" or boxes:
             break
     else:  # no lesion showed in six slices: keep the last slice, without lesions
         kind, lesions, boxes, mask = "healthy", [], [], np.zeros(image.shape, bool)
-        image = _to_uint8(anat.render(geom, warp, con, seed_rng(idx, 7)).image[:, :, 0].T)
+        r = anat.render(geom, warp, con, seed_rng(idx, 7))
+        image, brain = _to_uint8(r.image[:, :, 0].T), r.brain[:, :, 0].T
     all_boxes = list(boxes)
     if boxes and rng.random() < 0.5:  # a second rater, a few pixels off
         for b in boxes:
@@ -141,7 +143,7 @@ def nova_image(seed_rng: Callable[[int, int], np.random.Generator], idx: int, an
             "pixel_spacing_mm": round(float(abs(geom.affine[0, 0])), 4)}
     return {"filename": f"syn{idx + 1:04d}.png", "case_id": case, "scan_id": f"{case}_ax",
             "caption_text": _caption(rng, kind, flair, where, core, extra), "meta": json.dumps(meta, sort_keys=True),
-            "bboxes": all_boxes, "image": image, "mask": mask, "kind": kind}
+            "bboxes": all_boxes, "image": image, "mask": mask, "brain": np.ascontiguousarray(brain), "kind": kind}
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -182,6 +184,7 @@ def write_image(writer, seed_rng: Callable[[int, int], np.random.Generator], i: 
     """Write image ``i``; returns its annotation record and its summary."""
     rec = nova_image(seed_rng, i, anatomy)
     image, mask, kind = rec.pop("image"), rec.pop("mask"), rec.pop("kind")
+    rec.pop("brain")
     rec["image_path"] = f"images/{rec['filename']}"
     writer.put(f"NOVA/{rec['image_path']}", lambda im=image: png_bytes(im))
     if len(tiles) < 3 and kind != "healthy":

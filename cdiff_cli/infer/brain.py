@@ -1,0 +1,111 @@
+"""Brain extraction for 2-D images with skull and scalp: the bundled brain-mask network, and the
+detector that decides whether an image needs it.
+
+``brain_mask(img)``: the network's brain on the image's own pixels (letterboxed onto its 128 px grid,
+probabilities resized back, > 0.5, the largest component, holes filled). ``needs_brain_mask(img)``: an
+image has skull when more than ``SKULL_FRACTION`` of its foreground (the intensity-based head or
+non-zero mask of ``data/images2d.py``) lies outside the network's brain, dilated by a few pixels; a
+skull-stripped image's foreground is its brain. ``brain_masks(images, mode)`` applies a mode:
+``off`` never, ``on`` always, ``auto`` where the detector says skull.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+from cdiff_cli.errors import CdiffError
+from cdiff_cli.infer.options import brain_mask_of
+
+BrainMaskMode = Literal["auto", "on", "off"]
+WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "brainmask" / "model.safetensors"
+SKULL_FRACTION = 0.08  # share of the foreground outside the (dilated) brain above which an image has skull
+_DILATE = 2  # pixels of the network's grid
+
+
+@functools.lru_cache(maxsize=2)
+def _net(path: Path = WEIGHTS):
+    from cdiff_cli.models.brainmask import load_brain_net
+
+    if not path.is_file():
+        raise CdiffError(f"the brain-mask network's weights are missing ({path}); reinstall cdiff")
+    return load_brain_net(path)[0]
+
+
+def brain_probability(img: np.ndarray, weights: Path = WEIGHTS) -> tuple[np.ndarray, dict]:
+    """The network's brain probability on its own grid, and the letterbox geometry."""
+    import torch
+
+    from cdiff_cli.data.images2d import letterbox_meta, to_model_grid
+    from cdiff_cli.models.brainmask import GRID, normalise
+
+    img = np.asarray(img, np.float32)
+    meta = letterbox_meta(img.shape, (GRID, GRID))
+    x = to_model_grid(normalise(img), meta)
+    with torch.no_grad():
+        prob = torch.sigmoid(_net(weights)(torch.from_numpy(x)[None, None]))[0, 0].numpy()
+    return prob, meta
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component, holes filled."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(sizes.argmax())
+    return ndimage.binary_fill_holes(mask)
+
+
+def mask_from_probability(prob: np.ndarray, meta: dict) -> np.ndarray:
+    """The brain on the image's own pixels from :func:`brain_probability`'s output."""
+    from cdiff_cli.data.images2d import from_model_grid
+
+    return _clean(from_model_grid(prob, meta) > 0.5)
+
+
+def skull_fraction_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
+    """:func:`skull_fraction` from :func:`brain_probability`'s output (one network pass for both)."""
+    from cdiff_cli.data.images2d import foreground_mask, to_model_grid
+
+    fg = to_model_grid(foreground_mask(np.asarray(img, np.float32))[0].astype(np.float32), meta, binary=True) > 0
+    if not fg.any():
+        return 0.0
+    brain = ndimage.binary_dilation(_clean(prob > 0.5), iterations=_DILATE)
+    return float((fg & ~brain).sum() / fg.sum())
+
+
+def brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> np.ndarray:
+    """The brain of an (H, W) slice on its own pixels (bool)."""
+    return mask_from_probability(*brain_probability(img, weights))
+
+
+def skull_fraction(img: np.ndarray, weights: Path = WEIGHTS) -> float:
+    """The share of the image's foreground outside the network's brain (dilated): ~0 when skull-stripped."""
+    return skull_fraction_from(img, *brain_probability(img, weights))
+
+
+def needs_brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> bool:
+    """True when the image has skull and scalp (see :func:`skull_fraction`)."""
+    return skull_fraction(img, weights) > SKULL_FRACTION
+
+
+def brain_masks(images: np.ndarray, mode: BrainMaskMode) -> list[np.ndarray | None]:
+    """The brain mask of each (H, W) image of ``images`` under ``mode`` (None: no mask, the image's own
+    intensity-based foreground is used as before)."""
+    brain_mask_of(mode)
+    if mode == "off":
+        return [None] * len(images)
+    out: list[np.ndarray | None] = []
+    for img in images:
+        prob, meta = brain_probability(img)
+        if mode == "auto" and skull_fraction_from(img, prob, meta) <= SKULL_FRACTION:
+            out.append(None)
+            continue
+        mask = mask_from_probability(prob, meta)
+        out.append(mask if mask.any() else None)
+    return out

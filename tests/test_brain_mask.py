@@ -1,0 +1,130 @@
+"""Brain extraction for 2-D images with skull (``infer/brain.py``, the bundled brain-mask network):
+its mask on a generated slice with skull, the skull detector, and the ``brain_mask`` option in the
+API, ``cdiff localize`` and ``cdiff reconstruct`` (``off`` is the previous behaviour, exactly)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_model_folder, tiny_recipe_dict
+from test_train import run_cli
+
+
+@pytest.fixture(scope="module")
+def slices() -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Two NOVA-like slices with skull and scalp (8-bit, ~480 px) of MNI152 and their exact brain masks
+    (subjects the network never saw: its training slices are drawn with other seeds)."""
+    from cdiff_cli.synthetic.brainmask import nova_like_slices
+
+    return nova_like_slices(["mni152"], 2, seed=4242)
+
+
+@pytest.fixture(scope="module")
+def tiny(module_tmp: Callable[[str], Path]) -> Any:
+    from cdiff_cli import load_model
+
+    run = make_model_folder(module_tmp("brain") / "run", tiny_recipe_dict())
+    return load_model(run, device="cpu")
+
+
+def test_bundled_weights_are_small_safetensors() -> None:
+    from cdiff_cli.infer.brain import WEIGHTS
+    from cdiff_cli.models.brainmask import load_brain_net
+
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 3_000_000
+    net, meta = load_brain_net(WEIGHTS)
+    assert meta["format"] == "cdiff-brainmask-v1" and not net.training
+
+
+def test_network_mask_matches_the_exact_brain_of_a_slice_with_skull(slices: list) -> None:
+    from cdiff_cli.data.images2d import foreground_mask
+    from cdiff_cli.eval.brain_mask import dice
+    from cdiff_cli.infer.brain import brain_mask
+
+    for img, truth, _ in slices:
+        mask = brain_mask(img)
+        assert mask.shape == img.shape
+        assert dice(mask, truth) > 0.93
+        assert dice(foreground_mask(img)[0], truth) < dice(mask, truth)  # the head is not the brain
+
+
+def test_detector_tells_skull_from_skull_stripped(slices: list) -> None:
+    from cdiff_cli.infer.brain import needs_brain_mask
+
+    for img, truth, _ in slices:
+        assert needs_brain_mask(img)
+        assert not needs_brain_mask(np.where(truth, img, 0.0))  # the same slice, skull-stripped
+
+
+def test_brain_mask_off_is_the_previous_path_and_auto_restricts_to_the_brain(tiny: Any, slices: list) -> None:
+    from cdiff_cli.data.images2d import to_model_input
+    from cdiff_cli.infer.reconstruct import image_maps
+
+    img, truth, _ = slices[0]
+    off = tiny.anomaly_map(img, brain_mask="off")
+    x, _ = to_model_input(img, tiny.image_hw, percentiles=tiny.recipe.data.percentiles)
+    assert np.array_equal(off.grid.image[0], x)  # the intensity-based foreground, as before
+    same = image_maps(off.grid.image, off.grid.recon, tiny.recipe.localize.median_size)
+    assert np.array_equal(off.grid.anomaly, same.anomaly)
+    assert off.brain_mask is None and off.grid.brain is None
+    auto = tiny.anomaly_map(img)  # the recipe's default: auto
+    assert auto.brain_mask is not None and auto.grid.brain is not None
+    assert not auto.grid.image[0][~auto.grid.brain[0]].any()  # the input is the brain only
+    assert not auto.grid.anomaly[0][~auto.grid.brain[0]].any() and not auto.anomaly[~auto.brain_mask].any()
+    assert np.array_equal(tiny.anomaly_map(img, brain_mask="on").grid.anomaly, auto.grid.anomaly)
+    stripped = np.where(truth, img, 0.0)  # a skull-stripped image: auto changes nothing
+    assert np.array_equal(tiny.anomaly_map(stripped).grid.anomaly, tiny.anomaly_map(stripped, brain_mask="off")
+                          .grid.anomaly)
+
+
+def test_bad_brain_mask_value_is_one_line(tiny: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pydantic import ValidationError
+
+    from cdiff_cli.config.sections import InferConfig
+    from cdiff_cli.errors import CdiffError
+
+    with pytest.raises(CdiffError, match="brain_mask 'yes': expected one of auto, on, off"):
+        tiny.anomaly_map(np.zeros((20, 20), np.float32), brain_mask="yes")
+    with pytest.raises(ValidationError):
+        InferConfig(brain_mask="always")
+    Image.fromarray(np.full((20, 20), 99, np.uint8)).save(tmp_path / "a.png")
+    for command in ("localize", "reconstruct"):
+        code, err = run_cli([command, str(tmp_path / "a.png") if command == "reconstruct" else str(tmp_path),
+                             "--brain-mask", "maybe", "--out", str(tmp_path / command), "--device", "cpu"], capsys)
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert code != 0 and len(lines) == 1, err
+        assert "--brain-mask 'maybe'" in lines[0] and "auto, on, off" in lines[0]
+
+
+def test_localize_and_reconstruct_record_the_brain_mask(tiny: Any, slices: list, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(slices[0][0].astype(np.uint8)).save(folder / "skull.png")
+    model = str(tiny.loaded.folder.parent)
+    boxes = {}
+    for mode in ("off", "auto"):
+        out = tmp_path / f"loc-{mode}"
+        code, err = run_cli(["localize", str(folder), "--model", model, "--out", str(out), "--threshold", "0.01",
+                             "--device", "cpu", "--brain-mask", mode, "--no-pictures"], capsys)
+        assert code == 0, err
+        loc = json.loads((out / "localize.json").read_text())
+        assert loc["brain_mask"] == mode and loc["n_brain_masked"] == (mode == "auto")
+        boxes[mode] = json.loads((out / "boxes.json").read_text())["annotations"]
+    api = tiny.boxes(folder / "skull.png", threshold=0.01, brain_mask="auto")
+    assert [a["bbox"] for a in boxes["auto"]] == [list(b.xywh()) for b in api]
+    brain = tiny.anomaly_map(folder / "skull.png").brain_mask
+    for a in boxes["auto"]:  # every box lies on the brain
+        x, y, w, h = a["bbox"]
+        assert brain[y:y + h, x:x + w].any()
+    code, err = run_cli(["reconstruct", str(folder / "skull.png"), "--model", model, "--out", str(tmp_path / "rec"),
+                         "--device", "cpu"], capsys)
+    assert code == 0, err
+    [row] = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())["written"]
+    assert row["brain_masked"] is True
