@@ -474,7 +474,8 @@ def test_localize_reads_the_recipe_and_flags_override_it(models: dict[str, Path]
         per_image = [sum(1 for a in boxes["annotations"] if a["image_id"] == im["id"]) for im in boxes["images"]]
         assert max(per_image) <= docs[tag]["settings"]["top_k"]
     r, p, f = docs["recipe"], docs["paper"], docs["flag"]
-    assert r["settings"] == {"threshold": 0.05, "top_k": 2, "median_size": 3, "score": "max", "t2_filter": False}
+    assert r["settings"] == {"threshold": 0.05, "top_k": 2, "median_size": 3, "score": "max", "t2_filter": False,
+                             "gate": "volume"}
     assert r["threshold"] == 0.05 and r["settings_from"]["top_k"] == f"recipe {recipe}"
     assert (p["threshold"], p["settings"]["top_k"], p["settings"]["median_size"], p["settings"]["t2_filter"]) == \
         (0.5, 5, 5, True)
