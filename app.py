@@ -122,22 +122,23 @@ def _panels(a: Analysis, index: int | None, threshold: float | None, calibrated:
 
 @_guard
 def analyze(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
-            all_candidates: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
-    """Reconstruct the upload and show its most anomalous slice."""
-    a = SESSION.analyze(file, timesteps, progress=lambda frac, desc: progress(frac, desc=desc))
+            all_candidates: bool = False, skull: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
+    """Reconstruct the upload and show its most anomalous slice (``skull``: outline the brain first)."""
+    mode = "on" if skull else "off"
+    a = SESSION.analyze(file, timesteps, progress=lambda frac, desc: progress(frac, desc=desc), brain_mask=mode)
     panels = _panels(a, None, threshold, calibrated, top_k, all_candidates)
     slider = gr.update(minimum=0, maximum=max(a.depth - 1, 1), value=a.default_slice, visible=a.kind == "volume",
                        label=f"Axial slice (0 to {a.depth - 1}; opens on the most anomalous)")
     download = gr.update(value=str(a.download) if a.download else None, visible=a.download is not None)
-    state = {"file": file, "timesteps": timesteps}
+    state = {"file": file, "timesteps": timesteps, "brain_mask": mode}
     return (*panels[:4], slider, panels[4], panels[5], download, state)
 
 
 def on_upload(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
-              all_candidates: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
+              all_candidates: bool = False, skull: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
     if not file:  # the upload was cleared
         return None, None, None, None, gr.update(visible=False), "", "", gr.update(visible=False, value=None), None
-    return analyze(file, timesteps, threshold, calibrated, top_k, all_candidates, progress)
+    return analyze(file, timesteps, threshold, calibrated, top_k, all_candidates, skull, progress)
 
 
 @_guard
@@ -146,7 +147,7 @@ def show_slice(state: dict | None, index: float, threshold: float | None, calibr
     """Re-render from the cached maps: moving the slider never reruns the model."""
     if not state:
         raise gr.Error("analyse a file first", title="Nothing to show")
-    a = SESSION.analyze(state["file"], state["timesteps"])  # a cache hit unless evicted
+    a = SESSION.analyze(state["file"], state["timesteps"], brain_mask=state.get("brain_mask"))  # a cache hit
     return _panels(a, index, threshold, calibrated, top_k, all_candidates)
 
 
@@ -193,6 +194,9 @@ def build_demo() -> gr.Blocks:
                     gr.Examples(examples=[[p] for p in examples], inputs=[upload],
                                 label="Examples (synthetic: a slice and a volume with a bright lesion)",
                                 example_labels=[example_label(Path(p)) for p in examples])
+                skull = gr.Checkbox(value=False, label="The slice shows skull and scalp: outline the brain first",
+                                    info="a small bundled network finds the brain; leave it off for skull-stripped "
+                                         "slices and volumes", elem_id="skull")
                 strength = gr.Radio([MODEL_DEFAULT, *STRENGTHS], value=MODEL_DEFAULT, label="Reconstruction strength",
                                     info="How much of the image the model rebuilds from noise before comparing.")
                 with gr.Accordion("Boxes and advanced settings", open=False):
@@ -227,7 +231,7 @@ def build_demo() -> gr.Blocks:
                                          interactive=False, max_height=520)
         state = gr.State(None)
 
-        settings = [timesteps, threshold, calibrated, top_k, all_candidates]
+        settings = [timesteps, threshold, calibrated, top_k, all_candidates, skull]
         outputs = [image_in, image_rec, image_ov, compare, slice_slider, verdict, details, download, state]
         view = [state, slice_slider, threshold, calibrated, top_k, all_candidates]
         view_out = [image_in, image_rec, image_ov, compare, verdict, details]

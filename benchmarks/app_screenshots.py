@@ -107,8 +107,8 @@ def shoot(driver: Any, url: str, upload: Path, target: Path, wait_s: float = 600
     wait = WebDriverWait(driver, wait_s)
     field = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))[0]
     field.send_keys(str(upload))
-    wait.until(lambda d: any(w in d.find_element(By.ID, "verdict").text
-                             for w in ("No anomaly found", "Anomalous", "No verdict")))
+    wait.until(lambda d: any(w in d.find_element(By.ID, "verdict").text.lower()
+                             for w in ("no anomaly found", "anomalous", "no verdict")))
     img = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay-image img"))[0]
     wait.until(lambda d: int(img.get_attribute("naturalWidth") or 0) > 0)
     time.sleep(1.0)  # let the images paint

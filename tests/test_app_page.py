@@ -130,3 +130,15 @@ def test_a_volumes_map_downloads_on_its_own_grid(tmp_path: Path) -> None:
     np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
     assert "model grid" in a.pixels
     assert np.isfinite(np.asarray(out.dataobj)).all()
+
+
+def test_the_skull_box_outlines_the_brain_and_is_off_by_default(tmp_path: Path) -> None:
+    """The app's 'skull and scalp' checkbox runs brain extraction (a separate cached analysis); by
+    default a slice is read as skull-stripped, as the recipe's infer.brain_mask (off) says."""
+    sess = _session(tmp_path, healthy=None)
+    png = _png(tmp_path)
+    plain = sess.analyze(png, "250")
+    outlined = sess.analyze(png, "250", brain_mask="on")
+    assert outlined is not plain and sess.analyze(png, "250") is plain
+    assert sess.model.recipe.infer.brain_mask == "off"
+    assert not outlined.anomaly[0][~outlined.mask[0]].any()  # maps only inside the outlined brain

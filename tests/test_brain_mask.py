@@ -73,14 +73,15 @@ def test_brain_mask_off_is_the_previous_path_and_auto_restricts_to_the_brain(tin
     same = image_maps(off.grid.image, off.grid.recon, tiny.recipe.localize.median_size)
     assert np.array_equal(off.grid.anomaly, same.anomaly)
     assert off.brain_mask is None and off.grid.brain is None
-    auto = tiny.anomaly_map(img)  # the recipe's default: auto
+    assert np.array_equal(tiny.anomaly_map(img).grid.anomaly, off.grid.anomaly)  # the recipe's default: off
+    auto = tiny.anomaly_map(img, brain_mask="auto")
     assert auto.brain_mask is not None and auto.grid.brain is not None
     assert not auto.grid.image[0][~auto.grid.brain[0]].any()  # the input is the brain only
     assert not auto.grid.anomaly[0][~auto.grid.brain[0]].any() and not auto.anomaly[~auto.brain_mask].any()
     assert np.array_equal(tiny.anomaly_map(img, brain_mask="on").grid.anomaly, auto.grid.anomaly)
     stripped = np.where(truth, img, 0.0)  # a skull-stripped image: auto changes nothing
-    assert np.array_equal(tiny.anomaly_map(stripped).grid.anomaly, tiny.anomaly_map(stripped, brain_mask="off")
-                          .grid.anomaly)
+    assert np.array_equal(tiny.anomaly_map(stripped, brain_mask="auto").grid.anomaly,
+                          tiny.anomaly_map(stripped, brain_mask="off").grid.anomaly)
 
 
 def test_bad_brain_mask_value_is_one_line(tiny: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,12 +120,14 @@ def test_localize_and_reconstruct_record_the_brain_mask(tiny: Any, slices: list,
         boxes[mode] = json.loads((out / "boxes.json").read_text())["annotations"]
     api = tiny.boxes(folder / "skull.png", threshold=0.01, brain_mask="auto")
     assert [a["bbox"] for a in boxes["auto"]] == [list(b.xywh()) for b in api]
-    brain = tiny.anomaly_map(folder / "skull.png").brain_mask
+    brain = tiny.anomaly_map(folder / "skull.png", brain_mask="auto").brain_mask
     for a in boxes["auto"]:  # every box lies on the brain
         x, y, w, h = a["bbox"]
         assert brain[y:y + h, x:x + w].any()
-    code, err = run_cli(["reconstruct", str(folder / "skull.png"), "--model", model, "--out", str(tmp_path / "rec"),
-                         "--device", "cpu"], capsys)
-    assert code == 0, err
-    [row] = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())["written"]
-    assert row["brain_masked"] is True
+    for mode, masked in (("on", True), (None, False)):  # the default is off
+        rec = tmp_path / f"rec-{mode}"
+        code, err = run_cli(["reconstruct", str(folder / "skull.png"), "--model", model, "--out", str(rec),
+                             "--device", "cpu", *(["--brain-mask", mode] if mode else [])], capsys)
+        assert code == 0, err
+        [row] = json.loads((rec / "reconstruct.json").read_text())["written"]
+        assert row["brain_masked"] is masked

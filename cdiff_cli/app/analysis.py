@@ -117,9 +117,13 @@ def _evidence(v: Verdict) -> str:
     return f"score {v.score:.3g}; {100 * v.p_value:.3g} % of {v.n_healthy} healthy calibration scores are as high"
 
 
-def analyze_image(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
-    """A 2-D slice (or, for a model of photographs, a photograph) on its own pixels."""
+def analyze_image(model: Model, path: Path, steps: tuple[int, ...], report: Progress,
+                  brain_mask: str | None = None) -> Analysis:
+    """A 2-D slice (or, for a model of photographs, a photograph) on its own pixels; ``brain_mask``: the
+    brain extraction mode for a slice with skull (default: the model's ``infer.brain_mask``)."""
     report(0.15, "reading the image")
+    if model.domain.name == "volumes":
+        return _analyze_slice(model, path, steps, report, brain_mask)
     return IMAGE_ANALYSES[model.domain.name](model, path, steps, report)
 
 
@@ -135,7 +139,8 @@ def _analyze_photograph(model: Model, path: Path, steps: tuple[int, ...], report
     return done
 
 
-def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Progress) -> Analysis:
+def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Progress,
+                   brain_mask: str | None = None) -> Analysis:
     """A brain slice, as `cdiff localize` reads it."""
     from cdiff_cli.data.images2d import foreground_mask, is_lossy, load_image_2d
 
@@ -145,7 +150,7 @@ def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Pro
         pixels = (f"Coordinates are pixels of your image shrunk from {img.shape[1]}x{img.shape[0]} to "
                   f"{DISPLAY_MAX_SIDE} px on its longer side.")
         img = _shrink(img, DISPLAY_MAX_SIDE)
-    inp = model.read(img, kind="image")  # as `cdiff localize`
+    inp = model.read(img, kind="image", brain_mask=brain_mask)  # as `cdiff localize`
     report(0.35, f"reconstructing ({len(steps)} noise level(s))")
     result = model.maps(inp, model.reconstruct_slices(inp.slices, timesteps=steps, indices=inp.noise_indices))
     report(0.9, "post-processing")

@@ -135,7 +135,7 @@ class Session:
         self.device_spec = device
         self._model: Model | None = None
         self._lock = threading.Lock()  # one inference at a time; the cache is guarded too
-        self._cache: OrderedDict[tuple[str, tuple[int, ...]], Analysis] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, tuple[int, ...], str], Analysis] = OrderedDict()
         self._download_dir: Path | None = None
 
     @property
@@ -179,8 +179,9 @@ class Session:
         return float(value), kind
 
     def analyze(self, path: str | os.PathLike[str] | None, timesteps: str | None = None,
-                progress: Progress | None = None) -> Analysis:
-        """Maps of an uploaded file, from the cache when the same content was seen."""
+                progress: Progress | None = None, brain_mask: str | None = None) -> Analysis:
+        """Maps of an uploaded file, from the cache when the same content was seen; ``brain_mask``: brain
+        extraction of a 2-D slice with skull (``on``/``off``/``auto``; default the model's recipe)."""
         report = progress or (lambda frac, desc: None)
         p = check_upload(path)
         kind = _kind_of(p)
@@ -188,7 +189,8 @@ class Session:
             report(0.05, "loading the model")
             model = self._load()
             steps = parse_timesteps(timesteps, model.recipe.diffusion.timesteps) or tuple(model.recipe.infer.timesteps)
-            key = (_digest(p), steps)
+            mode = brain_mask or model.recipe.infer.brain_mask
+            key = (_digest(p), steps, mode)
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
@@ -201,7 +203,7 @@ class Session:
                 elif kind == "volume":
                     result = analyze_volume(model, p, steps, report)
                 else:
-                    result = analyze_image(model, p, steps, report)
+                    result = analyze_image(model, p, steps, report, mode)
             except DataError as e:  # name the upload, not the server's temporary path
                 raise DataError(str(e).replace(str(p), p.name)) from None
             if result.export is not None:  # a volume's map on its own grid, for download
