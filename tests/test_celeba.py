@@ -407,7 +407,8 @@ def test_app_session_shows_rgb(celeba_run: dict[str, Path]) -> None:
     a = session.analyze(str(celeba_run["fixture"] / "img_align_celeba" / "000002.jpg"))
     assert a.image.shape == (1, 218, 178, 3) and a.recon.shape == a.image.shape and a.anomaly.shape == (1, 218, 178)
     r = session.render(a, 0, 0.05, 3)
-    assert r.image.shape[2] == 3 and r.image.shape == r.recon.shape == r.overlay.shape
+    assert r.image.shape[2] == 3 and r.image.shape == r.recon.shape
+    assert r.overlay.shape[0] == r.image.shape[0] and r.overlay.shape[1] > r.image.shape[1]  # + its colour bar
     assert np.abs(r.image[..., 0].astype(int) - r.image[..., 2]).max() > 30  # the colours are kept
     examples = example_files(session.model, cache_dir=celeba_run["root"] / "examples")
     assert [p.name for p in examples] == ["face_no_glasses.jpg", "face_glasses.jpg"]
