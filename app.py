@@ -68,6 +68,14 @@ STRENGTHS = {  # plain-language reconstruction strengths -> noise levels t (one 
 MODEL_DEFAULT = "The model's default (recommended)"
 
 
+def _judged_healthy(a: Analysis, index: int) -> bool:
+    """Whether the verdict that gates this slice's boxes (the session's gate) found no anomaly."""
+    if a.verdict is None or a.verdict.anomalous is None:
+        return False  # no verdict, or not calibrated: boxes are never withheld
+    v = a.verdict_of(index, SESSION.model.recipe.localize.gate)
+    return v is None or v.anomalous is False
+
+
 def _details(a: Analysis, r: Rendered, index: int, threshold: float, kind: str, all_candidates: bool) -> str:
     """Everything below the verdict: scores, boxes and where their coordinates are, timing."""
     where = "brain" if a.kind == "volume" else "foreground"
@@ -86,10 +94,8 @@ def _details(a: Analysis, r: Rendered, index: int, threshold: float, kind: str, 
                            + (f" (p = {b.p_value:.3g})" if b.p_value is not None else "")
                            for i, b in enumerate(r.boxes, start=1))
         lines.append(f"**{len(r.boxes)} box(es)** at threshold {threshold:.4f} ({kind}): {listed}. {a.pixels}")
-    elif a.verdict_of(index) is not None and a.verdict_of(index).anomalous is False and not all_candidates:
+    elif not all_candidates and _judged_healthy(a, index):
         lines.append("No box: the verdict found no anomaly here (tick *show every candidate region* to see them).")
-    elif a.kind == "volume" and a.verdict is not None and a.verdict.anomalous is False and not all_candidates:
-        lines.append("No box: the volume's verdict found no anomaly.")
     else:
         lines.append(f"No region reaches the threshold {threshold:.4f} ({kind}) on this slice.")
     return "\n\n".join(lines)

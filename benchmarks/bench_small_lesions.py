@@ -49,7 +49,7 @@ from cdiff_cli.eval.verdict_calibration import HealthyVolume, fit_scoring  # noq
 from cdiff_cli.fileio import read_json, write_text  # noqa: E402
 from cdiff_cli.infer.postprocess import boxes_from_map, calibrate_healthy, reference_erosion_iterations  # noqa: E402
 from cdiff_cli.infer.scores import unit_scores  # noqa: E402
-from cdiff_cli.infer.verdict import Scoring, select_boxes  # noqa: E402
+from cdiff_cli.infer.verdict import Scoring, gated, select_boxes  # noqa: E402
 
 MEDIANS = (5, 3, 1)
 SIZE_BINS = ((1, 9), (10, 29), (30, 99), (100, 10**9))
@@ -90,11 +90,10 @@ def follow(vol: dict, hv: HealthyVolume, scoring: Scoring, thr: float, top_k: in
     lesions, healthy_slices, lesion_slices = [], 0, 0
     counts = {"healthy_boxed": 0, "lesion_slices_hit": 0, "healthy_boxed_per_slice": 0,
               "lesion_slices_hit_per_slice": 0}
-    raw = np.abs(hv.image - vol["recon"]) * hv.mask
+    raw = hv.residual * hv.mask
     for z in np.flatnonzero(hv.mask.any(axis=(1, 2))):
         slice_verdict = scoring.verdict(per[z], "slice")
-        boxed = select_boxes(hv.anomaly[z], thr, top_k, "max", scoring,
-                             slice_verdict if volume_verdict.anomalous else None)
+        boxed = select_boxes(hv.anomaly[z], thr, top_k, "max", scoring, gated(volume_verdict, slice_verdict))
         per_slice = select_boxes(hv.anomaly[z], thr, top_k, "max", scoring, slice_verdict)
         seg = None if vol["seg"] is None else vol["seg"][z]
         if seg is None or not seg.any():

@@ -356,7 +356,7 @@ class Model:
         volume; ``"slice"`` gates each slice by its own verdict (more small lesions, more false alarms).
         """
         from cdiff_cli.infer.options import count_of
-        from cdiff_cli.infer.verdict import select_boxes
+        from cdiff_cli.infer.verdict import gated, select_boxes
 
         thr = self.resolve_threshold(threshold)
         k = self.recipe.localize.top_k if top_k is None else count_of("top_k", top_k)
@@ -382,8 +382,7 @@ class Model:
             return per[0] if result._source.single else per
         volume = result.verdict
         verdicts = result.slice_verdicts
-        open_gate = gate == "slice" or volume.anomalous is not False
-        found = [SliceBoxes(z, find(g.anomaly[z], verdicts[z] if open_gate else None))
+        found = [SliceBoxes(z, find(g.anomaly[z], gated(volume, verdicts[z], gate)))
                  for z in range(len(g.anomaly)) if g.mask[z].any()]
         return [s for s in found if s.boxes]
 

@@ -75,12 +75,13 @@ class Analysis:
         """The verdict that decides whether slice ``index`` gets boxes (as ``Model.boxes``): an image's
         own; a volume's slice verdict when the volume is anomalous (or ``gate`` is ``slice``), else None
         (no boxes)."""
+        from cdiff_cli.infer.verdict import gated
+
         if self.kind == "image":
             return self.verdict
         if self.verdict is None or self.slice_verdicts is None:
             return None
-        open_gate = gate == "slice" or self.verdict.anomalous is not False
-        return self.slice_verdicts[index] if open_gate else None
+        return gated(self.verdict, self.slice_verdicts[index], gate)
 
     @property
     def depth(self) -> int:

@@ -103,11 +103,11 @@ def _check_options(timesteps: str | None = None, batch_size: int | None = None, 
               (seed, "--seed", seed_of), (noise_passes, "--noise-passes", count), (top_k, "--top-k", count),
               (threshold, "--threshold", threshold_of), (threads, "--threads", count),
               (brain_mask, "--brain-mask", brain_mask_of)]
-    parsed = [None if value is None else _checked(flag, value, check) for value, flag, check in checks]
+    parsed = {flag: None if value is None else _checked(flag, value, check) for value, flag, check in checks}
     from cdiff_cli.infer.threads import set_threads
 
-    set_threads(parsed[6])  # --threads
-    return parsed[0]
+    set_threads(parsed["--threads"])
+    return parsed["--timesteps"]
 
 
 def _checked(flag: str, value: Any, check: Callable[[Any], Any]) -> Any:

@@ -110,6 +110,14 @@ class Scoring:
         return None if h is None or not h.size else p_value(box_score, h)
 
 
+def gated(volume: Verdict | None, slice_verdict: Verdict | None, gate: str = "volume") -> Verdict | None:
+    """The verdict that decides whether a slice of a volume gets boxes (:func:`select_boxes`): the slice's
+    own when the volume is anomalous or not calibrated, or when ``gate`` is ``slice``; else None (no box)."""
+    if gate == "slice" or volume is None or volume.anomalous is not False:
+        return slice_verdict
+    return None
+
+
 def uncalibrated(score: float, unit: Unit, level: float = DEFAULT_LEVEL) -> Verdict:
     """The verdict of a model without stored healthy statistics."""
     return Verdict(score, None, level, None, unit)
