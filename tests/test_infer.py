@@ -351,6 +351,8 @@ def test_evaluate_stores_the_verdicts_healthy_statistics(evaluated: dict[str, An
     doc = json.loads((folder / "verdict.json").read_text())
     assert doc["n_volumes"] >= 2 and doc["level"] == pytest.approx(0.05) and doc["cross_fitted"]
     assert len(doc["healthy"]["volume"]) == doc["n_volumes"] and doc["healthy"]["slice"]
+    # each brain slice is also read as an upload of it is (enlarged, 8-bit, read back): twice the image scores
+    assert doc["n_upload_slices"] == doc["n_slices"] and len(doc["healthy"]["image"]) == 2 * doc["n_slices"]
     scoring = load_scoring(folder)
     assert scoring is not None and set(scoring.norm) == {"volume", "image"}
     metrics = json.loads((evaluated["exact"] / "metrics.json").read_text())["per_fold"][0]["verdict"]

@@ -38,6 +38,40 @@ def _healthy_volumes(n: int = 4) -> list[Any]:
     return vols
 
 
+def test_upload_like_slices_are_seeded_and_close_to_the_slice() -> None:
+    """A slice read back as an upload of it (enlarged, 8-bit, letterboxed, percentile-rescaled) keeps the
+    grid and the anatomy and changes a little everywhere; the same generator gives the same uploads."""
+    from cdiff_cli.data.images2d import to_model_input
+    from cdiff_cli.eval.verdict_calibration import upload_like
+
+    raw, mask = _phantom(5, hw=40)
+    img = np.stack([to_model_input(s, s.shape, mask=m)[0] for s, m in zip(raw, mask)])  # as prepared
+    a = upload_like(img, np.random.default_rng(3))
+    assert a.shape == img.shape and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a, upload_like(img, np.random.default_rng(3)))
+    diff = np.abs(a - img)[mask]
+    assert 0 < diff.mean() < 0.1 and np.corrcoef(a[mask], img[mask])[0, 1] > 0.8
+    from scipy import ndimage
+
+    near = np.stack([ndimage.binary_dilation(m, iterations=2) for m in mask])
+    assert not (a[~near] > 0.05).any()  # the air stays dark (the edge blurs by a pixel or two)
+
+
+def test_image_statistics_hold_the_uploads_too() -> None:
+    from cdiff_cli.eval.verdict_calibration import fit_scoring
+
+    plain = fit_scoring(_healthy_volumes(), threshold=0.03, median_size=3, erosion=1)
+    vols = _healthy_volumes()
+    for i, v in enumerate(vols):
+        v.upload_image = v.image[:3].copy()
+        v.upload_residual = 1.5 * v.residual[:3] + 0.001 * i  # an upload's residual: a little higher
+    both = fit_scoring(vols, threshold=0.03, median_size=3, erosion=1)
+    assert plain["n_upload_slices"] == 0 and both["n_upload_slices"] == 12
+    assert len(both["healthy"]["image"]) == len(plain["healthy"]["image"]) + 12
+    assert both["healthy"]["volume"] == plain["healthy"]["volume"]  # volumes are scored as before
+    assert np.median(both["healthy"]["image"]) != np.median(plain["healthy"]["image"])
+
+
 @pytest.fixture(scope="module")
 def scoring() -> Any:
     from cdiff_cli.eval.verdict_calibration import fit_scoring

@@ -29,9 +29,13 @@ from cdiff_cli.eval import metrics as M
 from cdiff_cli.eval.contrastive_protocol import evaluate_contrastive
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
-from cdiff_cli.eval.verdict_calibration import HealthyVolume, fit_scoring, verdict_metrics, verdict_table
+from cdiff_cli.eval.verdict_calibration import (HealthyVolume, fit_scoring, upload_like, verdict_metrics,
+                                                verdict_table)
 from cdiff_cli.infer.postprocess import (calibrate_healthy, median_filter_2d, reference_erosion_iterations,
                                          remove_small_components)
+
+
+UPLOAD_SEED = 2323  # the healthy validation slices' upload-like copies (eval/verdict_calibration.upload_like)
 
 
 class MapFn(Protocol):
@@ -246,7 +250,12 @@ def healthy_val_volumes(maps_fn: MapFn, store: PreparedStore, subjects: list[str
         if getattr(r, "grid", None) is None:
             bar.remove_task(task)
             return None
-        out.append(HealthyVolume(image=r.grid.image, anomaly=r.grid.anomaly, mask=mask, residual=r.grid.residual))
+        brain = mask.reshape(len(mask), -1).any(1)
+        uploads = upload_like(r.grid.image[brain], np.random.default_rng([UPLOAD_SEED, v]),
+                              tuple(store.doc.get("config", {}).get("percentiles", (1.0, 99.0))))
+        u = maps_fn(uploads, None, ecfg.median_size, ecfg.erosion_iterations)  # read as `cdiff localize` reads images
+        out.append(HealthyVolume(image=r.grid.image, anomaly=r.grid.anomaly, mask=mask, residual=r.grid.residual,
+                                 upload_image=u.grid.image, upload_residual=u.grid.residual))
         bar.advance(task)
     return out
 

@@ -8,6 +8,13 @@ post-processing; ``image``: the 2-D median a single slice gets), the healthy sco
 Statistics are fitted on one half of the volumes and the healthy scores taken on the other
 half and the reverse (two-fold cross-fitting), so that the p-values of new healthy inputs are
 not optimistic. :func:`verdict_rates` scores test sets at the stored level.
+
+A 2-D upload is rarely a slice at the model grid's own size: it is an exported picture, enlarged
+by a viewer and saved in 8 bits, then read back onto the grid (letterbox, percentile rescale), and
+that round trip alone changes the residual a little everywhere. So the ``image`` statistics also
+hold each brain slice as such an upload (:func:`upload_like`: enlarged 1.5-4x, bilinear or bicubic,
+8-bit, read back as ``cdiff localize`` reads an image) and reconstructed as one; the healthy image
+scores are those of both forms, and the stored level holds for both.
 """
 
 from __future__ import annotations
@@ -25,20 +32,48 @@ from cdiff_cli.infer.verdict import DEFAULT_LEVEL, Scoring, p_value
 @dataclass
 class HealthyVolume:
     """One healthy validation volume on the model grid: its input, its 3-D post-processed map, its
-    brain mask and raw residual (for the 2-D maps single slices get)."""
+    brain mask and raw residual (for the 2-D maps single slices get); and, when made, its brain slices
+    read as uploads (:func:`upload_like`) with their own residual."""
 
     image: np.ndarray  # (D, H, W)
     anomaly: np.ndarray  # (D, H, W) volume post-processing
     mask: np.ndarray  # (D, H, W) brain
     residual: np.ndarray  # (D, H, W) |x - x_hat|
+    upload_image: np.ndarray | None = None  # (B, H, W) the brain slices as uploads, on the model grid
+    upload_residual: np.ndarray | None = None  # (B, H, W) their residual
+
+
+def upload_like(slices: np.ndarray, rng: np.random.Generator, percentiles: tuple[float, float] = (1.0, 99.0)
+                ) -> np.ndarray:
+    """(B, H, W) prepared slices in [0, 1] -> each as an upload of it is read back onto the same grid:
+    enlarged by a factor drawn from 1.5-4 (bilinear or bicubic, as image viewers export), rounded to 8
+    bits, then letterboxed and percentile-rescaled exactly as ``cdiff localize`` reads an image."""
+    from PIL import Image
+
+    from cdiff_cli.data.images2d import to_model_input
+
+    out = []
+    for s in np.asarray(slices, np.float32):
+        h, w = s.shape
+        k = rng.uniform(1.5, 4.0)
+        how = Image.Resampling.BICUBIC if rng.random() < 0.5 else Image.Resampling.BILINEAR
+        big = np.asarray(Image.fromarray(s, "F").resize((round(w * k), round(h * k)), how), np.float32)
+        png = np.round(np.clip(big, 0, 1) * 255).astype(np.float32)
+        out.append(to_model_input(png, (h, w), percentiles=tuple(percentiles))[0])
+    return np.stack(out).astype(np.float32)
 
 
 def _kinds(v: HealthyVolume, median_size: int, erosion: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(anomaly, image, region) of the volume's brain slices, for each map kind."""
+    """(anomaly, image, region) of the volume's brain slices, for each map kind (``image``: the slices
+    as they are and, when made, as uploads)."""
     brain = v.mask.reshape(len(v.mask), -1).any(1)
-    image_map = median_filter_2d(v.residual, median_size) if median_size > 1 else v.residual
+    images, residual = v.image[brain], v.residual[brain]
+    if v.upload_image is not None and v.upload_residual is not None:
+        images = np.concatenate([images, v.upload_image])
+        residual = np.concatenate([residual, v.upload_residual])
+    image_map = median_filter_2d(residual, median_size) if median_size > 1 else residual
     return {"volume": (v.anomaly, v.image, scoring_region(v.image, v.mask, erosion)),
-            "image": (image_map[brain], v.image[brain], scoring_region(v.image[brain], None, erosion))}
+            "image": (image_map, images, scoring_region(images, None, erosion))}
 
 
 def _fit(vols: list[HealthyVolume], kind: str, median_size: int, erosion: int) -> NormStats:
@@ -71,8 +106,10 @@ def fit_scoring(vols: list[HealthyVolume], *, threshold: float, median_size: int
                                 for b in boxes_from_map(a[z], threshold, None, 1, 4, "max")]
             boxes["image"] += [b.score for m in a2 for b in boxes_from_map(m, threshold, None, 1, 4, "max")]
     norm = {k: _fit(vols, k, median_size, erosion).to_dict() for k in ("volume", "image")}
+    uploads = sum(len(v.upload_image) for v in vols if v.upload_image is not None)
     return {"score": score, "level": level, "data": data, "n_volumes": len(vols),
-            "n_slices": len(healthy["slice"]), "median_size": median_size, "erosion": erosion,
+            "n_slices": len(healthy["slice"]), "n_upload_slices": uploads, "median_size": median_size,
+            "erosion": erosion,
             "box_threshold": threshold, "cross_fitted": True, "norm": norm,
             "healthy": {k: [round(x, 6) for x in v] for k, v in healthy.items()},
             "boxes": {k: [round(x, 6) for x in v] for k, v in boxes.items()}}
