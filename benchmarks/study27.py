@@ -16,7 +16,8 @@ Screening (3 seeds, at least 800 stage-2 steps), then the final comparison (5 se
     python benchmarks/study27.py benchmarks/study27_arms.yaml --seeds 3 --budget 800 --encoder-budget 250 \\
         --out benchmarks/results/study27-screen --runs runs/study27-screen
     python benchmarks/study27.py benchmarks/study27_arms.yaml --arms BEST,ddpm,cddpm --seeds 5 --budget 800 \\
-        --encoder-budget 250 --against ddpm,cddpm --out benchmarks/results/study27-final --runs runs/study27-final
+        --encoder-budget 250 --against ddpm,cddpm --out benchmarks/results/study27-final --runs runs/study27-final \\
+        --reuse benchmarks/results/study27-screen     # seeds 0-2 of each arm were trained in the screening
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise CdiffError(f"arm {unit.label} seed {unit.seed}: its recipe changed since {entry.get('result')} "
                              "was written; rename the arm (or delete its results and ledger entry)")
         path = out / "results" / f"{key}.json"
+        if entry.get("status") != "done" and (found := reused(args.reuse, key, fp, ledger["options"])) is not None:
+            result, source = found
+            write_json(path, result)
+            ledger["units"][key] = {"arm": unit.label, "seed": unit.seed, "status": "done", "fingerprint": fp,
+                                    "run_dir": source["run_dir"], "result": f"results/{key}.json",
+                                    "reused_from": source["from"]}
+            write_json(ledger_path, ledger)
+            entry = ledger["units"][key]
         if entry.get("status") == "done" and path.is_file():
             print(f"[{i}/{len(units)}] {key}: done earlier ({path})")
             results.append(json.loads(path.read_text(encoding="utf-8")))
@@ -116,6 +125,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if done:
         report(out, results, list(dict.fromkeys(u.label for u in units)), args, common)
     return {"units": len(units), "done": len(results), "trained": trained, "complete": done}
+
+
+def reused(dirs: list[Path], key: str, fp: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """A unit finished in another study's folder (``--reuse``) with the same recipe fingerprint, budgets,
+    common inference and invariance slices: its result and where it came from; None if there is none.
+    The same arm and seed with the same recipe train the same model, so it is not trained twice."""
+    for d in dirs:
+        ledger_path = d / "ledger.json"
+        if not ledger_path.is_file():
+            continue
+        other = json.loads(ledger_path.read_text(encoding="utf-8"))
+        entry = other.get("units", {}).get(key, {})
+        path = d / "results" / f"{key}.json"
+        if entry.get("status") == "done" and entry.get("fingerprint") == fp and other.get("options") == options \
+                and path.is_file():
+            return json.loads(path.read_text(encoding="utf-8")), {"from": str(d), "run_dir": entry["run_dir"]}
+    return None
 
 
 def report(out: Path, results: list[dict[str, Any]], arms: list[str], args: argparse.Namespace,
@@ -153,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--invariance-slices", type=int, default=64)
     ap.add_argument("--infer-slices", type=int, default=32, help="validation slices of the speed measurement")
     ap.add_argument("--resamples", type=int, default=10_000)
+    ap.add_argument("--reuse", type=Path, action="append", default=[],
+                    help="another study's folder: units done there with the same recipe and options are read "
+                         "from it instead of trained again (repeatable)")
     ap.add_argument("--max-units", type=int, default=None, help="stop after training this many units")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, required=True, help="ledger and results (small: commit them)")

@@ -52,6 +52,17 @@ def test_the_study_resumes_from_its_ledger_and_pairs_every_arm(tiny_prepared: Pa
     assert json.loads((out / "benchmark.json").read_text())["common_inference"]["timesteps"] == [250, 500, 750]
     for f in (out / "results").iterdir():  # small files only: results, no weights
         assert f.suffix == ".json" and f.stat().st_size < 100_000
+    # a later study reuses the units done here (same recipe and options), trains nothing, gives the same table
+    final = tmp_path / "final"
+    fargs = [a if a != str(out) else str(final) for a in args]
+    assert main([*fargs, "--reuse", str(out)]) == {"units": 4, "done": 4, "trained": 0, "complete": True}
+    reused = json.loads((final / "ledger.json").read_text())["units"]
+    assert {v["reused_from"] for v in reused.values()} == {str(out)}
+    assert json.loads((final / "study.json").read_text()) == doc
+    # other options (a larger budget) are other units: nothing is reused, so training is asked for
+    with pytest.raises(AssertionError, match="trained again"):
+        main([*[a if a != str(out) else str(tmp_path / "other") for a in args[:3]], "--budget", "2",
+              *[a if a != str(out) else str(tmp_path / "other") for a in args[5:]], "--reuse", str(out)])
 
 
 def test_a_changed_arm_and_a_todo_arm_are_refused(tiny_prepared: Path, tmp_path: Path) -> None:
