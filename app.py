@@ -23,7 +23,7 @@ from cdiff_cli.errors import CdiffError, first_line
 from cdiff_cli.app.analysis import Analysis, level_in_words
 from cdiff_cli.app.examples import example_files, example_label
 from cdiff_cli.app.render import Rendered
-from cdiff_cli.app.session import MAX_UPLOAD_BYTES, Session, default_model_spec
+from cdiff_cli.app.session import MAX_UPLOAD_BYTES, SKULL, Session, default_model_spec, skull_mode
 
 log = logging.getLogger("cdiff.app")
 HERE = Path(__file__).resolve().parent
@@ -78,9 +78,12 @@ def _judged_healthy(a: Analysis, index: int) -> bool:
 
 def _details(a: Analysis, r: Rendered, index: int, threshold: float, kind: str, all_candidates: bool) -> str:
     """Everything below the verdict: scores, boxes and where their coordinates are, timing."""
-    where = "brain" if a.kind == "volume" else "foreground"
+    where = "brain" if a.kind == "volume" or a.brain_outlined else "foreground"
     lines = [f"**{a.name}** · noise levels t = {','.join(map(str, a.timesteps))} · {a.seconds:.1f} s"]
     lines += [f"⚠️ {note}" for note in a.notes]
+    if a.brain_outlined:
+        lines.append("**Skull and scalp**: the brain was outlined by the bundled brain-mask network; the map, "
+                     "scores and boxes cover it only.")
     if a.kind == "volume":
         lines.append(f"**Volume anomaly score**: mean {r.total_scores['mean']:.4f} · max {r.total_scores['max']:.4f} "
                      f"(map inside the {where})")
@@ -128,9 +131,10 @@ def _panels(a: Analysis, index: int | None, threshold: float | None, calibrated:
 
 @_guard
 def analyze(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
-            all_candidates: bool = False, skull: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
-    """Reconstruct the upload and show its most anomalous slice (``skull``: outline the brain first)."""
-    mode = "on" if skull else "off"
+            all_candidates: bool = False, skull: str | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
+    """Reconstruct the upload and show its most anomalous slice (``skull``: one of :data:`SKULL`'s choices,
+    or its mode ``auto``/``on``/``off``; None: the model's ``infer.brain_mask``)."""
+    mode = skull_mode(skull)
     a = SESSION.analyze(file, timesteps, progress=lambda frac, desc: progress(frac, desc=desc), brain_mask=mode)
     panels = _panels(a, None, threshold, calibrated, top_k, all_candidates)
     slider = gr.update(minimum=0, maximum=max(a.depth - 1, 1), value=a.default_slice, visible=a.kind == "volume",
@@ -141,7 +145,7 @@ def analyze(file: str | None, timesteps: str, threshold: float | None, calibrate
 
 
 def on_upload(file: str | None, timesteps: str, threshold: float | None, calibrated: bool, top_k: float,
-              all_candidates: bool = False, skull: bool = False, progress: gr.Progress = gr.Progress()) -> tuple:
+              all_candidates: bool = False, skull: str | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
     if not file:  # the upload was cleared
         return None, None, None, None, gr.update(visible=False), "", "", gr.update(visible=False, value=None), None
     return analyze(file, timesteps, threshold, calibrated, top_k, all_candidates, skull, progress)
@@ -179,12 +183,14 @@ def build_demo() -> gr.Blocks:
         default_thr = float(model.threshold if model.threshold is not None else model.recipe.localize.threshold
                             if isinstance(model.recipe.localize.threshold, float) else 0.5)
         default_steps = ",".join(map(str, model.recipe.infer.timesteps))
+        skull_default = next(k for k, v in SKULL.items() if v == model.recipe.infer.brain_mask)
         scale_text = model.map_scale.describe()
         level = level_in_words(model.loaded.scoring.level) if model.loaded.scoring is not None else (
             "This model stores no healthy statistics: it gives no verdict, and every candidate region is boxed.")
         ready = True
     except CdiffError as e:
         model_text, examples, has_cal, default_thr, default_steps, ready = f"**{e}**", [], False, 0.5, "", False
+        skull_default = None
         scale_text = level = ""
 
     # uploads and results older than 2 h are deleted every hour (a public Space must not keep them)
@@ -200,9 +206,9 @@ def build_demo() -> gr.Blocks:
                     gr.Examples(examples=[[p] for p in examples], inputs=[upload],
                                 label="Examples (synthetic: a slice and a volume with a bright lesion)",
                                 example_labels=[example_label(Path(p)) for p in examples])
-                skull = gr.Checkbox(value=False, label="The slice shows skull and scalp: outline the brain first",
-                                    info="a small bundled network finds the brain; leave it off for skull-stripped "
-                                         "slices and volumes", elem_id="skull")
+                skull = gr.Radio(list(SKULL), value=skull_default, label="Skull and scalp (2-D slices)",
+                                 info="a small bundled network finds the brain; maps, scores and boxes then cover "
+                                      "it only (volumes must be skull-stripped)", elem_id="skull")
                 strength = gr.Radio([MODEL_DEFAULT, *STRENGTHS], value=MODEL_DEFAULT, label="Reconstruction strength",
                                     info="How much of the image the model rebuilds from noise before comparing.")
                 with gr.Accordion("Boxes and advanced settings", open=False):

@@ -132,13 +132,22 @@ def test_a_volumes_map_downloads_on_its_own_grid(tmp_path: Path) -> None:
     assert np.isfinite(np.asarray(out.dataobj)).all()
 
 
-def test_the_skull_box_outlines_the_brain_and_is_off_by_default(tmp_path: Path) -> None:
-    """The app's 'skull and scalp' checkbox runs brain extraction (a separate cached analysis); by
-    default a slice is read as skull-stripped, as the recipe's infer.brain_mask (off) says."""
+def test_the_skull_choice_outlines_the_brain_and_defaults_to_the_models_mode(tmp_path: Path) -> None:
+    """The app's 'skull and scalp' choice runs brain extraction (a separate cached analysis) and says so;
+    without a choice a slice is read as the recipe's infer.brain_mask says."""
+    from cdiff_cli.app.session import SKULL, skull_mode
+    from cdiff_cli.errors import DataError
+
+    assert [skull_mode(c) for c in SKULL] == ["auto", "on", "off"]
+    assert skull_mode(None) is None and skull_mode(True) == "on" and skull_mode("off") == "off"
+    with pytest.raises(DataError, match="not one of the choices"):
+        skull_mode("maybe")
     sess = _session(tmp_path, healthy=None)
     png = _png(tmp_path)
-    plain = sess.analyze(png, "250")
+    default = sess.analyze(png, "250")
+    mode = sess.model.recipe.infer.brain_mask
+    assert sess.analyze(png, "250", brain_mask=mode) is default  # the same analysis, cached
     outlined = sess.analyze(png, "250", brain_mask="on")
-    assert outlined is not plain and sess.analyze(png, "250") is plain
-    assert sess.model.recipe.infer.brain_mask == "off"
+    plain = sess.analyze(png, "250", brain_mask="off")
+    assert outlined is not plain and outlined.brain_outlined and not plain.brain_outlined
     assert not outlined.anomaly[0][~outlined.mask[0]].any()  # maps only inside the outlined brain

@@ -44,6 +44,7 @@ class Analysis:
     slice_verdicts: list[Verdict] | None = None  # a volume's, per slice
     notes: list[str] = field(default_factory=list)  # warnings about the input (a lossy format, ...)
     pixels: str = ""  # what the box coordinates are pixels of, in words
+    brain_outlined: bool = False  # a slice with skull: the brain-mask network's brain is what was mapped
     download: Path | None = None  # a volume's anomaly map on its own grid (NIfTI), once written
     export: Callable[[Path], None] | None = None  # writes that map (the session calls it once, then drops it)
 
@@ -164,7 +165,7 @@ def _analyze_slice(model: Model, path: Path, steps: tuple[int, ...], report: Pro
     fg = result.brain_mask if result.brain_mask is not None else foreground_mask(img)[0]
     anomaly = result.anomaly * fg
     done = _finish("image", path.name, shown[None], recon[None], anomaly[None], fg[None], steps)
-    done.verdict, done.pixels = verdict, pixels
+    done.verdict, done.pixels, done.brain_outlined = verdict, pixels, result.brain_mask is not None
     if is_lossy(path):
         done.notes.append(LOSSY_NOTE)
     return done

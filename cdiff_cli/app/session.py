@@ -127,6 +127,27 @@ def _digest(path: Path) -> str:
     return _DIGESTS[memo]
 
 
+SKULL = {  # brain extraction of a 2-D slice (infer/brain.py) in words -> the --brain-mask mode
+    "Detect skull and scalp, and outline the brain when found": "auto",
+    "The slice shows skull and scalp: outline the brain": "on",
+    "Skull-stripped: use the slice as it is": "off",
+}
+
+
+def skull_mode(choice: str | bool | None) -> str | None:
+    """A :data:`SKULL` choice (or its mode; a bool as the former checkbox: on/off) -> the mode; None: the
+    model's own."""
+    if choice is None or choice == "":
+        return None
+    if isinstance(choice, bool):
+        return "on" if choice else "off"
+    if choice in SKULL.values():
+        return choice
+    if choice not in SKULL:
+        raise DataError(f"skull: {choice!r} is not one of the choices ({'; '.join(SKULL)})")
+    return SKULL[choice]
+
+
 class Session:
     """One model for the app's lifetime, plus a small LRU cache of analyses."""
 
