@@ -12,7 +12,8 @@
    checked pixel for pixel against the PNG).
 
     python benchmarks/bench_brain_mask.py --nova demo/synthetic/NOVA --nova data/synthetic/NOVA \\
-        --out benchmarks/results/brain-mask
+        --prepared demo/prepared/reference/ixi --prepared demo/prepared/reference/brats \\
+        --prepared demo/prepared/reference/mslub --out benchmarks/results/brain-mask
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdiff_cli.eval.brain_mask import dice_table
-from cdiff_cli.infer.brain import SKULL_FRACTION, WEIGHTS, skull_fraction
+from cdiff_cli.eval.brain_mask import dice_table, prepared_slices
+from cdiff_cli.infer.brain import WEIGHTS, needs_brain_mask
 from cdiff_cli.synthetic import sources
 from cdiff_cli.synthetic.brainmask import HELD_OUT, nova_like_slices
 
@@ -96,8 +97,8 @@ def _kind(folder: Path, name: str) -> str:
 
 def detector_rates(items: list[tuple[np.ndarray, np.ndarray, str]]) -> dict:
     """Share of slices the detector calls 'with skull': as rendered (with skull) and skull-stripped."""
-    with_skull = [skull_fraction(img) > SKULL_FRACTION for img, _, _ in items]
-    stripped = [skull_fraction(np.where(truth, img, 0)) > SKULL_FRACTION for img, truth, _ in items]
+    with_skull = [needs_brain_mask(img) for img, _, _ in items]
+    stripped = [needs_brain_mask(np.where(truth, img, 0)) for img, truth, _ in items]
     return {"with_skull_detected": round(float(np.mean(with_skull)), 4),
             "stripped_detected": round(float(np.mean(stripped)), 4), "n": len(items)}
 
@@ -105,6 +106,8 @@ def detector_rates(items: list[tuple[np.ndarray, np.ndarray, str]]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nova", type=Path, action="append", default=[], help="a synthesized NOVA folder (repeatable)")
+    ap.add_argument("--prepared", type=Path, action="append", default=[],
+                    help="a prepared store of skull-stripped slices (repeatable)")
     ap.add_argument("--per-anatomy", type=int, default=30, help="unseen slices per held-out anatomy")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/brain-mask"))
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
@@ -116,6 +119,8 @@ def main() -> None:
     sets = {"unseen": nova_like_slices(unseen, args.per_anatomy), "seen": nova_like_slices(seen, max(1, args.per_anatomy // 3))}
     doc: dict = {"weights": str(args.weights), "dice": dice_table(args.weights, sets),
                  "detector": {k: detector_rates(v) for k, v in sets.items()}, "localize": {}}
+    stripped = {f"{store} x{k}": prepared_slices(store, enlarge=k) for store in args.prepared for k in (1, 3)}
+    doc["stripped"] = dice_table(args.weights, stripped) if stripped else {}
     print(json.dumps(doc["dice"], indent=1), json.dumps(doc["detector"]), flush=True)
     if args.nova:
         from cdiff_cli import load_model
@@ -142,6 +147,14 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {name} | {row['n']} | {net['mean']:.4f} ({net['median']:.4f}, {net['min']:.4f}) | "
                      f"{fg['mean']:.4f} ({fg['median']:.4f}, {fg['min']:.4f}) | "
                      f"{det['with_skull_detected']:.0%} / {det['stripped_detected']:.0%} |")
+    if doc.get("stripped"):
+        lines += ["", "Skull-stripped slices of prepared stores (model grid x1, and enlarged x3 as an upload):"
+                  " the detector should call none \"with skull\"; Dice against the store's brain mask:", "",
+                  "| store | slices | called \"with skull\" | network Dice mean (median, min) |", "|---|---:|---:|---|"]
+        for name, row in doc["stripped"].items():
+            net = row["network"]
+            lines.append(f"| {name} | {row['n']} | {row['detected_skull']:.1%} | "
+                         f"{net['mean']:.4f} ({net['median']:.4f}, {net['min']:.4f}) |")
     for folder, rows in doc["localize"].items():
         lines += ["", f"`cdiff localize {folder} --top-k 5` (bundled reference model, its recipe's settings):", "",
                   "| --brain-mask | mAP30 | mAP50 | TP30 | FP30 | boxes | outside the brain | healthy anomalous |"

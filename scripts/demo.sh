@@ -21,7 +21,7 @@ cdiff prepare "$RECIPE" "${SET[@]}"
 step "3/4 evaluate the bundled reference model (Dice, AUPRC, l1, detection AUROC)"
 cdiff evaluate "$RECIPE" "${SET[@]}" --out demo/eval
 step "4/4 localize anomalies on the NOVA-like images"
-cdiff localize demo/synthetic/NOVA --top-k 5 --brain-mask on --out demo/localize
+cdiff localize demo/synthetic/NOVA --top-k 5 --out demo/localize
 
 step "done"
 echo "report:   demo/eval/metrics.md (+ metrics.json), demo/localize/metrics.md"

@@ -29,7 +29,7 @@ cdiff train-diffusion "$RECIPE" "${EXTRA[@]}"
 step "5/6 evaluate (Dice, AUPRC, l1, ...; calibrates the localisation threshold)"
 cdiff evaluate "$RECIPE" "${EXTRA[@]}"
 step "6/6 localize on the NOVA-like images"
-cdiff localize data/synthetic/NOVA --model runs/quickstart --top-k 5 --brain-mask on --out runs/quickstart/localize
+cdiff localize data/synthetic/NOVA --model runs/quickstart --top-k 5 --out runs/quickstart/localize
 
 step "done"
 echo "report:   runs/quickstart/eval/metrics.md (+ metrics.json)"

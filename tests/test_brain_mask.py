@@ -62,6 +62,43 @@ def test_detector_tells_skull_from_skull_stripped(slices: list) -> None:
         assert not needs_brain_mask(np.where(truth, img, 0.0))  # the same slice, skull-stripped
 
 
+def test_training_slices_are_seeded_and_prepared_like_ones_are_skull_stripped_and_rescaled() -> None:
+    from cdiff_cli.synthetic.brainmask import training_slices
+
+    a = training_slices(["mni152"], 30, seed=3)
+    b = training_slices(["mni152"], 30, seed=3)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    assert np.array_equal(a.prepared, b.prepared) and not np.array_equal(a.images, training_slices(["mni152"], 30, seed=4).images)
+    assert a.prepared.any() and (~a.skull).sum() > a.prepared.sum() and a.skull.any()
+    assert not (a.prepared & a.skull).any()  # prepared-like slices are skull-stripped
+    stripped = ~a.skull & ~a.prepared  # and their brain fills more of the square than a rendered one's
+    assert a.masks[a.prepared].mean() > a.masks[stripped].mean()
+    for img, brain, prepared, skull in zip(a.images, a.masks, a.prepared, a.skull):
+        assert brain.any() and img[brain].mean() > 0
+        if prepared:  # rescaled between its percentiles and clipped (or 8-bit)
+            assert img.max() <= 1.0 + 1e-6 or np.array_equal(img, np.round(img))
+        if not skull:  # nothing outside the brain but the blur of its own edge
+            assert img[~np.asarray(brain)].mean() < 0.1 * img[brain].mean()
+
+
+def test_skull_stripped_prepared_slices_are_read_as_they_are(tiny_prepared: Path) -> None:
+    """Slices as ``cdiff prepare`` leaves them, at their own size and enlarged as an upload: ``auto`` must
+    not outline the brain of an image that is already skull-stripped (the network was taught them)."""
+    import yaml
+
+    from cdiff_cli.eval.brain_mask import prepared_slices
+    from cdiff_cli.infer.brain import brain_masks, needs_brain_mask
+
+    store = Path(yaml.safe_load(tiny_prepared.read_text())["data"]["prepared"])
+    items = [it for name in ("ixi", "brats") for k in (1, 3) for it in prepared_slices(store / name, every=2,
+                                                                                      enlarge=k)]
+    assert len(items) >= 20
+    flagged = [needs_brain_mask(img) for img, _, _ in items]
+    assert sum(flagged) <= len(items) // 20, f"{sum(flagged)} of {len(items)} skull-stripped slices called 'with skull'"
+    first = flagged.index(False)
+    assert brain_masks(np.stack([items[first][0]]), "auto") == [None]  # auto leaves it as it is
+
+
 def test_brain_mask_off_is_the_previous_path_and_auto_restricts_to_the_brain(tiny: Any, slices: list) -> None:
     from cdiff_cli.data.images2d import to_model_input
     from cdiff_cli.infer.reconstruct import image_maps
@@ -73,8 +110,8 @@ def test_brain_mask_off_is_the_previous_path_and_auto_restricts_to_the_brain(tin
     same = image_maps(off.grid.image, off.grid.recon, tiny.recipe.localize.median_size)
     assert np.array_equal(off.grid.anomaly, same.anomaly)
     assert off.brain_mask is None and off.grid.brain is None
-    assert np.array_equal(tiny.anomaly_map(img).grid.anomaly, off.grid.anomaly)  # the recipe's default: off
     auto = tiny.anomaly_map(img, brain_mask="auto")
+    assert np.array_equal(tiny.anomaly_map(img).grid.anomaly, auto.grid.anomaly)  # the recipe's default: auto
     assert auto.brain_mask is not None and auto.grid.brain is not None
     assert not auto.grid.image[0][~auto.grid.brain[0]].any()  # the input is the brain only
     assert not auto.grid.anomaly[0][~auto.grid.brain[0]].any() and not auto.anomaly[~auto.brain_mask].any()
@@ -124,7 +161,7 @@ def test_localize_and_reconstruct_record_the_brain_mask(tiny: Any, slices: list,
     for a in boxes["auto"]:  # every box lies on the brain
         x, y, w, h = a["bbox"]
         assert brain[y:y + h, x:x + w].any()
-    for mode, masked in (("on", True), (None, False)):  # the default is off
+    for mode, masked in (("on", True), ("off", False), (None, True)):  # the default is auto: skull found
         rec = tmp_path / f"rec-{mode}"
         code, err = run_cli(["reconstruct", str(folder / "skull.png"), "--model", model, "--out", str(rec),
                              "--device", "cpu", *(["--brain-mask", mode] if mode else [])], capsys)

@@ -287,10 +287,10 @@ class InferConfig(Section):
     channels_last: bool = False  # NHWC memory format of the networks (speed only; benchmarks/bench_infer.py)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default (one per core)
     # 2-D images with skull: restrict the input, maps, scores and boxes to the brain the bundled brain-mask
-    # network finds (infer/brain.py); on: always, off: never (the default), auto: where the image is detected
-    # to have skull - not the default: the network, trained on slices with skull only, takes most
-    # skull-stripped uploads for images with skull (benchmarks/RESULTS.md, "Brain extraction")
-    brain_mask: Literal["auto", "on", "off"] = "off"
+    # network finds (infer/brain.py); auto (the default): where the image is detected to have skull (every
+    # NOVA-like image; 0-4.7 % of skull-stripped slices, benchmarks/RESULTS.md, "Brain extraction"),
+    # on: always, off: never (every image read as skull-stripped)
+    brain_mask: Literal["auto", "on", "off"] = "auto"
 
 
 class EvalConfig(Section):

@@ -23,7 +23,7 @@ def dice_table(weights: Path, sets: dict[str, list[tuple[np.ndarray, np.ndarray,
     """Per set of (image, exact brain, anatomy): the network's and the foreground's Dice (mean, median,
     min), per anatomy too, and the share of slices the skull detector flags."""
     from cdiff_cli.data.images2d import foreground_mask
-    from cdiff_cli.infer.brain import SKULL_FRACTION, mask_from_probability, skull_fraction_from, brain_probability
+    from cdiff_cli.infer.brain import brain_probability, has_skull, mask_from_probability
 
     out = {}
     for name, items in sets.items():
@@ -33,9 +33,34 @@ def dice_table(weights: Path, sets: dict[str, list[tuple[np.ndarray, np.ndarray,
             d = dice(mask_from_probability(prob, meta), truth)
             net.append(d)
             fg.append(dice(foreground_mask(img)[0], truth))
-            flagged.append(skull_fraction_from(img, prob, meta) > SKULL_FRACTION)
+            flagged.append(has_skull(img, prob, meta))
             per.setdefault(anatomy, []).append(d)
         out[name] = {"n": len(items), "network": _summary(net), "foreground": _summary(fg),
                      "detected_skull": round(float(np.mean(flagged)), 4),
                      "network_by_anatomy": {a: round(float(np.mean(v)), 4) for a, v in sorted(per.items())}}
+    return out
+
+
+def prepared_slices(store: Path, volumes: int = 8, every: int = 3, min_brain: float = 0.1,
+                    enlarge: int = 1) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Skull-stripped slices of a prepared store (``cdiff prepare``'s ``volumes.npy``, ``masks.npy``,
+    ``slices.csv``) as uploads of them look: (image, its brain mask, the store's name) for every
+    ``every``-th slice whose brain covers at least ``min_brain`` of the grid, of the first ``volumes``
+    volumes, enlarged ``enlarge`` times (pixel replication) when asked. The skull detector should find
+    no skull on any of them, and the network's brain should be the brain mask."""
+    import csv
+
+    vols = np.load(store / "volumes.npy", mmap_mode="r")
+    masks = np.load(store / "masks.npy", mmap_mode="r")
+    with open(store / "slices.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["volume"]) < volumes and int(r["slice"]) % every == 0
+                and float(r["brain_fraction"]) >= min_brain]
+    block = np.ones((enlarge, enlarge), np.float32)
+    out = []
+    for r in rows:
+        v, k = int(r["volume"]), int(r["slice"])
+        img, mask = np.asarray(vols[v, k], np.float32), np.asarray(masks[v, k]) > 0
+        if enlarge > 1:
+            img, mask = np.kron(img, block), np.kron(mask, block.astype(bool))
+        out.append((img, mask, store.name))
     return out

@@ -29,13 +29,9 @@ from cdiff_cli.eval import metrics as M
 from cdiff_cli.eval.contrastive_protocol import evaluate_contrastive
 from cdiff_cli.fileio import write_json, write_text
 from cdiff_cli.infer.model import LoadedModel, read_config, resolve_model_dir
-from cdiff_cli.eval.verdict_calibration import (HealthyVolume, fit_scoring, upload_like, verdict_metrics,
-                                                verdict_table)
+from cdiff_cli.eval.verdict_calibration import HealthyVolume, fit_scoring, upload_maps, verdict_metrics, verdict_table
 from cdiff_cli.infer.postprocess import (calibrate_healthy, median_filter_2d, reference_erosion_iterations,
                                          remove_small_components)
-
-
-UPLOAD_SEED = 2323  # the healthy validation slices' upload-like copies (eval/verdict_calibration.upload_like)
 
 
 class MapFn(Protocol):
@@ -237,7 +233,7 @@ def _calibrate(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: A
 
 def healthy_val_volumes(maps_fn: MapFn, store: PreparedStore, subjects: list[str], bar: Any,
                         ecfg: EvalConfig) -> list[HealthyVolume] | None:
-    """The healthy validation volumes with their maps (one reconstruction each), or None for maps
+    """The healthy validation volumes with their maps (and their slices as uploads), or None for maps
     without a reconstruction (the references), which are calibrated as before."""
     if not getattr(maps_fn, "reconstructs", True):  # a reference map: nothing to reconstruct, no verdict
         return None
@@ -250,12 +246,8 @@ def healthy_val_volumes(maps_fn: MapFn, store: PreparedStore, subjects: list[str
         if getattr(r, "grid", None) is None:
             bar.remove_task(task)
             return None
-        brain = mask.reshape(len(mask), -1).any(1)
-        uploads = upload_like(r.grid.image[brain], np.random.default_rng([UPLOAD_SEED, v]),
-                              tuple(store.doc.get("config", {}).get("percentiles", (1.0, 99.0))))
-        u = maps_fn(uploads, None, ecfg.median_size, ecfg.erosion_iterations)  # read as `cdiff localize` reads images
-        out.append(HealthyVolume(image=r.grid.image, anomaly=r.grid.anomaly, mask=mask, residual=r.grid.residual,
-                                 upload_image=u.grid.image, upload_residual=u.grid.residual))
+        up = upload_maps(maps_fn, r.grid.image, mask, v, ecfg, store.doc.get("config", {}))
+        out.append(HealthyVolume(r.grid.image, r.grid.anomaly, mask, r.grid.residual, *up))
         bar.advance(task)
     return out
 

@@ -63,6 +63,21 @@ def upload_like(slices: np.ndarray, rng: np.random.Generator, percentiles: tuple
     return np.stack(out).astype(np.float32)
 
 
+UPLOAD_SEED = 2323  # the healthy validation slices' upload-like copies
+
+
+def upload_maps(maps_fn: Any, image: np.ndarray, mask: np.ndarray, index: int, ecfg: Any,
+                grid: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(input, residual) on the model grid of a healthy volume's brain slices read as uploads
+    (:func:`upload_like`, seeded by the volume's ``index``), reconstructed as `cdiff localize` reads images
+    (``maps_fn`` with no mask: 2-D maps); ``grid``: the prepared store's grid config (its percentiles)."""
+    brain = np.asarray(mask).reshape(len(mask), -1).any(1)
+    uploads = upload_like(image[brain], np.random.default_rng([UPLOAD_SEED, index]),
+                          tuple(grid.get("percentiles", (1.0, 99.0))))
+    u = maps_fn(uploads, None, ecfg.median_size, ecfg.erosion_iterations)
+    return u.grid.image, u.grid.residual
+
+
 def _kinds(v: HealthyVolume, median_size: int, erosion: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(anomaly, image, region) of the volume's brain slices, for each map kind (``image``: the slices
     as they are and, when made, as uploads)."""

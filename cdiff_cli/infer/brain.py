@@ -2,11 +2,14 @@
 detector that decides whether an image needs it.
 
 ``brain_mask(img)``: the network's brain on the image's own pixels (letterboxed onto its 128 px grid,
-probabilities resized back, > 0.5, the largest component, holes filled). ``needs_brain_mask(img)``: an
-image has skull when more than ``SKULL_FRACTION`` of its foreground (the intensity-based head or
-non-zero mask of ``data/images2d.py``) lies outside the network's brain, dilated by a few pixels; a
-skull-stripped image's foreground is its brain. ``brain_masks(images, mode)`` applies a mode:
-``off`` never, ``on`` always, ``auto`` where the detector says skull.
+probabilities resized back, > 0.5, its components of at least a tenth of the largest one's area, holes
+filled). ``needs_brain_mask(img)``: an image has skull when more than ``SKULL_FRACTION`` of its
+foreground (the intensity-based head or non-zero mask of ``data/images2d.py``) lies outside the
+network's brain, dilated by a few pixels, AND that outside part surrounds the brain (it is met in at
+least ``RING_SHARE`` of 36 directions from the brain's centre), as scalp does; a skull-stripped
+image's foreground is its brain, and where the network misses part of such a brain (a dark region, a
+lesion) the missed part lies on one side, not all around. ``brain_masks(images, mode)`` applies a
+mode: ``off`` never, ``on`` always, ``auto`` where the detector says skull.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ BrainMaskMode = Literal["auto", "on", "off"]
 WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "brainmask" / "model.safetensors"
 SKULL_FRACTION = 0.08  # share of the foreground outside the (dilated) brain above which an image has skull
 _DILATE = 2  # pixels of the network's grid
+KEEP_SHARE = 0.1  # components of the brain kept: at least this share of the largest one's area
+RING_SHARE = 0.95  # share of 36 directions around the brain in which the foreground outside it must lie
+_DIRECTIONS = 36
 
 
 @functools.lru_cache(maxsize=2)
@@ -52,12 +58,13 @@ def brain_probability(img: np.ndarray, weights: Path = WEIGHTS) -> tuple[np.ndar
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component, holes filled."""
+    """The 8-connected components of at least ``KEEP_SHARE`` of the largest one's area (a low slice's
+    brain is several: cerebellum, temporal lobes), holes filled."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
-        mask = labels == int(sizes.argmax())
+        mask = np.isin(labels, np.flatnonzero(sizes >= KEEP_SHARE * sizes.max()))
     return ndimage.binary_fill_holes(mask)
 
 
@@ -68,15 +75,34 @@ def mask_from_probability(prob: np.ndarray, meta: dict) -> np.ndarray:
     return _clean(from_model_grid(prob, meta) > 0.5)
 
 
-def skull_fraction_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
-    """:func:`skull_fraction` from :func:`brain_probability`'s output (one network pass for both)."""
+def skull_evidence(img: np.ndarray, prob: np.ndarray, meta: dict) -> tuple[float, float]:
+    """(share of the foreground outside the network's brain, share of the directions around the brain's
+    centre in which that outside part lies), from :func:`brain_probability`'s output."""
     from cdiff_cli.data.images2d import foreground_mask, to_model_grid
 
     fg = to_model_grid(foreground_mask(np.asarray(img, np.float32))[0].astype(np.float32), meta, binary=True) > 0
-    if not fg.any():
-        return 0.0
-    brain = ndimage.binary_dilation(_clean(prob > 0.5), iterations=_DILATE)
-    return float((fg & ~brain).sum() / fg.sum())
+    inside = prob > 0.5  # every part the network calls brain
+    if not fg.any() or not inside.any():
+        return 0.0, 0.0
+    outside = fg & ~ndimage.binary_dilation(inside, iterations=_DILATE)
+    if not outside.any():
+        return 0.0, 0.0
+    cy, cx = ndimage.center_of_mass(inside)
+    yy, xx = np.nonzero(outside)
+    bins = ((np.arctan2(yy - cy, xx - cx) + np.pi) / (2 * np.pi) * _DIRECTIONS).astype(int) % _DIRECTIONS
+    return float(outside.sum() / fg.sum()), len(np.unique(bins)) / _DIRECTIONS
+
+
+def skull_fraction_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
+    """:func:`skull_fraction` from :func:`brain_probability`'s output (one network pass for both)."""
+    return skull_evidence(img, prob, meta)[0]
+
+
+def has_skull(img: np.ndarray, prob: np.ndarray, meta: dict) -> bool:
+    """The detector on :func:`brain_probability`'s output: enough foreground outside the brain, all
+    around it."""
+    fraction, around = skull_evidence(img, prob, meta)
+    return fraction > SKULL_FRACTION and around >= RING_SHARE
 
 
 def brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> np.ndarray:
@@ -90,8 +116,8 @@ def skull_fraction(img: np.ndarray, weights: Path = WEIGHTS) -> float:
 
 
 def needs_brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> bool:
-    """True when the image has skull and scalp (see :func:`skull_fraction`)."""
-    return skull_fraction(img, weights) > SKULL_FRACTION
+    """True when the image has skull and scalp (see :func:`has_skull`)."""
+    return has_skull(img, *brain_probability(img, weights))
 
 
 def brain_masks(images: np.ndarray, mode: BrainMaskMode) -> list[np.ndarray | None]:
@@ -103,7 +129,7 @@ def brain_masks(images: np.ndarray, mode: BrainMaskMode) -> list[np.ndarray | No
     out: list[np.ndarray | None] = []
     for img in images:
         prob, meta = brain_probability(img)
-        if mode == "auto" and skull_fraction_from(img, prob, meta) <= SKULL_FRACTION:
+        if mode == "auto" and not has_skull(img, prob, meta):
             out.append(None)
             continue
         mask = mask_from_probability(prob, meta)
