@@ -93,11 +93,6 @@ def skull_evidence(img: np.ndarray, prob: np.ndarray, meta: dict) -> tuple[float
     return float(outside.sum() / fg.sum()), len(np.unique(bins)) / _DIRECTIONS
 
 
-def skull_fraction_from(img: np.ndarray, prob: np.ndarray, meta: dict) -> float:
-    """:func:`skull_fraction` from :func:`brain_probability`'s output (one network pass for both)."""
-    return skull_evidence(img, prob, meta)[0]
-
-
 def has_skull(img: np.ndarray, prob: np.ndarray, meta: dict) -> bool:
     """The detector on :func:`brain_probability`'s output: enough foreground outside the brain, all
     around it."""
@@ -108,11 +103,6 @@ def has_skull(img: np.ndarray, prob: np.ndarray, meta: dict) -> bool:
 def brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> np.ndarray:
     """The brain of an (H, W) slice on its own pixels (bool)."""
     return mask_from_probability(*brain_probability(img, weights))
-
-
-def skull_fraction(img: np.ndarray, weights: Path = WEIGHTS) -> float:
-    """The share of the image's foreground outside the network's brain (dilated): ~0 when skull-stripped."""
-    return skull_fraction_from(img, *brain_probability(img, weights))
 
 
 def needs_brain_mask(img: np.ndarray, weights: Path = WEIGHTS) -> bool:
