@@ -62,6 +62,26 @@ def test_detector_tells_skull_from_skull_stripped(slices: list) -> None:
         assert not needs_brain_mask(np.where(truth, img, 0.0))  # the same slice, skull-stripped
 
 
+def test_the_detector_asks_for_foreground_all_around_the_brain() -> None:
+    """Scalp surrounds the brain; a part of a skull-stripped brain the network missed lies on one side.
+    Both leave more than SKULL_FRACTION of the foreground outside the network's brain: only the ring is
+    skull."""
+    from cdiff_cli.data.images2d import letterbox_meta
+    from cdiff_cli.infer.brain import SKULL_FRACTION, has_skull, skull_evidence
+
+    yy, xx = np.mgrid[:128, :128]
+    r = np.hypot(yy - 64, xx - 64)
+    brain = (r < 40).astype(np.float32)  # the network's probability: a disc
+    meta = letterbox_meta((128, 128), (128, 128))
+    ring = np.where(r < 40, 0.5, 0.0) + np.where((r > 46) & (r < 54), 0.8, 0.0)  # brain, dark skull, scalp
+    fraction, around = skull_evidence(ring, brain, meta)
+    assert fraction > SKULL_FRACTION and around == 1.0 and has_skull(ring, brain, meta)
+    missed = np.where(r < 40, 0.5, 0.0) + np.where((r >= 40) & (r < 52) & (xx > 90), 0.1, 0.0)  # one side
+    fraction, around = skull_evidence(missed, brain, meta)
+    assert fraction > SKULL_FRACTION and around < 0.5 and not has_skull(missed, brain, meta)
+    assert skull_evidence(np.where(r < 40, 0.5, 0.0), brain, meta) == (0.0, 0.0)  # stripped and found whole
+
+
 def test_training_slices_are_seeded_and_prepared_like_ones_are_skull_stripped_and_rescaled() -> None:
     from cdiff_cli.synthetic.brainmask import training_slices
 
