@@ -58,3 +58,16 @@ def test_compiled_modules_train_with_grad_and_keep_their_names() -> None:
     loss.backward()
     assert all(p.grad is not None for p in net.unet.parameters() if p.requires_grad)
     assert list(net.state_dict()) == names
+
+
+def test_brain_mask_network_runs_on_the_gpu_as_on_the_cpu() -> None:
+    """`auto` outlines the brain with the network on the diffusion model's device: same probabilities."""
+    import numpy as np
+
+    from cdiff_cli.infer.brain import brain_probability
+    from cdiff_cli.synthetic.brainmask import nova_like_slices
+
+    img = nova_like_slices(["mni152"], 1, seed=4242)[0][0]
+    cpu, meta = brain_probability(img)
+    gpu, meta_gpu = brain_probability(img, device="cuda")
+    assert meta == meta_gpu and np.abs(cpu - gpu).max() < 1e-3

@@ -151,7 +151,7 @@ def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool, br
         from cdiff_cli.infer.brain import brain_masks
 
         with stage("brain mask"):
-            brains = brain_masks(raw, brain_mask)  # type: ignore[arg-type]
+            brains = brain_masks(raw, brain_mask, device=str(model.device))  # type: ignore[arg-type]
     xs, metas, grid_brain = [], [], []
     for im, brain in zip(raw, brains):
         with stage("preprocess image"):
