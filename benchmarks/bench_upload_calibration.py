@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdiff_cli.eval.verdict_calibration import HealthyVolume, fit_scoring, upload_like
+from cdiff_cli.eval.verdict_calibration import HealthyVolume, exported, fit_scoring
 from cdiff_cli.infer.scores import scoring_region, unit_scores
 from cdiff_cli.infer.verdict import Scoring, p_value
 
@@ -82,17 +82,6 @@ def test_slices(store_dir: Path, every: int, lesion: bool, max_volumes: int | No
     return out
 
 
-def enlarge(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A prepared slice as a viewer exports it: enlarged 1.5-4x, 8-bit (0-255 floats)."""
-    from PIL import Image
-
-    h, w = s.shape
-    k = rng.uniform(1.5, 4.0)
-    how = Image.Resampling.BICUBIC if rng.random() < 0.5 else Image.Resampling.BILINEAR
-    big = np.asarray(Image.fromarray(s.astype(np.float32), "F").resize((round(w * k), round(h * k)), how))
-    return np.round(np.clip(big, 0, 1) * 255).astype(np.float32)
-
-
 def flags(model: Any, slices: list[tuple[np.ndarray, bool]], seeds: list[int], docs: dict[str, dict],
           upload: bool) -> dict[str, np.ndarray]:
     """(seed, slice) -> flagged at the level, per calibration."""
@@ -100,7 +89,7 @@ def flags(model: Any, slices: list[tuple[np.ndarray, bool]], seeds: list[int], d
     rim = int(next(iter(docs.values()))["erosion"])
     out = {k: np.zeros((len(seeds), len(slices)), bool) for k in docs}
     rng = np.random.default_rng(TEST_UPLOAD_SEED)
-    images = [enlarge(s, rng) if upload else s for s, _ in slices]
+    images = [exported(s, rng) if upload else s for s, _ in slices]
     for i, seed in enumerate(seeds):
         for j, img in enumerate(images):
             g = model.anomaly_map(img, kind="image", seed=seed).grid

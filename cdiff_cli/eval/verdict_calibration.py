@@ -48,19 +48,23 @@ def upload_like(slices: np.ndarray, rng: np.random.Generator, percentiles: tuple
     """(B, H, W) prepared slices in [0, 1] -> each as an upload of it is read back onto the same grid:
     enlarged by a factor drawn from 1.5-4 (bilinear or bicubic, as image viewers export), rounded to 8
     bits, then letterboxed and percentile-rescaled exactly as ``cdiff localize`` reads an image."""
-    from PIL import Image
-
     from cdiff_cli.data.images2d import to_model_input
 
-    out = []
-    for s in np.asarray(slices, np.float32):
-        h, w = s.shape
-        k = rng.uniform(1.5, 4.0)
-        how = Image.Resampling.BICUBIC if rng.random() < 0.5 else Image.Resampling.BILINEAR
-        big = np.asarray(Image.fromarray(s, "F").resize((round(w * k), round(h * k)), how), np.float32)
-        png = np.round(np.clip(big, 0, 1) * 255).astype(np.float32)
-        out.append(to_model_input(png, (h, w), percentiles=tuple(percentiles))[0])
+    out = [to_model_input(exported(s, rng), s.shape, percentiles=tuple(percentiles))[0]
+           for s in np.asarray(slices, np.float32)]
     return np.stack(out).astype(np.float32)
+
+
+def exported(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A (H, W) slice in [0, 1] as a viewer exports it: enlarged 1.5-4x (bicubic or bilinear), 8-bit
+    (0-255 as float32)."""
+    from PIL import Image
+
+    h, w = s.shape
+    k = rng.uniform(1.5, 4.0)
+    how = Image.Resampling.BICUBIC if rng.random() < 0.5 else Image.Resampling.BILINEAR
+    big = np.asarray(Image.fromarray(np.asarray(s, np.float32), "F").resize((round(w * k), round(h * k)), how))
+    return np.round(np.clip(big, 0, 1) * 255).astype(np.float32)
 
 
 UPLOAD_SEED = 2323  # the healthy validation slices' upload-like copies
