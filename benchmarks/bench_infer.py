@@ -18,8 +18,13 @@ with a random-weight model built from a recipe (speed does not depend on the wei
 - CPU-side cost: the busy time of every stage outside the networks (reading, preprocessing,
   post-processing, mapping back, writing, previews, boxes, pictures), in ms per volume or image:
   what a GPU does not remove; "after" is the part after the network (the issue's targets: 400 ms
-  per volume, 5 ms per image). The noise is listed apart (on a GPU it is drawn there).
-- GPU-like: the same pipelines with the U-Net and the encoder replaced by stand-ins of known cost
+  per volume, 5 ms per image). The noise is listed apart (on a GPU it is drawn there). The PNG slices
+  have skull, so ``localize`` (``--brain-mask auto``, the default) runs the brain-mask network on each:
+  a network like the others (it runs on the model's device), listed inside "brain mask" and not
+  counted here, while the detector and the mask's cleaning are; the first table gives the bound with
+  it beside the U-Net's alone.
+- GPU-like: the same pipelines with the U-Net, the encoder and the brain-mask network replaced by
+  stand-ins of known cost
   (``--stub-ms`` per call, sleeping, as a GPU call leaves the CPU free), given through the public
   path (a ``LoadedModel`` with other networks, ``dataclasses.replace``, wrapped in ``api.Model``,
   handed to ``reconstruct_files`` and to ``localize(model=...)``): the pipeline's own ceiling on
@@ -165,6 +170,27 @@ def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int
     return best
 
 
+def brain_bound(n_images: int, batch: int, repeats: int = 1) -> float:
+    """Seconds for the brain-mask network alone on ``n_images`` letterboxed images, in calls of ``batch``
+    as ``localize`` makes them (one per chunk): the second network of a 2-D image (``--brain-mask auto``)."""
+    import torch
+
+    from cdiff_cli.infer.brain import _net
+    from cdiff_cli.models.brainmask import GRID
+
+    net = _net()
+    xs = [torch.rand(min(batch, n_images - s), 1, GRID, GRID) for s in range(0, n_images, batch)]
+    best = float("inf")
+    with torch.inference_mode():
+        net(xs[0])  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for x in xs:
+                net(x)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 @contextlib.contextmanager
 def maybe_profile(enabled: bool, title: str) -> Iterator[None]:
     if not enabled:
@@ -251,6 +277,36 @@ class StubEncoder:
         self.calls += 1
         time.sleep(self.ms / 1000)
         return torch.zeros(len(x), self.z_dim)
+
+
+class StubBrainNet:
+    """A brain-mask network of known cost: sleeps ``ms`` per call and returns the logits of a centred
+    ellipse (a brain inside the head of ``write_pngs``' slices), so the steps after it (the skull
+    detector, cleaning the mask) do their usual work."""
+
+    def __init__(self, ms: float) -> None:
+        import torch
+
+        from cdiff_cli.models.brainmask import GRID
+
+        self.ms, self.calls = ms, 0
+        y, x = torch.meshgrid(torch.linspace(-1, 1, GRID), torch.linspace(-1, 1, GRID), indexing="ij")
+        self.logits = torch.where((y / 0.6) ** 2 + (x / 0.5) ** 2 < 1, 4.0, -4.0)
+
+    def __call__(self, x: Any) -> Any:
+        self.calls += 1
+        time.sleep(self.ms / 1000)
+        return self.logits.expand(len(x), 1, -1, -1)
+
+
+@contextlib.contextmanager
+def stub_brain_net(ms: float) -> Iterator[None]:
+    """Within the block, the bundled brain-mask network is :class:`StubBrainNet` (GPU-like rows)."""
+    from unittest import mock
+
+    stub = StubBrainNet(ms)
+    with mock.patch("cdiff_cli.infer.brain._net", lambda *a, **k: stub):
+        yield
 
 
 def stub_model(loaded: Any, ms: float) -> Any:
@@ -356,13 +412,14 @@ def main() -> None:
         for name, n_in, unit, n_slices, run, batch in pipelines:
             # the variants and the bound alternate, so all see the same background load; the fastest is kept
             best = {v: (float("inf"), {}, 0.0) for v in variants}
-            bound = float("inf")
+            bound = brain = float("inf")
             for i in range(args.repeats + 1):  # the first round warms caches and is discarded
                 for v in variants:
                     os.environ["CDIFF_SHARE_CORES"] = "1" if v == "on" else "0"
                     cpu0 = time.process_time()
                     with record_stages() as times, maybe_profile(
-                            args.profile and i == args.repeats and v == variants[0], name):
+                            args.profile and i == args.repeats and v == variants[0], name), \
+                            stub_brain_net(args.stub_ms) if batch == "stub" else contextlib.nullcontext():
                         dt = run()
                     cpu = time.process_time() - cpu0
                     if i and dt < best[v][0]:
@@ -371,10 +428,13 @@ def main() -> None:
                         best[v] = (dt, parts, cpu)
                 if i and batch != "stub":
                     bound = min(bound, unet_bound(model, n_slices, batch if isinstance(batch, int) else None))
+                    if unit == "image":  # localize's images also pass through the brain-mask network (auto)
+                        brain = min(brain, brain_bound(n_in, batch))
             for v in variants:
                 label = f"{name}, sharing {v}" if len(variants) > 1 else name
                 dt, parts, cpu = best[v]
-                rows.append((label, threads, n_in, unit, n_slices, dt, bound, cpu, parts))
+                rows.append((label, threads, n_in, unit, n_slices, dt, bound, cpu, parts,
+                             bound + (brain if brain != float("inf") else 0.0)))
                 breakdowns[f"{label} at {threads} thread(s)"] = (dt, parts)
     os.environ.pop("CDIFF_SHARE_CORES", None)
     torch.set_num_threads(default_threads)

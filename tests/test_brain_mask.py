@@ -188,3 +188,30 @@ def test_localize_and_reconstruct_record_the_brain_mask(tiny: Any, slices: list,
         assert code == 0, err
         [row] = json.loads((rec / "reconstruct.json").read_text())["written"]
         assert row["brain_masked"] is masked
+
+
+def test_fill_holes_is_scipys_on_random_masks() -> None:
+    from scipy import ndimage
+
+    from cdiff_cli.infer.brain import fill_holes
+
+    rng = np.random.default_rng(7)
+    for i in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        mask = rng.random((h, w)) < rng.random()
+        if i % 2:
+            mask = ndimage.binary_dilation(mask)  # larger blobs, real holes
+        assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask)), (i, h, w)
+
+
+def test_batched_network_gives_each_image_its_own_probability(slices: list) -> None:
+    """Images of different sizes in one call: each one's probability is what it gets alone."""
+    from cdiff_cli.infer.brain import brain_probabilities, brain_probability
+
+    images = [slices[0][0], slices[1][0][20:, 10:]]  # two sizes
+    together = brain_probabilities(images, batch=2)
+    for img, (prob, meta) in zip(images, together):
+        alone, meta_alone = brain_probability(img)
+        assert meta == meta_alone
+        np.testing.assert_allclose(prob, alone, atol=1e-5)
+    assert brain_probabilities([]) == []

@@ -299,3 +299,25 @@ def test_localization_table_numbers() -> None:
     assert coco_rows == ["| cdiff (ours) | 4.44 | 2.50 | n/a |"]
     md2 = localization_table(metrics, None, include_paper=False)
     assert "paper (" not in md2 and "Not computed" in md2
+
+
+def test_heat_rgb_is_the_whole_array_blend() -> None:
+    """The channel-by-channel blend gives the bytes of the plain formula (gray and colour images, a
+    saturated map, NaN in both)."""
+    from cdiff_cli.infer.mapscale import MAX_ALPHA, _inferno, heat_rgb
+
+    def plain(image: np.ndarray, anomaly: np.ndarray, vmax: float) -> np.ndarray:
+        frac = np.clip(np.nan_to_num(anomaly.astype(np.float32)) / vmax, 0, 1)
+        color = _inferno()[np.round(frac * 255).astype(np.intp)]
+        alpha = (MAX_ALPHA * frac)[..., None]
+        base = np.clip(np.nan_to_num(image.astype(np.float32)), 0, 1)
+        base = base if base.ndim == 3 else base[..., None]
+        return np.round((base * (1 - alpha) + color * alpha) * 255).astype(np.uint8)
+
+    rng = np.random.default_rng(3)
+    anomaly = rng.random((37, 53)).astype(np.float32) * 0.8
+    anomaly[:5] = 0.0
+    anomaly[6, 7] = np.nan
+    for image in (rng.random((37, 53)), rng.random((37, 53, 3)) * 1.2 - 0.1):
+        image[2, 3, ...] = np.nan
+        assert np.array_equal(heat_rgb(image, anomaly, 0.5), plain(image, anomaly, 0.5))

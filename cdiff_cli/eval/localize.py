@@ -197,11 +197,21 @@ class _Boxer:
         self.verdicts: list[dict[str, Any]] = []  # one per input: its verdict (and a volume's anomalous slices)
 
     def load(self, chunk: list[Path]) -> list[Input | Failure]:
-        """Each input of the chunk, or its :class:`Failure` (the plan records it; the others go on)."""
+        """Each input of the chunk, or its :class:`Failure` (the plan records it; the others go on). The
+        chunk's 2-D images are read together, so the brain-mask network sees them in one call."""
+        from cdiff_cli.infer.maps import read_image_files
+
+        images = [p for p in chunk if not is_volume(p)] if not self.model.domain.colour else []
+        read: dict[Path, Input | CdiffError] = dict(zip(images, read_image_files(self.model.loaded, images,
+                                                                                   self.brain_mask)))
         loaded: list[Input | Failure] = []
         for p in chunk:
             try:
-                loaded.append(self.model.read(p, series=self.series if p.is_dir() else None, brain_mask=self.brain_mask))
+                inp = read[p] if p in read else self.model.read(p, series=self.series if p.is_dir() else None,
+                                                                brain_mask=self.brain_mask)
+                if isinstance(inp, CdiffError):
+                    raise inp
+                loaded.append(inp)
             except CdiffError as e:
                 loaded.append(self.plan.fail(p, e))
         return loaded

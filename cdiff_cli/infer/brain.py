@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -31,6 +31,7 @@ _DILATE = 2  # pixels of the network's grid
 KEEP_SHARE = 0.1  # components of the brain kept: at least this share of the largest one's area
 RING_SHARE = 0.95  # share of 36 directions around the brain in which the foreground outside it must lie
 _DIRECTIONS = 36
+BATCH = 32  # images per call of the network
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,18 +45,47 @@ def _net(path: Path = WEIGHTS, device: str = "cpu"):
 
 def brain_probability(img: np.ndarray, weights: Path = WEIGHTS, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """The network's brain probability on its own grid, and the letterbox geometry; the network runs on
-    ``device`` (the diffusion model's; on this project's 2-core CPU about 14 ms an image)."""
+    ``device`` (the diffusion model's; on this project's 2-core CPU about 14-20 ms an image)."""
+    return brain_probabilities([img], weights, device)[0]
+
+
+def brain_probabilities(images: Sequence[np.ndarray], weights: Path = WEIGHTS, device: str = "cpu",
+                        batch: int = BATCH) -> list[tuple[np.ndarray, dict]]:
+    """:func:`brain_probability` of each (H, W) image (sizes may differ), the network called once per
+    ``batch`` images (each letterboxed onto its grid): on a GPU one launch instead of one per image."""
     import torch
 
     from cdiff_cli.data.images2d import letterbox_meta, to_model_grid
+    from cdiff_cli.infer.pipeline import stage
     from cdiff_cli.models.brainmask import GRID, normalise
 
-    img = np.asarray(img, np.float32)
-    meta = letterbox_meta(img.shape, (GRID, GRID))
-    x = torch.from_numpy(to_model_grid(normalise(img), meta))[None, None].to(device)
-    with torch.no_grad():
-        prob = torch.sigmoid(_net(weights, str(device))(x))[0, 0].float().cpu().numpy()
-    return prob, meta
+    metas, grids = [], []
+    for img in images:
+        img = np.asarray(img, np.float32)
+        metas.append(letterbox_meta(img.shape, (GRID, GRID)))
+        grids.append(to_model_grid(normalise(img), metas[-1]))
+    probs: list[np.ndarray] = []
+    net = _net(weights, str(device)) if grids else None
+    for start in range(0, len(grids), batch):
+        x = torch.from_numpy(np.stack(grids[start : start + batch]))[:, None].to(device)
+        with stage("brain-mask network"), torch.no_grad():
+            probs += list(torch.sigmoid(net(x))[:, 0].float().cpu().numpy())  # type: ignore[misc]
+    return list(zip(probs, metas))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` (4-connected background) by labelling the background once: the
+    background components that do not touch the border are holes. The same mask, several times faster
+    on large images."""
+    mask = np.asarray(mask, bool)
+    background, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    edge = np.zeros(n + 1, bool)
+    for side in (background[0], background[-1], background[:, 0], background[:, -1]):
+        edge[side] = True
+    edge[0] = True  # label 0 is the mask itself
+    return mask | ~edge[background]
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
@@ -65,8 +95,8 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     if n > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
-        mask = np.isin(labels, np.flatnonzero(sizes >= KEEP_SHARE * sizes.max()))
-    return ndimage.binary_fill_holes(mask)
+        mask = (sizes >= KEEP_SHARE * sizes.max())[labels]
+    return fill_holes(mask)
 
 
 def mask_from_probability(prob: np.ndarray, meta: dict) -> np.ndarray:
@@ -118,8 +148,7 @@ def brain_masks(images: np.ndarray, mode: BrainMaskMode, device: str = "cpu") ->
     if mode == "off":
         return [None] * len(images)
     out: list[np.ndarray | None] = []
-    for img in images:
-        prob, meta = brain_probability(img, device=device)
+    for img, (prob, meta) in zip(images, brain_probabilities(images, device=device)):
         if mode == "auto" and not has_skull(img, prob, meta):
             out.append(None)
             continue

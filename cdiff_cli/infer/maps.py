@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from cdiff_cli.errors import DataError, first_line
+from cdiff_cli.errors import CdiffError, DataError, first_line
 from cdiff_cli.infer.pipeline import stage
 
 if TYPE_CHECKING:
@@ -138,20 +138,27 @@ def read_input(model: LoadedModel, x: Any, kind: Kind = "auto", affine: np.ndarr
     return read_images(model, stack, "array", single, brain_mask)
 
 
-def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool, brain_mask: str = "off") -> Input:
+def read_images(model: LoadedModel, raw: np.ndarray, name: str, single: bool, brain_mask: str = "off",
+                brains: list[np.ndarray | None] | None = None) -> Input:
     """2-D images (N, H, W) on their own pixels -> letterboxed, percentile-rescaled model input; an image
-    with a brain mask (``brain_mask``, see :func:`read_input`) is rescaled inside it and 0 outside it."""
+    with a brain mask (``brain_mask``, see :func:`read_input`) is rescaled inside it and 0 outside it.
+    ``brains``: the masks :func:`infer.brain.brain_masks` gave for ``raw`` under that mode, when they were
+    found together with other images' (:func:`read_image_files`)."""
     from cdiff_cli.data.extent import check_image_extent
     from cdiff_cli.data.images2d import to_model_grid, to_model_input
 
     check_image_extent(raw.shape[-2:], name)
     pct = model.recipe.data.percentiles
-    brains: list[np.ndarray | None] = [None] * len(raw)
-    if brain_mask != "off":
+    if brains is not None:
+        if len(brains) != len(raw):
+            raise ValueError(f"{len(brains)} brain masks for {len(raw)} images")
+    elif brain_mask != "off":
         from cdiff_cli.infer.brain import brain_masks
 
         with stage("brain mask"):
             brains = brain_masks(raw, brain_mask, device=str(model.device))  # type: ignore[arg-type]
+    else:
+        brains = [None] * len(raw)
     xs, metas, grid_brain = [], [], []
     for im, brain in zip(raw, brains):
         with stage("preprocess image"):
@@ -221,6 +228,36 @@ def _read_path(model: LoadedModel, path: Path, kind: Kind, series: str | None = 
     with stage("load image"):
         raw = load_image_2d(path)[None]
     return read_images(model, raw, path.name, single=True, brain_mask=brain_mask)
+
+
+def read_image_files(model: LoadedModel, paths: list[Path], brain_mask: str = "off") -> list[Input | CdiffError]:
+    """2-D image files, each read as :func:`read_input` reads it alone (the same input), or the error that
+    stops it; the brain-mask network sees all of them in one call (``cdiff localize``'s chunks)."""
+    from cdiff_cli.data.extent import check_image_extent
+    from cdiff_cli.data.images2d import load_image_2d
+    from cdiff_cli.infer.brain import brain_masks
+
+    raws: dict[int, np.ndarray] = {}  # position -> (1, H, W) image, for those that load
+    out: list[Input | CdiffError | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            with stage("load image"):
+                raws[i] = load_image_2d(path)[None]
+            check_image_extent(raws[i].shape[-2:], path.name)
+        except CdiffError as e:
+            raws.pop(i, None)
+            out[i] = e
+    brains: list[np.ndarray | None] = [None] * len(raws)
+    if brain_mask != "off" and raws:
+        with stage("brain mask"):
+            brains = brain_masks([r[0] for r in raws.values()], brain_mask, device=str(model.device))  # type: ignore[arg-type]
+    for (i, raw), brain in zip(raws.items(), brains):
+        try:
+            out[i] = read_images(model, raw, paths[i].name, single=True, brain_mask=brain_mask,
+                                 brains=None if brain_mask == "off" else [brain])
+        except CdiffError as e:
+            out[i] = e
+    return out  # type: ignore[return-value]
 
 
 def read_volume(model: LoadedModel, img: Any, name: str) -> Input:

@@ -83,13 +83,31 @@ def _inferno() -> np.ndarray:
 
 def heat_rgb(image: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: float = MAX_ALPHA) -> np.ndarray:
     """(H, W) gray (or (H, W, 3) colour) image in [0, 1] with the map (H, W) over it: inferno
-    colours whose opacity follows the map, clipped at ``vmax``. (H, W, 3) uint8."""
+    colours whose opacity follows the map, clipped at ``vmax``. (H, W, 3) uint8.
+
+    Per pixel and channel ``round((base * (1 - alpha) + colour * alpha) * 255)`` in float32, one channel
+    at a time into one buffer (half the time of the whole-array expression, the same bytes)."""
     frac = np.clip(np.nan_to_num(np.asarray(anomaly, np.float32)) / max(float(vmax), 1e-12), 0, 1)
-    color = _inferno()[np.round(frac * 255).astype(np.intp)]  # (H, W, 3)
-    alpha = (max_alpha * frac)[..., None]
+    index = np.round(frac * 255).astype(np.intp)
+    alpha = max_alpha * frac
+    keep = 1 - alpha
     base = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1)
-    base = base if base.ndim == 3 else base[..., None]
-    return np.round((base * (1 - alpha) + color * alpha) * 255).astype(np.uint8)
+    gray = base * keep if base.ndim == 2 else None
+    out = np.empty((*frac.shape, 3), np.uint8)
+    value = np.empty(frac.shape, np.float32)
+    for c in range(3):
+        np.multiply(np.take(_inferno_channels()[c], index), alpha, out=value)
+        value += gray if gray is not None else base[..., c] * keep
+        value *= 255
+        np.round(value, out=value)
+        out[..., c] = value
+    return out
+
+
+@functools.cache
+def _inferno_channels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lut = _inferno()
+    return tuple(np.ascontiguousarray(lut[:, c]) for c in range(3))  # type: ignore[return-value]
 
 
 def colorbar_rgb(height: int, scale: MapScale, vmax: float | None = None, font_px: int | None = None) -> np.ndarray:
