@@ -54,6 +54,43 @@ def test_nifti_bytes_are_nibabels_under_every_compression(tmp_path: Path) -> Non
         write_nifti(tmp_path / "x.nii", data, affine, "fast")
 
 
+@pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
+def test_gzip_with_and_without_isal(isal: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``cdiff_cli/gz.py``: both libraries write gzip the standard library reads, read what it writes, and
+    a truncated or corrupt file raises the errors ``load_volume`` names (its one-line message)."""
+    import zlib
+
+    from cdiff_cli import gz
+    from cdiff_cli.data.nifti import load_volume
+    from cdiff_cli.errors import DataError
+    from cdiff_cli.infer.files import write_nifti
+
+    if isal and not gz.HAVE_ISAL:
+        pytest.skip("the isal package is not installed")
+    if not isal:
+        monkeypatch.setattr(gz, "_igzip", None)
+        monkeypatch.setattr(gz, "_isal_zlib", None)
+    payload = bytes(100_000) + np.random.default_rng(1).bytes(50_000)
+    z = gz.fast_compressor()
+    packed = z.compress(payload) + z.flush()
+    assert gzip.decompress(packed) == payload
+    assert gz.decompress(gzip.compress(payload) + gzip.compress(b"second member")) == payload + b"second member"
+    with pytest.raises(EOFError):
+        gz.decompress(packed[: len(packed) // 2])
+    with pytest.raises((zlib.error, OSError)):
+        gz.decompress(packed[:10] + b"not deflate" * 20)
+
+    data = np.random.default_rng(2).random((9, 8, 7)).astype(np.float32) + 1.0
+    path = tmp_path / "vol.nii.gz"
+    write_nifti(path, data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    img = load_volume(path)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data)
+    np.testing.assert_array_equal(img.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        load_volume(path)
+
+
 def test_reconstruct_defaults_write_what_the_former_writer_wrote(tiny_run: Path, volume: Path,
                                                                   tmp_path: Path) -> None:
     from cdiff_cli.api import load_model

@@ -64,6 +64,23 @@ def check_magic(path: Path, what: str = "image") -> None:
     raise DataError(f"{what} {path} is not a NIfTI file (no 'n+1'/'n+2' magic in its header)")
 
 
+def _open(path: Path) -> nib.spatialimages.SpatialImage:
+    """The NIfTI image of ``path``: a ``.nii.gz`` single file decompressed whole in memory (one call,
+    ISA-L where installed: ``cdiff_cli/gz.py``; twice as fast as nibabel's streamed reading), anything
+    else through ``nib.load``."""
+    from cdiff_cli import gz
+
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if gzipped:
+        raw = gz.decompress(path.read_bytes())
+        if raw[344:348] == b"n+1\x00":
+            return nib.Nifti1Image.from_bytes(raw)
+        if raw[4:8] == b"n+2\x00":
+            return nib.Nifti2Image.from_bytes(raw)
+    return nib.load(str(path))
+
+
 def _reason(e: BaseException) -> str:
     text = first_line(e, "")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -79,7 +96,7 @@ def load_volume(path: str | Path, what: What = "image") -> nib.Nifti1Image:
     require_file(path, what, "a .nii or .nii.gz file", allow_empty=False)
     check_magic(path, what)
     try:
-        img = nib.load(str(path))
+        img = _open(path)
         data = np.asanyarray(img.dataobj, dtype=np.float32)  # touches every byte: truncation fails here
         affine = np.asarray(img.affine, dtype=np.float64)
     except (OSError, EOFError, zlib.error, ValueError, MemoryError, nib.filebasedimages.ImageFileError) as e:
