@@ -18,6 +18,11 @@ Screening (3 seeds, at least 800 stage-2 steps), then the final comparison (5 se
     python benchmarks/study27.py benchmarks/study27_arms.yaml --arms BEST,ddpm,cddpm --seeds 5 --budget 800 \\
         --encoder-budget 250 --against ddpm,cddpm --out benchmarks/results/study27-final --runs runs/study27-final \\
         --reuse benchmarks/results/study27-screen     # seeds 0-2 of each arm were trained in the screening
+
+BEST, the arm the final comparison takes (fixed before the screening's last arm, cf-joint, had a
+result): of the arms that are not baselines (``--baselines``, default ddpm and cddpm), the one with the
+highest mean BraTS-like AUPRC under the common inference over the screening's seeds; ``study.md`` ends
+with that ranking (the issue's first target is on that AUPRC).
 """
 
 from __future__ import annotations
@@ -155,13 +160,34 @@ def report(out: Path, results: list[dict[str, Any]], arms: list[str], args: argp
             f"t in {list(common.timesteps)}, {common.passes} pass(es)", ""]
     for b, comps in paired.items():
         text.append(paired_markdown(comps, f"## Each arm against {b} (common inference)", f"arm \u2212 {b}"))
+    ranking = choice(rows, [a for a in arms if a not in args.baselines])
+    if ranking:
+        text += ["## The choice: mean BraTS-like AUPRC under the common inference (arms other than "
+                 f"{', '.join(args.baselines)})", "", "| arm | seeds | AUPRC | Dice |", "|:---|---:|---:|---:|"]
+        text += [f"| {'**' + a + '**' if i == 0 else a} | {n} | {100 * auprc:.1f} | {100 * dice:.1f} |"
+                 for i, (a, n, auprc, dice) in enumerate(ranking)]
+        text += ["", f"BEST = {ranking[0][0]}", ""]
     write_json(out / "study.json", {"arms": arms, "seeds": args.seeds, "common_inference": common.to_dict(),
-                                    "against": against, "paired": paired})
+                                    "against": against, "paired": paired,
+                                    "choice": [{"arm": a, "seeds": n, "brats_auprc": x, "brats_dice": d}
+                                               for a, n, x, d in ranking]})
     write_text(out / "study.md", "\n".join(text))
     options = {"recipe": str(args.arms_file), "budget": args.budget, "encoder_budget": args.encoder_budget,
                "seeds": args.seeds, "max_test_volumes": None, "max_val_volumes": None, "subset_methods": [],
                "ablations": [], "resamples": args.resamples, "common_inference": common.to_dict()}
     write_reports(out, results, arms, options)
+
+
+def choice(rows: list[dict[str, Any]], candidates: list[str]) -> list[tuple[str, int, float, float]]:
+    """The candidate arms by mean BraTS-like AUPRC (common inference) over their seeds, best first:
+    (arm, seeds, AUPRC, Dice)."""
+    out = []
+    for arm in candidates:
+        mine = [r for r in rows if r["method"] == arm]
+        if mine:
+            out.append((arm, len(mine), sum(r["brats_auprc"] for r in mine) / len(mine),
+                        sum(r["brats_dice"] for r in mine) / len(mine)))
+    return sorted(out, key=lambda t: -t[2])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -174,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--encoder-budget", type=int, default=None, help="stage-1 steps (default: the recipe's)")
     ap.add_argument("--against", type=lambda s: [a.strip() for a in s.split(",") if a.strip()],
                     default=["cdiff", "ddpm", "cddpm"], help="the arms every arm is paired with")
+    ap.add_argument("--baselines", type=lambda s: [a.strip() for a in s.split(",") if a.strip()],
+                    default=["ddpm", "cddpm"], help="arms that are not candidates for BEST")
     ap.add_argument("--common-timesteps", default="250,500,750")
     ap.add_argument("--common-passes", type=int, default=1)
     ap.add_argument("--invariance-slices", type=int, default=64)

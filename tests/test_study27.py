@@ -49,6 +49,11 @@ def test_the_study_resumes_from_its_ledger_and_pairs_every_arm(tiny_prepared: Pa
     assert c["seeds"] == 2 and c["ci"][0] <= c["diff"] <= c["ci"][1]
     assert doc["paired"]["cdiff"]["ddpm"]["brats_dice"]["diff"] == pytest.approx(-c["diff"])
     assert "## Each arm against ddpm (common inference)" in (out / "study.md").read_text()
+    # the choice of BEST: the candidates (not ddpm, a baseline) by mean BraTS-like AUPRC over the seeds
+    mine = [json.loads((out / "results" / f"cdiff-s{s}.json").read_text())["common"]["brats_auprc"] for s in (0, 1)]
+    assert [c["arm"] for c in doc["choice"]] == ["cdiff"] and doc["choice"][0]["seeds"] == 2
+    assert doc["choice"][0]["brats_auprc"] == pytest.approx(sum(mine) / 2)
+    assert "BEST = cdiff" in (out / "study.md").read_text()
     assert json.loads((out / "benchmark.json").read_text())["common_inference"]["timesteps"] == [250, 500, 750]
     for f in (out / "results").iterdir():  # small files only: results, no weights
         assert f.suffix == ".json" and f.stat().st_size < 100_000
