@@ -13,6 +13,15 @@
 #   bash benchmarks/study27.sh --arms cdiff,ddpm,cddpm,paper-code,cf-joint &
 #   bash benchmarks/study27.sh --arms cf-frozen,stage1-views --out benchmarks/results/study27-screen-b &
 #   wait; bash benchmarks/study27.sh --reuse benchmarks/results/study27-screen-b
+# The final comparison (5 seeds) reuses the screening's seeds 0-2; the baselines' seeds 3-4 run apart
+# (benchmarks/results/study27-final-b), then BEST (the screening's study.md names it) and the merge:
+#   python benchmarks/study27.py benchmarks/study27_arms.yaml --arms ddpm,cddpm --seeds 5 --budget 800 \
+#       --encoder-budget 250 --against ddpm,cddpm --out benchmarks/results/study27-final-b \
+#       --runs runs/study27-final --reuse benchmarks/results/study27-screen
+#   python benchmarks/study27.py benchmarks/study27_arms.yaml --arms BEST,ddpm,cddpm --seeds 5 --budget 800 \
+#       --encoder-budget 250 --against ddpm,cddpm --out benchmarks/results/study27-final --runs runs/study27-final \
+#       --reuse benchmarks/results/study27-screen --reuse benchmarks/results/study27-screen-b \
+#       --reuse benchmarks/results/study27-final-b
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH="$(pwd)/.venv/bin:$PATH"
