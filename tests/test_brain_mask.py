@@ -193,7 +193,7 @@ def test_localize_and_reconstruct_record_the_brain_mask(tiny: Any, slices: list,
 def test_fill_holes_is_scipys_on_random_masks() -> None:
     from scipy import ndimage
 
-    from cdiff_cli.infer.brain import fill_holes
+    from cdiff_cli.data.images2d import fill_holes
 
     rng = np.random.default_rng(7)
     for i in range(200):

@@ -56,11 +56,11 @@ def test_nifti_bytes_are_nibabels_under_every_compression(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
 def test_gzip_with_and_without_isal(isal: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """``cdiff_cli/gz.py``: both libraries write gzip the standard library reads, read what it writes, and
+    """``cdiff_cli/data/gz.py``: both libraries write gzip the standard library reads, read what it writes, and
     a truncated or corrupt file raises the errors ``load_volume`` names (its one-line message)."""
     import zlib
 
-    from cdiff_cli import gz
+    from cdiff_cli.data import gz
     from cdiff_cli.data.nifti import load_volume
     from cdiff_cli.errors import DataError
     from cdiff_cli.infer.files import write_nifti

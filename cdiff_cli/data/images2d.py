@@ -158,6 +158,21 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 # Preprocessing and its inverse
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` (4-connected background) by labelling the background once: the
+    background components that do not touch the border are holes. The same mask, several times faster
+    on large images."""
+    mask = np.asarray(mask, bool)
+    background, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    edge = np.zeros(n + 1, bool)
+    for side in (background[0], background[-1], background[:, 0], background[:, -1]):
+        edge[side] = True
+    edge[0] = True  # label 0 is the mask itself
+    return mask | ~edge[background]
+
+
 def foreground_mask(img: np.ndarray, method: Foreground = "auto") -> tuple[np.ndarray, str]:
     """Brain/head mask of a 2-D image and the method used.
 
@@ -173,7 +188,7 @@ def foreground_mask(img: np.ndarray, method: Foreground = "auto") -> tuple[np.nd
         return img > 0, "nonzero"
     if method != "otsu":
         raise ValueError(f"unknown foreground method {method!r}")
-    mask = ndimage.binary_fill_holes(img > _otsu_threshold(img))
+    mask = fill_holes(img > _otsu_threshold(img))
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n > 1:
         sizes = np.bincount(labels.ravel())

@@ -66,9 +66,9 @@ def check_magic(path: Path, what: str = "image") -> None:
 
 def _open(path: Path) -> nib.spatialimages.SpatialImage:
     """The NIfTI image of ``path``: a ``.nii.gz`` single file decompressed whole in memory (one call,
-    ISA-L where installed: ``cdiff_cli/gz.py``; twice as fast as nibabel's streamed reading), anything
+    ISA-L where installed: ``cdiff_cli/data/gz.py``; twice as fast as nibabel's streamed reading), anything
     else through ``nib.load``."""
-    from cdiff_cli import gz
+    from cdiff_cli.data import gz
 
     with path.open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"

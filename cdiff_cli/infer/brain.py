@@ -21,6 +21,7 @@ from typing import Literal, Sequence
 import numpy as np
 from scipy import ndimage
 
+from cdiff_cli.data.images2d import fill_holes
 from cdiff_cli.errors import CdiffError
 from cdiff_cli.infer.options import brain_mask_of
 
@@ -71,21 +72,6 @@ def brain_probabilities(images: Sequence[np.ndarray], weights: Path = WEIGHTS, d
         with stage("brain-mask network"), torch.no_grad():
             probs += list(torch.sigmoid(net(x))[:, 0].float().cpu().numpy())  # type: ignore[misc]
     return list(zip(probs, metas))
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes`` (4-connected background) by labelling the background once: the
-    background components that do not touch the border are holes. The same mask, several times faster
-    on large images."""
-    mask = np.asarray(mask, bool)
-    background, n = ndimage.label(~mask)
-    if n == 0:
-        return mask.copy()
-    edge = np.zeros(n + 1, bool)
-    for side in (background[0], background[-1], background[:, 0], background[:, -1]):
-        edge[side] = True
-    edge[0] = True  # label 0 is the mask itself
-    return mask | ~edge[background]
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from cdiff_cli.fileio import atomic_path, safe_child
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # how ``cdiff reconstruct`` writes NIfTI maps (``--compress``): ``fast`` gzip (ISA-L level 1 where the
-# ``isal`` package is installed, else zlib level 1 with run-length matches only; see ``cdiff_cli/gz.py``),
+# ``isal`` package is installed, else zlib level 1 with run-length matches only; see ``cdiff_cli/data/gz.py``),
 # ``best`` the smallest gzip (level 9, several times slower), ``none`` plain ``.nii`` (no compression at all)
 Compression = Literal["fast", "none", "best"]
 COMPRESSIONS: tuple[Compression, ...] = ("fast", "none", "best")
@@ -93,7 +93,7 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, compress: Comp
         raise ValueError(f"{path.name}: compress={compress!r} writes {nifti_suffix(compress)} files")
     parts: tuple[bytes | memoryview, ...] = nifti_parts(data, affine)
     if gz:
-        from cdiff_cli.gz import best_compressor, fast_compressor
+        from cdiff_cli.data.gz import best_compressor, fast_compressor
 
         z = fast_compressor() if (compress or "fast") == "fast" else best_compressor()
         parts = (*(z.compress(p) for p in parts), z.flush())

@@ -250,7 +250,8 @@ def read_image_files(model: LoadedModel, paths: list[Path], brain_mask: str = "o
     brains: list[np.ndarray | None] = [None] * len(raws)
     if brain_mask != "off" and raws:
         with stage("brain mask"):
-            brains = brain_masks([r[0] for r in raws.values()], brain_mask, device=str(model.device))  # type: ignore[arg-type]
+            images = [r[0] for r in raws.values()]
+            brains = brain_masks(images, brain_mask, device=str(model.device))  # type: ignore[arg-type]
     for (i, raw), brain in zip(raws.items(), brains):
         try:
             out[i] = read_images(model, raw, paths[i].name, single=True, brain_mask=brain_mask,
