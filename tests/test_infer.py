@@ -359,6 +359,11 @@ def test_evaluate_stores_the_verdicts_healthy_statistics(evaluated: dict[str, An
     for unit in ("volume", "slice"):
         rates = metrics["brats"][unit]
         assert 0 <= rates["false_alarm_rate"] <= 1 and rates["n_healthy"] > 0
+    # each healthy test volume's score and p-value: the false-alarm rate is the share at or below the level
+    per = metrics["healthy_test_volumes"]
+    assert len(per) == metrics["brats"]["volume"]["n_healthy"] and all(r["subject"] for r in per)
+    assert metrics["brats"]["volume"]["false_alarm_rate"] == pytest.approx(
+        np.mean([r["p_value"] <= metrics["level"] for r in per]))
     assert "Verdict at the 5 % false-alarm level" in (evaluated["exact"] / "metrics.md").read_text()
 
 

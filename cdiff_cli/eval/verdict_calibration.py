@@ -175,6 +175,12 @@ def verdict_metrics(doc: dict[str, Any], h_test: list[tuple[int, Any]], hstore: 
 
     h_vol, _, h_slices = scored(h_test, hstore, False)
     out: dict[str, Any] = {"level": scoring.level, "score": scoring.score, "data": doc.get("data")}
+    # each healthy test volume's score and p-value, beside the calibration volumes' (verdict.json): whether
+    # test and calibration volumes are alike, and which subjects a false alarm falls on
+    out["healthy_test_volumes"] = [
+        {"subject": hstore.subjects[v]["id"], "score": round(s, 6),
+         "p_value": p_value(s, scoring.healthy.get("volume", np.zeros(0)))}
+        for (v, _), s in zip(h_test, h_vol)]
     for name, (test, store) in sets.items():
         l_vol, l_pos, _ = scored(test, store, True)
         out[name] = {"volume": verdict_rates(scoring, h_vol, l_vol, "volume"),
@@ -192,7 +198,7 @@ def verdict_table(metrics: dict[str, Any]) -> str:
              "| set | unit | sensitivity (lesion cases) | false alarms (healthy test) | n lesion | n healthy |",
              "|---|---|---|---|---|---|"]
     for name, units in metrics.items():
-        if not isinstance(units, dict):
+        if not isinstance(units, dict) or name == "healthy_test_volumes":
             continue
         for unit, r in units.items():
             lines.append(f"| {name} | {unit} | {pct(r['sensitivity'])} | {pct(r['false_alarm_rate'])} | "
