@@ -175,10 +175,10 @@ def brain_bound(n_images: int, batch: int, repeats: int = 1) -> float:
     as ``localize`` makes them (one per chunk): the second network of a 2-D image (``--brain-mask auto``)."""
     import torch
 
-    from cdiff_cli.infer.brain import _net
+    from cdiff_cli.infer.brain import brain_net
     from cdiff_cli.models.brainmask import GRID
 
-    net = _net()
+    net = brain_net()
     xs = [torch.rand(min(batch, n_images - s), 1, GRID, GRID) for s in range(0, n_images, batch)]
     best = float("inf")
     with torch.inference_mode():
@@ -305,7 +305,7 @@ def stub_brain_net(ms: float) -> Iterator[None]:
     from unittest import mock
 
     stub = StubBrainNet(ms)
-    with mock.patch("cdiff_cli.infer.brain._net", lambda *a, **k: stub):
+    with mock.patch("cdiff_cli.infer.brain.brain_net", lambda *a, **k: stub):
         yield
 
 

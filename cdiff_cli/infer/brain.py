@@ -44,6 +44,11 @@ def _net(path: Path = WEIGHTS, device: str = "cpu"):
     return load_brain_net(path)[0].to(device)
 
 
+def brain_net(weights: Path = WEIGHTS, device: str = "cpu"):
+    """The bundled brain-mask network on ``device`` in eval mode, loaded once per (weights, device)."""
+    return _net(weights, str(device))
+
+
 def brain_probability(img: np.ndarray, weights: Path = WEIGHTS, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """The network's brain probability on its own grid, and the letterbox geometry; the network runs on
     ``device`` (the diffusion model's; on this project's 2-core CPU about 14-20 ms an image)."""
@@ -66,7 +71,7 @@ def brain_probabilities(images: Sequence[np.ndarray], weights: Path = WEIGHTS, d
         metas.append(letterbox_meta(img.shape, (GRID, GRID)))
         grids.append(to_model_grid(normalise(img), metas[-1]))
     probs: list[np.ndarray] = []
-    net = _net(weights, str(device)) if grids else None
+    net = brain_net(weights, device) if grids else None
     for start in range(0, len(grids), batch):
         x = torch.from_numpy(np.stack(grids[start : start + batch]))[:, None].to(device)
         with stage("brain-mask network"), torch.no_grad():
