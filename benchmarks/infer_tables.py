@@ -39,8 +39,12 @@ NESTED_NETWORKS = {"brain-mask network"}  # inside a CPU-side stage: subtracted 
 def cpu_side(parts: dict[str, tuple[float, int, float]]) -> float:
     """CPU seconds of the stages outside the networks (``parts``: label -> (seconds, calls, CPU seconds))."""
     inside = {LABELS[k] for k in NETWORK_STAGES}
-    nested = sum(parts.get(LABELS[k], (0.0, 0, 0.0))[2] for k in NESTED_NETWORKS)
-    return sum(cpu for label, (_, _, cpu) in parts.items() if label not in inside) - nested
+    return sum(cpu for label, (_, _, cpu) in parts.items() if label not in inside) - nested_networks(parts)
+
+
+def nested_networks(parts: dict[str, tuple[float, int, float]]) -> float:
+    """CPU seconds of the networks that run inside a CPU-side stage (the brain-mask network in "brain mask")."""
+    return sum(parts.get(LABELS[k], (0.0, 0, 0.0))[2] for k in NESTED_NETWORKS)
 
 
 def table(title: str, columns: list[tuple[str, int]], lines: list[list[Any]]) -> None:
@@ -68,8 +72,8 @@ def print_tables(rows: list[tuple[Any, ...]], breakdowns: dict[str, Any], repeat
     lines = []
     for name, threads, n_in, unit, _, _, _, _, parts, _ in rows:
         total = 1000 * cpu_side(parts) / n_in
-        nested = sum(parts.get(LABELS[k], (0.0, 0, 0.0))[2] for k in NESTED_NETWORKS)
-        read = 1000 * (sum(cpu for label, (_, _, cpu) in parts.items() if label in reading) - nested) / n_in
+        read = 1000 * (sum(cpu for label, (_, _, cpu) in parts.items() if label in reading)
+                       - nested_networks(parts)) / n_in
         noise = 1000 * parts.get(LABELS["noise"], (0.0, 0, 0.0))[2] / n_in
         target = 400 if unit == "volume" else 5
         lines.append([name, threads, f"{total:.1f}", f"{read:.1f}", f"{total - read:.1f}", f"{noise:.1f}",

@@ -70,14 +70,14 @@ def _open(path: Path) -> nib.spatialimages.SpatialImage:
     else through ``nib.load``."""
     from cdiff_cli.data import gz
 
-    with path.open("rb") as f:
+    with path.open("rb") as f:  # one open: the magic, then (gzip only) the rest
         gzipped = f.read(2) == b"\x1f\x8b"
-    if gzipped:
-        raw = gz.decompress(path.read_bytes())
-        if raw[344:348] == b"n+1\x00":
-            return nib.Nifti1Image.from_bytes(raw)
-        if raw[4:8] == b"n+2\x00":
-            return nib.Nifti2Image.from_bytes(raw)
+        f.seek(0)
+        raw = gz.decompress(f.read()) if gzipped else b""
+    if raw[344:348] == b"n+1\x00":
+        return nib.Nifti1Image.from_bytes(raw)
+    if raw[4:8] == b"n+2\x00":
+        return nib.Nifti2Image.from_bytes(raw)
     return nib.load(str(path))
 
 

@@ -43,23 +43,21 @@ def dice_table(weights: Path, sets: dict[str, list[tuple[np.ndarray, np.ndarray,
 
 def prepared_slices(store: Path, volumes: int = 8, every: int = 3, min_brain: float = 0.1,
                     enlarge: int = 1) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """Skull-stripped slices of a prepared store (``cdiff prepare``'s ``volumes.npy``, ``masks.npy``,
-    ``slices.csv``) as uploads of them look: (image, its brain mask, the store's name) for every
-    ``every``-th slice whose brain covers at least ``min_brain`` of the grid, of the first ``volumes``
-    volumes, enlarged ``enlarge`` times (pixel replication) when asked. The skull detector should find
-    no skull on any of them, and the network's brain should be the brain mask."""
-    import csv
+    """Skull-stripped slices of a prepared store (``cdiff prepare``'s) as uploads of them look: (image, its
+    brain mask, the store's name) for every ``every``-th slice whose brain covers at least ``min_brain``
+    of the grid, of the first ``volumes`` volumes, enlarged ``enlarge`` times (pixel replication) when
+    asked. The skull detector should find no skull on any of them, and the network's brain should be the
+    brain mask."""
+    from cdiff_cli.data.store import PreparedStore
 
-    vols = np.load(store / "volumes.npy", mmap_mode="r")
-    masks = np.load(store / "masks.npy", mmap_mode="r")
-    with open(store / "slices.csv", newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["volume"]) < volumes and int(r["slice"]) % every == 0
-                and float(r["brain_fraction"]) >= min_brain]
+    prepared = PreparedStore.open(store)
+    idx = prepared.index
+    rows = np.flatnonzero((idx.volume < volumes) & (idx.slice % every == 0) & (idx.brain_fraction >= min_brain))
     block = np.ones((enlarge, enlarge), np.float32)
     out = []
     for r in rows:
-        v, k = int(r["volume"]), int(r["slice"])
-        img, mask = np.asarray(vols[v, k], np.float32), np.asarray(masks[v, k]) > 0
+        data = prepared.slice(int(idx.volume[r]), int(idx.slice[r]))
+        img, mask = np.asarray(data.image, np.float32), np.asarray(data.mask) > 0
         if enlarge > 1:
             img, mask = np.kron(img, block), np.kron(mask, block.astype(bool))
         out.append((img, mask, store.name))

@@ -36,17 +36,13 @@ BATCH = 32  # images per call of the network
 
 
 @functools.lru_cache(maxsize=4)
-def _net(path: Path = WEIGHTS, device: str = "cpu"):
-    from cdiff_cli.models.brainmask import load_brain_net
-
-    if not path.is_file():
-        raise CdiffError(f"the brain-mask network's weights are missing ({path}); reinstall cdiff")
-    return load_brain_net(path)[0].to(device)
-
-
 def brain_net(weights: Path = WEIGHTS, device: str = "cpu"):
     """The bundled brain-mask network on ``device`` in eval mode, loaded once per (weights, device)."""
-    return _net(weights, str(device))
+    from cdiff_cli.models.brainmask import load_brain_net
+
+    if not weights.is_file():
+        raise CdiffError(f"the brain-mask network's weights are missing ({weights}); reinstall cdiff")
+    return load_brain_net(weights)[0].to(device)
 
 
 def brain_probability(img: np.ndarray, weights: Path = WEIGHTS, device: str = "cpu") -> tuple[np.ndarray, dict]:
@@ -71,7 +67,7 @@ def brain_probabilities(images: Sequence[np.ndarray], weights: Path = WEIGHTS, d
         metas.append(letterbox_meta(img.shape, (GRID, GRID)))
         grids.append(to_model_grid(normalise(img), metas[-1]))
     probs: list[np.ndarray] = []
-    net = brain_net(weights, device) if grids else None
+    net = brain_net(weights, str(device)) if grids else None
     for start in range(0, len(grids), batch):
         x = torch.from_numpy(np.stack(grids[start : start + batch]))[:, None].to(device)
         with stage("brain-mask network"), torch.no_grad():

@@ -223,11 +223,10 @@ def _read_path(model: LoadedModel, path: Path, kind: Kind, series: str | None = 
         with stage("load volume"):
             img = load_volume(path)
         return read_volume(model, img, path.name)
-    from cdiff_cli.data.images2d import load_image_2d
-
-    with stage("load image"):
-        raw = load_image_2d(path)[None]
-    return read_images(model, raw, path.name, single=True, brain_mask=brain_mask)
+    (image,) = read_image_files(model, [path], brain_mask)
+    if isinstance(image, CdiffError):
+        raise image
+    return image
 
 
 def read_image_files(model: LoadedModel, paths: list[Path], brain_mask: str = "off") -> list[Input | CdiffError]:
