@@ -82,18 +82,30 @@ def scoring() -> Any:
     return Scoring.from_dict(json.loads(json.dumps(doc)))  # as stored: JSON round trip
 
 
-def test_p_value_is_the_share_of_healthy_scores_at_or_above() -> None:
-    from cdiff_cli.infer.verdict import Verdict, p_value
+def test_p_value_is_conformal_one_plus_healthy_at_or_above_over_n_plus_one() -> None:
+    from cdiff_cli.infer.verdict import Verdict, p_value, smallest_p
 
     healthy = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert p_value(0.95, healthy) == pytest.approx(0.1)
-    assert p_value(0.05, healthy) == 1.0 and p_value(2.0, healthy) == 0.0
-    assert p_value(0.9, healthy) == pytest.approx(0.2)  # ties count as at or above
-    yes = Verdict(score=2.0, p_value=0.0, level=0.05, anomalous=True, unit="image", n_healthy=10)
-    assert yes.text.startswith("anomalous: score 2") and "p < 0.1: above all 10 healthy" in yes.text
+    assert p_value(0.95, healthy) == pytest.approx(2 / 11)
+    assert p_value(0.05, healthy) == 1.0 and p_value(2.0, healthy) == pytest.approx(1 / 11) == smallest_p(10)
+    assert p_value(0.9, healthy) == pytest.approx(3 / 11)  # ties count as at or above
+    yes = Verdict(score=2.0, p_value=1 / 11, level=0.1, anomalous=True, unit="image", n_healthy=10)
+    assert yes.text.startswith("anomalous: score 2") and "p = 0.091: above all 10 healthy" in yes.text
     no = Verdict(score=0.5, p_value=0.6, level=0.05, anomalous=False)
     assert no.text.startswith("no anomaly found at the 5 % false-alarm level")
     assert Verdict(0.5, None, 0.05, None).text.startswith("not calibrated: run cdiff evaluate")
+
+
+def test_conformal_p_flags_at_most_the_level_of_exchangeable_healthy_scores() -> None:
+    from cdiff_cli.infer.verdict import p_value
+
+    rng = np.random.default_rng(0)
+    n, level, trials, flagged = 19, 0.05, 4000, 0
+    for _ in range(trials):  # calibration and a new healthy score from one distribution
+        h = rng.standard_normal(n + 1)
+        flagged += p_value(h[-1], h[:-1]) <= level
+    # exactly 1 / 20 in expectation (the new score above all 19); the plain share would flag 2 / 20
+    assert flagged / trials == pytest.approx(1 / 20, abs=0.012)
 
 
 def test_a_slices_simplex_noise_does_not_depend_on_its_company() -> None:
@@ -132,7 +144,7 @@ def test_healthy_map_gets_no_box_and_an_obvious_lesion_gets_one(scoring: Any) ->
         assert len(everything) >= len(found[name][1])
     assert found["healthy"][0].anomalous is False and found["healthy"][1] == []
     verdict, boxes = found["lesion"]
-    assert verdict.anomalous and verdict.p_value == 0.0
+    assert verdict.anomalous and verdict.p_value == pytest.approx(1 / (scoring.healthy["image"].size + 1))
     assert len(boxes) == 1 and boxes[0].p_value is not None and boxes[0].p_value <= 0.05
     b = boxes[0]
     assert b.x <= 14 and b.x + b.width >= 20 and b.y <= 12 and b.y + b.height >= 18  # on the lesion
@@ -200,9 +212,10 @@ def test_calibrated_model_boxes_only_anomalous_inputs(tiny: Any, tmp_path: Path)
     assert candidates and all(b.p_value == 1.0 for b in candidates)
     sick = _with_scoring(run, healthy=-1e9, box=-1e9)  # everything scores above healthy
     r = sick.anomaly_map(img)
-    assert r.verdict.anomalous and r.verdict.p_value == 0.0 and r.verdict.text.startswith("anomalous: score")
+    assert r.verdict.anomalous and r.verdict.p_value == pytest.approx(1 / 21)
+    assert r.verdict.text.startswith("anomalous: score") and "above all 20 healthy" in r.verdict.text
     boxes = sick.boxes(r, threshold=0.01)
-    assert boxes and all(b.p_value == 0.0 for b in boxes)
+    assert boxes and all(b.p_value == pytest.approx(1 / 21) for b in boxes)
 
 
 def test_localize_same_boxes_alone_or_in_a_folder_and_as_the_api(tiny: Any, tmp_path: Path,
@@ -266,8 +279,21 @@ def test_the_slice_gate_boxes_anomalous_slices_of_a_volume_judged_healthy(tiny: 
     assert result.verdict.anomalous is False and all(v.anomalous for v in result.slice_verdicts)
     assert model.boxes(result, threshold=0.0001) == []
     per_slice = model.boxes(result, threshold=0.0001, gate="slice")
-    assert per_slice and all(b.p_value == 0.0 for s in per_slice for b in s.boxes)
+    assert per_slice and all(b.p_value == pytest.approx(1 / 21) for s in per_slice for b in s.boxes)
     with pytest.raises(Exception, match="gate 'both'"):
         model.boxes(result, threshold=0.0001, gate="both")  # type: ignore[arg-type]
     code, err = run_cli(["localize", str(tmp_path), "--model", str(run), "--gate", "both"], capsys)
     assert code == 2 and "--gate 'both': expected volume or slice" in err
+
+
+def test_too_few_healthy_volumes_for_the_level_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    from cdiff_cli.eval.verdict_calibration import fit_scoring
+
+    vols = _healthy_volumes(4)  # p >= 1/5: nothing can be flagged at 5 %, all above the 4 at 50 %
+    fit_scoring(vols, threshold=0.03, median_size=3, erosion=1, level=0.05)
+    out = capsys.readouterr()
+    assert "4 healthy validation volumes" in out.out + out.err
+    assert "no volume can be flagged anomalous (use at least 19 of them)" in out.out + out.err
+    fit_scoring(vols, threshold=0.03, median_size=3, erosion=1, level=0.5)
+    out = capsys.readouterr()
+    assert "no volume can be flagged" not in out.out + out.err

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from cdiff_cli.console import warn
 from cdiff_cli.infer.postprocess import boxes_from_map, median_filter_2d
 from cdiff_cli.infer.scores import DEFAULT_SCORE, NormStats, ScoreName, fit_norm, scoring_region, unit_scores
-from cdiff_cli.infer.verdict import DEFAULT_LEVEL, Scoring, p_value
+from cdiff_cli.infer.verdict import DEFAULT_LEVEL, Scoring, p_value, smallest_p
 
 
 @dataclass
@@ -107,6 +108,9 @@ def fit_scoring(vols: list[HealthyVolume], *, threshold: float, median_size: int
     box threshold whose healthy boxes calibrate each box's p-value."""
     if len(vols) < 2:
         raise ValueError("the verdict needs at least 2 healthy validation volumes")
+    if level < smallest_p(len(vols)):
+        warn(f"{len(vols)} healthy validation volumes allow no volume p-value below 1/{len(vols) + 1}, above the "
+             f"level {level:g}: no volume can be flagged anomalous (use at least {int(np.ceil(1 / level - 1e-9)) - 1} of them)")
     halves = [vols[0::2], vols[1::2]]
     healthy: dict[str, list[float]] = {"volume": [], "slice": [], "image": []}
     boxes: dict[str, list[float]] = {"volume": [], "image": []}

@@ -144,7 +144,7 @@ class Box:
     predicted alike); ``cdiff_cli.eval.detection`` reproduces that quirk only in its
     reference scoring. ``area``: pixels in the connected component (not the box), the
     key for top-k. ``score``: max (or mean) of the filtered map in the component. ``p_value``:
-    the share of healthy calibration boxes scoring at least as high (None: not calibrated).
+    the conformal p-value against the healthy calibration boxes' scores (None: not calibrated).
     """
 
     x: int

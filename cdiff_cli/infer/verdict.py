@@ -3,9 +3,11 @@
 ``cdiff evaluate`` scores held-out healthy validation data with the model's own settings and
 stores, beside ``calibration.json``, ``verdict.json``: the healthy statistics of the anomaly
 score (``infer/scores.py``) per unit (a 2-D image, a slice of a volume, a whole volume), the
-healthy scores themselves and the healthy boxes' scores. An input's p-value is the fraction of
-those healthy scores at or above its own; it is anomalous when that fraction is at most the
-level (5 % by default), so about that share of healthy inputs is flagged. A model without the
+healthy scores themselves and the healthy boxes' scores. An input's p-value is the conformal one,
+(1 + the number of those n healthy scores at or above its own) / (n + 1); it is anomalous when
+p is at most the level (5 % by default). For a healthy input exchangeable with the calibration
+data this flags at most that share of healthy inputs, whatever n is (the plain share of healthy
+scores at or above, without the +1s, would flag up to 1 / (n + 1) more). A model without the
 file says so ("not calibrated") and boxes behave as before.
 """
 
@@ -26,15 +28,21 @@ DEFAULT_LEVEL = 0.05
 
 
 def p_value(score: float, healthy: np.ndarray | list[float]) -> float:
-    """The fraction of healthy calibration scores at or above ``score``.
+    """The conformal p-value of ``score`` against n healthy calibration scores:
+    (1 + #{healthy >= score}) / (n + 1), never below 1 / (n + 1).
 
     >>> p_value(3.0, [1.0, 2.0, 3.0, 4.0])
-    0.5
-    >>> p_value(9.0, [1.0, 2.0])
-    0.0
+    0.6
+    >>> round(p_value(9.0, [1.0, 2.0]), 4)
+    0.3333
     """
     h = np.asarray(healthy, dtype=np.float64)
-    return float(np.mean(h >= score)) if h.size else 1.0
+    return float((1 + np.count_nonzero(h >= score)) / (h.size + 1)) if h.size else 1.0
+
+
+def smallest_p(n: int) -> float:
+    """The smallest p-value ``n`` healthy scores allow, 1 / (n + 1): a level below it flags nothing."""
+    return 1.0 / (n + 1)
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,8 @@ class Verdict:
             return f"not calibrated: run cdiff evaluate (score {self.score:.3g})"
         lvl = f"{100 * self.level:g} %"
         p = self.p_value or 0.0
-        ptxt = (f"p < {1 / self.n_healthy:.2g}: above all {self.n_healthy} healthy calibration scores"
-                if p == 0 and self.n_healthy else f"p = {p:.3g}")
+        ptxt = (f"p = {p:.2g}: above all {self.n_healthy} healthy calibration scores"
+                if self.n_healthy and p <= smallest_p(self.n_healthy) * (1 + 1e-9) else f"p = {p:.3g}")
         if self.anomalous:
             return f"anomalous: score {self.score:.3g}, {ptxt} ({lvl} false-alarm level)"
         return f"no anomaly found at the {lvl} false-alarm level (score {self.score:.3g}, {ptxt})"
@@ -105,7 +113,7 @@ class Scoring:
         return Verdict(score, p, lvl, p <= lvl, unit, int(healthy.size))
 
     def box_p(self, box_score: float, unit: Unit) -> float | None:
-        """A box's p-value: the fraction of healthy boxes (same map kind) scoring at or above it."""
+        """A box's conformal p-value against the healthy boxes' scores (same map kind)."""
         h = self.boxes.get(self.kind_of(unit))
         return None if h is None or not h.size else p_value(box_score, h)
 
