@@ -21,8 +21,9 @@ with a random-weight model built from a recipe (speed does not depend on the wei
   per volume, 5 ms per image). The noise is listed apart (on a GPU it is drawn there). The PNG slices
   have skull, so ``localize`` (``--brain-mask auto``, the default) runs the brain-mask network on each:
   a network like the others (it runs on the model's device), listed inside "brain mask" and not
-  counted here, while the detector and the mask's cleaning are; the first table gives the bound with
-  it beside the U-Net's alone.
+  counted here, while the detector and the mask's cleaning are. The first table also gives the bound of
+  all networks: the U-Net, the encoder once per slice (as the pipeline batches it) and, for
+  ``localize``, the brain-mask network: the work a faster pipeline around them cannot remove.
 - GPU-like: the same pipelines with the U-Net, the encoder and the brain-mask network replaced by
   stand-ins of known cost
   (``--stub-ms`` per call, sleeping, as a GPU call leaves the CPU free), given through the public
@@ -166,6 +167,27 @@ def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int
             t0 = time.perf_counter()
             for x_t, t, z in chunks:
                 model.unet(x_t, t, z)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def encoder_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int = 1) -> float:
+    """Seconds for the encoder alone on ``n_slices`` slices in chunks of ``batch`` (default: the recipe's
+    batch), once per chunk as ``reconstruct_slices`` calls it; 0 for a model without an encoder."""
+    import torch
+
+    if model.encoder is None:
+        return 0.0
+    bs = batch or model.recipe.infer.batch_size
+    c, (h, w) = model.channels, model.image_hw
+    xs = [torch.rand(min(bs, n_slices - s), c, h, w) for s in range(0, n_slices, bs)]
+    best = float("inf")
+    with torch.inference_mode():
+        model.encoder(xs[0])  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for x in xs:
+                model.encoder(x)
             best = min(best, time.perf_counter() - t0)
     return best
 
@@ -412,7 +434,7 @@ def main() -> None:
         for name, n_in, unit, n_slices, run, batch in pipelines:
             # the variants and the bound alternate, so all see the same background load; the fastest is kept
             best = {v: (float("inf"), {}, 0.0) for v in variants}
-            bound = brain = float("inf")
+            bound = brain = enc = float("inf")
             for i in range(args.repeats + 1):  # the first round warms caches and is discarded
                 for v in variants:
                     os.environ["CDIFF_SHARE_CORES"] = "1" if v == "on" else "0"
@@ -428,13 +450,14 @@ def main() -> None:
                         best[v] = (dt, parts, cpu)
                 if i and batch != "stub":
                     bound = min(bound, unet_bound(model, n_slices, batch if isinstance(batch, int) else None))
+                    enc = min(enc, encoder_bound(model, n_slices, batch if isinstance(batch, int) else None))
                     if unit == "image":  # localize's images also pass through the brain-mask network (auto)
                         brain = min(brain, brain_bound(n_in, batch))
             for v in variants:
                 label = f"{name}, sharing {v}" if len(variants) > 1 else name
                 dt, parts, cpu = best[v]
                 rows.append((label, threads, n_in, unit, n_slices, dt, bound, cpu, parts,
-                             bound + (brain if brain != float("inf") else 0.0)))
+                             bound + (enc if enc != float("inf") else 0.0) + (brain if brain != float("inf") else 0.0)))
                 breakdowns[f"{label} at {threads} thread(s)"] = (dt, parts)
     os.environ.pop("CDIFF_SHARE_CORES", None)
     torch.set_num_threads(default_threads)

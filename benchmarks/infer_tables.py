@@ -59,10 +59,10 @@ def table(title: str, columns: list[tuple[str, int]], lines: list[list[Any]]) ->
 def print_tables(rows: list[tuple[Any, ...]], breakdowns: dict[str, Any], repeats: int, n_t: int) -> None:
     """The three tables (end to end vs the bound, CPU-side cost, GPU-like ceiling) and the breakdowns."""
     table(f"fastest of {repeats} runs after one warm-up (e2e and bound alternating); bound = U-Net forward "
-          f"passes alone on the same slices x {n_t} timesteps; + brain mask: and the brain-mask network on "
-          "each image (localize, --brain-mask auto)",
+          f"passes alone on the same slices x {n_t} timesteps; all networks: the U-Net, the encoder once per "
+          "slice and, for localize (--brain-mask auto), the brain-mask network on each image",
           [("pipeline", 50), ("thr", 3), ("slices", 6), ("e2e s", 7), ("e2e sl/s", 8), ("bound s", 7), ("ratio", 6),
-           ("", 14), ("+ brain mask s", 14), ("ratio", 6)],
+           ("", 14), ("all networks s", 14), ("ratio", 6)],
           [[name, threads, n, f"{e2e:.2f}", f"{n / e2e:.1f}", f"{bnd:.2f}", f"{100 * bnd / e2e:.0f}%",
             "" if bnd / e2e >= 0.8 else "< 80% target", f"{both:.2f}" if both != bnd else "",
             f"{100 * both / e2e:.0f}%" if both != bnd else ""]
