@@ -114,8 +114,8 @@ def _evidence(v: Verdict) -> str:
     """Score and p-value in words."""
     if v.p_value is None:
         return f"score {v.score:.3g}"
-    above = round(v.p_value * (v.n_healthy + 1)) - 1  # p = (1 + above) / (n + 1)
-    if above <= 0 and v.n_healthy:
+    above = v.healthy_as_high
+    if above == 0 and v.n_healthy:
         return f"score {v.score:.3g}, higher than all {v.n_healthy} healthy calibration scores (p = {v.p_value:.2g})"
     return f"score {v.score:.3g}; {above} of {v.n_healthy} healthy calibration scores are as high (p = {v.p_value:.3g})"
 

@@ -36,6 +36,13 @@ def fast_compressor() -> Compressor:
     return zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
 
 
+def deflate_fast(raw: bytes) -> bytes:
+    """A whole zlib stream (not gzip: what a PNG's IDAT holds), ISA-L level 2, else zlib level 1."""
+    if _isal_zlib is not None:
+        return _isal_zlib.compress(raw, 2)
+    return zlib.compress(raw, 1)
+
+
 def best_compressor() -> Compressor:
     """The smallest gzip (zlib level 9)."""
     return zlib.compressobj(9, zlib.DEFLATED, 31)

@@ -15,23 +15,13 @@ import zlib
 
 import numpy as np
 
-try:  # optional at run time, as for gzip (``data/gz.py``)
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - depends on the installation
-    _isal_zlib = None
+from cdiff_cli.data.gz import deflate_fast
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _deflate(raw: bytes) -> bytes:
-    """A zlib stream (what IDAT holds)."""
-    if _isal_zlib is not None:
-        return _isal_zlib.compress(raw, 2)
-    return zlib.compress(raw, 1)
 
 
 def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
@@ -51,5 +41,5 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
             out.append(_chunk(b"tEXt", k + b"\0" + value.encode("latin-1")))
         except UnicodeEncodeError:  # uncompressed international text, no language tag
             out.append(_chunk(b"iTXt", k + b"\0\0\0\0\0" + value.encode("utf-8")))
-    out += [_chunk(b"IDAT", _deflate(rows.tobytes())), _chunk(b"IEND", b"")]
+    out += [_chunk(b"IDAT", deflate_fast(rows.tobytes())), _chunk(b"IEND", b"")]
     return b"".join(out)

@@ -57,6 +57,11 @@ class Verdict:
     n_healthy: int = 0
 
     @property
+    def healthy_as_high(self) -> int | None:
+        """How many healthy calibration scores reached this one (k in p = (1 + k) / (n + 1))."""
+        return None if self.p_value is None else max(0, round(self.p_value * (self.n_healthy + 1)) - 1)
+
+    @property
     def calibrated(self) -> bool:
         return self.anomalous is not None
 
@@ -68,7 +73,7 @@ class Verdict:
         lvl = f"{100 * self.level:g} %"
         p = self.p_value or 0.0
         ptxt = (f"p = {p:.2g}: above all {self.n_healthy} healthy calibration scores"
-                if self.n_healthy and p <= smallest_p(self.n_healthy) * (1 + 1e-9) else f"p = {p:.3g}")
+                if self.n_healthy and self.healthy_as_high == 0 else f"p = {p:.3g}")
         if self.anomalous:
             return f"anomalous: score {self.score:.3g}, {ptxt} ({lvl} false-alarm level)"
         return f"no anomaly found at the {lvl} false-alarm level (score {self.score:.3g}, {ptxt})"
