@@ -62,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,21 @@ def write_brats_volume(path: Path, seed: int = 0) -> None:
 # ------------------------------------------------------------------------------------ timing
 
 
+def fastest(fn: Callable[..., Any], calls: list[tuple[Any, ...]], repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` rounds of ``fn(*args)`` over ``calls``, after one warm-up call."""
+    import torch
+
+    best = float("inf")
+    with torch.inference_mode():
+        fn(*calls[0])  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for args in calls:
+                fn(*args)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int = 1) -> float:
     """Seconds for the U-Net forward passes alone over ``n_slices`` x the ensemble's timesteps (min
     over repeats), batched as the pipeline batches them (``batch`` slices: ``reconstruct_slices``'
@@ -159,16 +174,7 @@ def unet_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int
                     for i in range(0, len(x_t), step)]
         return out
 
-    best = float("inf")
-    with torch.inference_mode():
-        chunks = calls()
-        model.unet(*chunks[0])  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for x_t, t, z in chunks:
-                model.unet(x_t, t, z)
-            best = min(best, time.perf_counter() - t0)
-    return best
+    return fastest(model.unet, calls(), repeats)
 
 
 def encoder_bound(model: Any, n_slices: int, batch: int | None = None, repeats: int = 1) -> float:
@@ -180,16 +186,8 @@ def encoder_bound(model: Any, n_slices: int, batch: int | None = None, repeats: 
         return 0.0
     bs = batch or model.recipe.infer.batch_size
     c, (h, w) = model.channels, model.image_hw
-    xs = [torch.rand(min(bs, n_slices - s), c, h, w) for s in range(0, n_slices, bs)]
-    best = float("inf")
-    with torch.inference_mode():
-        model.encoder(xs[0])  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for x in xs:
-                model.encoder(x)
-            best = min(best, time.perf_counter() - t0)
-    return best
+    return fastest(model.encoder, [(torch.rand(min(bs, n_slices - s), c, h, w),) for s in range(0, n_slices, bs)],
+                   repeats)
 
 
 def brain_bound(n_images: int, batch: int, repeats: int = 1) -> float:
@@ -201,16 +199,8 @@ def brain_bound(n_images: int, batch: int, repeats: int = 1) -> float:
     from cdiff_cli.models.brainmask import GRID
 
     net = brain_net()
-    xs = [torch.rand(min(batch, n_images - s), 1, GRID, GRID) for s in range(0, n_images, batch)]
-    best = float("inf")
-    with torch.inference_mode():
-        net(xs[0])  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for x in xs:
-                net(x)
-            best = min(best, time.perf_counter() - t0)
-    return best
+    return fastest(net, [(torch.rand(min(batch, n_images - s), 1, GRID, GRID),) for s in range(0, n_images, batch)],
+                   repeats)
 
 
 @contextlib.contextmanager
