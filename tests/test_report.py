@@ -321,3 +321,34 @@ def test_heat_rgb_is_the_whole_array_blend() -> None:
     for image in (rng.random((37, 53)), rng.random((37, 53, 3)) * 1.2 - 0.1):
         image[2, 3, ...] = np.nan
         assert np.array_equal(heat_rgb(image, anomaly, 0.5), plain(image, anomaly, 0.5))
+
+
+def test_stamped_text_is_drawn_text() -> None:
+    """A cached text stamp pasted on the picture gives the pixels of Pillow's own text drawing, for
+    both anchors the pictures use, at several sizes and where the text runs off the canvas."""
+    from PIL import ImageDraw
+
+    from cdiff_cli.infer.mapscale import pil_font, stamp_text
+
+    rng = np.random.default_rng(5)
+    background = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    cases = [("0.73", 12, "la", (5, 4)), ("1 = threshold", 17, "lm", (20, 30)), ("0.05+", 21, "lm", (70, 2)),
+             ("residual (this image)", 11, "la", (-6, 50))]
+    for text, size, anchor, xy in cases:
+        drawn, stamped = Image.fromarray(background), Image.fromarray(background)
+        ImageDraw.Draw(drawn).text(xy, text, fill=(250, 20, 9), font=pil_font(size), anchor=anchor)
+        stamp_text(stamped, xy, text, (250, 20, 9), size, anchor=anchor)
+        assert np.array_equal(np.asarray(drawn), np.asarray(stamped)), (text, size, anchor, xy)
+        assert not np.array_equal(np.asarray(stamped), background)  # something was drawn
+
+
+def test_per_image_colour_bars_with_the_same_ticks_are_drawn_once() -> None:
+    """A per-image scale's bar depends on its height and its tick labels (two significant digits): two
+    maxima that read the same share one bar, another maximum gets its own."""
+    from cdiff_cli.infer.mapscale import MapScale, colorbar_rgb
+
+    per_image = MapScale(None, "per image")
+    a, b = colorbar_rgb(200, per_image, 0.4012), colorbar_rgb(200, per_image, 0.4049)
+    assert a is b
+    assert not np.array_equal(colorbar_rgb(200, per_image, 0.61), a)
+    assert colorbar_rgb(201, per_image, 0.4012).shape[0] == 201

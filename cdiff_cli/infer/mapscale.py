@@ -113,11 +113,20 @@ def _inferno_channels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def colorbar_rgb(height: int, scale: MapScale, vmax: float | None = None, font_px: int | None = None) -> np.ndarray:
     """A vertical colour bar (height, W, 3) uint8 on white, to paste right of a map: ticks in units of
     the threshold (``1 = box threshold``), or the map's own values for a per-image scale (``vmax``)."""
-    return _colorbar(int(height), scale, None if scale.fixed else float(vmax or 1.0), font_px)
+    return _colorbar(int(height), _tick_labels(scale.fixed, None if scale.fixed else float(vmax or 1.0)),
+                     scale.fixed, font_px)
 
 
-@functools.lru_cache(maxsize=32)
-def _colorbar(height: int, scale: MapScale, vmax: float | None, font_px: int | None) -> np.ndarray:
+def _tick_labels(fixed: bool, vmax: float | None) -> tuple[str, ...]:
+    """The bar's tick labels: what it depends on beside its height, so bars of per-image scales whose
+    labels read the same (two significant digits) are drawn once."""
+    if fixed:
+        return tuple(f"{t:g}" + (" = threshold" if t == 1.0 else "+" if t == TICKS[-1] else "") for t in TICKS)
+    return tuple(f"{float(vmax or 1.0) * t / TICKS[-1]:.2g}" for t in TICKS)
+
+
+@functools.lru_cache(maxsize=64)
+def _colorbar(height: int, labels: tuple[str, ...], fixed: bool, font_px: int | None) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     fpx = font_px or max(11, min(28, height // 14))
@@ -125,15 +134,13 @@ def _colorbar(height: int, scale: MapScale, vmax: float | None, font_px: int | N
     pad = max(4, fpx // 2)
     top, bottom = pad + fpx + pad, pad + fpx // 2
     bar_w = max(10, fpx)
-    labels = ([f"{t:g}" + (" = threshold" if t == 1.0 else "+" if t == TICKS[-1] else "") for t in TICKS]
-              if scale.fixed else [f"{vmax * t / TICKS[-1]:.2g}" for t in TICKS])
     draw0 = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(draw0.textlength(s, font=font) for s in labels)
-    caption = "x box threshold" if scale.fixed else "residual (this image)"
+    caption = "x box threshold" if fixed else "residual (this image)"
     width = int(max(pad + bar_w + pad + text_w + pad, draw0.textlength(caption, font=font) + 2 * pad))
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, pad), caption, fill=(0, 0, 0), font=font)
+    stamp_text(canvas, (pad, pad), caption, (0, 0, 0), fpx)
     span = max(1, height - top - bottom)
     ramp = _inferno()[np.round(np.linspace(255, 0, span)).astype(np.intp)]  # top = hottest
     strip = np.repeat((ramp * 255).astype(np.uint8)[:, None, :], bar_w, axis=1)
@@ -142,7 +149,7 @@ def _colorbar(height: int, scale: MapScale, vmax: float | None, font_px: int | N
     for t, text in zip(TICKS, labels):
         y = top + round((1 - t / TICKS[-1]) * (span - 1))
         draw.line([pad + bar_w, y, pad + bar_w + pad // 2, y], fill=(0, 0, 0), width=2 if t == 1.0 else 1)
-        draw.text((pad + bar_w + pad, y), text, fill=(0, 0, 0), font=font, anchor="lm")
+        stamp_text(canvas, (pad + bar_w + pad, y), text, (0, 0, 0), fpx, anchor="lm")
     out = np.asarray(canvas)
     out.setflags(write=False)  # shared between callers (cached)
     return out
@@ -168,11 +175,40 @@ def robust_vmax(anomaly: ArrayLike, q: float = 99.0) -> float:
     return v if v > 0 else float(pos.max())
 
 
+@functools.lru_cache(maxsize=16)
 def pil_font(size: int) -> Any:
-    """A scalable font when Pillow has FreeType (>= 10.1), else the built-in bitmap one."""
+    """A scalable font when Pillow has FreeType (>= 10.1), else the built-in bitmap one (loaded once
+    per size)."""
     from PIL import ImageFont
 
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, AttributeError, OSError):
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=2048)
+def text_stamp(text: str, size: int, anchor: str = "la") -> tuple[Any, int, int]:
+    """One line of text rendered once as an 8-bit coverage mask (Pillow "L" image) with its offset
+    ``(left, top)`` from the anchor point: scores, ticks and captions repeat from picture to picture, and
+    FreeType's rendering costs ~20 times the paste."""
+    from PIL import Image, ImageDraw
+
+    font = pil_font(size)
+    try:
+        left, top, right, bottom = font.getbbox(text, anchor=anchor)
+    except (TypeError, ValueError):  # the bitmap fallback font knows no anchors
+        left, top, right, bottom = font.getbbox(text)
+        anchor = None  # type: ignore[assignment]
+    mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=font, anchor=anchor)
+    return mask, int(left), int(top)
+
+
+def stamp_text(canvas: Any, xy: tuple[int, int], text: str, fill: tuple[int, int, int], size: int,
+               anchor: str = "la") -> None:
+    """``ImageDraw.text(xy, text, fill, font=pil_font(size), anchor=anchor)`` on the RGB ``canvas`` at
+    integer ``xy``, the same pixels, from :func:`text_stamp`'s cache (one line only)."""
+    mask, left, top = text_stamp(text, size, anchor)
+    x, y = int(xy[0]) + left, int(xy[1]) + top
+    canvas.paste(fill, (x, y, x + mask.width, y + mask.height), mask)

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 
 from cdiff_cli.data.png import encode_png
 from cdiff_cli.fileio import atomic_path
-from cdiff_cli.infer.mapscale import MapScale, pil_font
+from cdiff_cli.infer.mapscale import MapScale, pil_font, stamp_text, text_stamp
 from cdiff_cli.infer.preview import GOLD_RGB, PRED_RGB, BoxLike, box_fields, check_same_shape
 
 __all__ = ["save_boxes_image"]
@@ -45,7 +45,10 @@ def save_boxes_image(
     """
     from PIL import Image, ImageDraw
 
-    img = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+    img = np.asarray(image)
+    img = img if img.dtype in (np.float32, np.float64) else img.astype(np.float32)
+    if not np.isfinite(img).all():
+        img = np.nan_to_num(img, nan=0.0)
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {np.shape(image)}")
     h_img, w_img = img.shape[:2]
@@ -58,7 +61,7 @@ def save_boxes_image(
         rgb = heat_rgb(img, np.asarray(anomaly), vmax)
         bar = colorbar_rgb(h_img, scale, vmax)
     else:
-        rgb = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)  # (H, W) or (H, W, 3)
+        rgb = np.round(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)  # (H, W) or (H, W, 3)
         bar = None
     if rgb.ndim == 2:  # gray: rounded once, then the same byte in each channel
         rgb = np.repeat(rgb[..., None], 3, axis=2)
@@ -86,11 +89,11 @@ def save_boxes_image(
             _dashed_rect(draw, x, y, x + w - 1, y + h - 1, GOLD_RGB, lw)
     for x, y, w, h, score in labels:  # on top of every outline
         text = f"{score:.2f}"
-        l, t, r, btm = draw.textbbox((0, 0), text, font=font)
-        tw, th = r - l + 2, btm - t + 2
+        mask, l, t = text_stamp(text, font_px)
+        tw, th = mask.width + 2, mask.height + 2
         ty = y - th if y - th >= 0 else min(y + h, h_img - th)  # above, else below the box
         draw.rectangle([x, ty, x + tw - 1, ty + th - 1], fill=PRED_RGB)
-        draw.text((x + 1 - l, ty + 1 - t), text, fill=(255, 255, 255), font=font)
+        stamp_text(canvas, (x + 1 - l, ty + 1 - t), text, (255, 255, 255), font_px)
     if title:
         draw.rectangle([0, h_img, w_img + bar_w - 1, h_img + banner - 1], fill=(0, 0, 0))
         draw.text((4, h_img + 4), title, fill=(255, 255, 255), font=font)
