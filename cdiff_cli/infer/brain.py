@@ -1,12 +1,13 @@
 """Brain extraction for 2-D images with skull and scalp: the bundled brain-mask network, and the
 detector that decides whether an image needs it.
 
-``brain_mask(img)``: the network's brain on the image's own pixels (letterboxed onto its 128 px grid,
-probabilities resized back, > 0.5, its components of at least a tenth of the largest one's area, holes
-filled). ``needs_brain_mask(img)``: an image has skull when more than ``SKULL_FRACTION`` of its
-foreground (the intensity-based head or non-zero mask of ``data/images2d.py``) lies outside the
-network's brain, dilated by a few pixels, AND that outside part surrounds the brain (it is met in at
-least ``RING_SHARE`` of 36 directions from the brain's centre), as scalp does; a skull-stripped
+``brain_mask(img)``: the network's brain on the image's own pixels (letterboxed onto its 128 px grid;
+there, > 0.5, its components of at least a tenth of the largest one's area, holes filled; the
+probabilities of that brain resized back, > 0.5). ``needs_brain_mask(img)``: an image has skull when
+more than ``SKULL_FRACTION`` of its foreground (the intensity-based head or non-zero mask of
+``data/images2d.py``) lies outside the network's brain, dilated by a few pixels, AND that outside part
+surrounds the brain (it is met in at least ``RING_SHARE`` of 36 directions from the brain's centre), as
+scalp does; a skull-stripped
 image's foreground is its brain, and where the network misses part of such a brain (a dark region, a
 lesion) the missed part lies on one side, not all around. ``brain_masks(images, mode)`` applies a
 mode: ``off`` never, ``on`` always, ``auto`` where the detector says skull.
@@ -87,10 +88,19 @@ def _clean(mask: np.ndarray) -> np.ndarray:
 
 
 def mask_from_probability(prob: np.ndarray, meta: dict) -> np.ndarray:
-    """The brain on the image's own pixels from :func:`brain_probability`'s output."""
+    """The brain on the image's own pixels from :func:`brain_probability`'s output.
+
+    Cleaned on the network's grid, then resized: the kept components and filled holes are raised just
+    above 0.5 and everything else held at or below it, so the bilinear resize and the > 0.5 draw their
+    outline from the probabilities where they are kept and nothing where they are not. On ~480 px slices
+    the same pixels as cleaning after resizing (bench: NOVA-like slices of 11 anatomies, none differed;
+    skull-stripped uploads 0.02 % of pixels), at a third of its cost."""
     from cdiff_cli.data.images2d import from_model_grid
 
-    return _clean(from_model_grid(prob, meta) > 0.5)
+    prob = np.asarray(prob, np.float32)
+    kept = _clean(prob > 0.5)
+    lifted = np.where(kept, np.maximum(prob, np.float32(0.501)), np.minimum(prob, np.float32(0.5)))
+    return from_model_grid(lifted, meta) > 0.5
 
 
 def skull_evidence(img: np.ndarray, prob: np.ndarray, meta: dict) -> tuple[float, float]:
