@@ -36,7 +36,7 @@ def fast_compressor() -> Compressor:
     return zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
 
 
-def deflate_fast(raw: bytes) -> bytes:
+def deflate_fast(raw: bytes | memoryview) -> bytes:
     """A whole zlib stream (not gzip: what a PNG's IDAT holds), ISA-L level 2, else zlib level 1."""
     if _isal_zlib is not None:
         return _isal_zlib.compress(raw, 2)

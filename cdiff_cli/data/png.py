@@ -41,5 +41,5 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
             out.append(_chunk(b"tEXt", k + b"\0" + value.encode("latin-1")))
         except UnicodeEncodeError:  # uncompressed international text, no language tag
             out.append(_chunk(b"iTXt", k + b"\0\0\0\0\0" + value.encode("utf-8")))
-    out += [_chunk(b"IDAT", deflate_fast(rows.tobytes())), _chunk(b"IEND", b"")]
+    out += [_chunk(b"IDAT", deflate_fast(memoryview(rows).cast("B"))), _chunk(b"IEND", b"")]
     return b"".join(out)

@@ -87,14 +87,15 @@ def heat_rgb(image: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: flo
 
     Per pixel and channel ``round((base * (1 - alpha) + colour * alpha) * 255)`` in float32, one channel
     at a time into one buffer (half the time of the whole-array expression, the same bytes)."""
-    frac = np.clip(np.nan_to_num(np.asarray(anomaly, np.float32)) / max(float(vmax), 1e-12), 0, 1)
-    index = np.round(frac * 255).astype(np.intp)
-    alpha = max_alpha * frac
-    keep = 1 - alpha
-    base = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0, 1)
-    gray = base * keep if base.ndim == 2 else None
+    frac = np.divide(_finite(anomaly), max(float(vmax), 1e-12), dtype=np.float32)
+    np.clip(frac, 0, 1, out=frac)
+    value = np.multiply(frac, 255, dtype=np.float32)
+    index = np.round(value, out=value).astype(np.intp)
+    alpha = np.multiply(frac, max_alpha, dtype=np.float32)
+    keep = np.subtract(1, alpha, dtype=np.float32)
+    base = np.clip(_finite(image), 0, 1)  # a new array, never the caller's
+    gray = np.multiply(base, keep, out=base) if base.ndim == 2 else None
     out = np.empty((*frac.shape, 3), np.uint8)
-    value = np.empty(frac.shape, np.float32)
     for c in range(3):
         np.multiply(np.take(_inferno_channels()[c], index), alpha, out=value)
         value += gray if gray is not None else base[..., c] * keep
@@ -102,6 +103,12 @@ def heat_rgb(image: np.ndarray, anomaly: np.ndarray, vmax: float, max_alpha: flo
         np.round(value, out=value)
         out[..., c] = value
     return out
+
+
+def _finite(a: ArrayLike) -> np.ndarray:
+    """``a`` as float32 with NaN as 0 (and infinities as the largest floats); a copy only where needed."""
+    a = np.asarray(a, np.float32)
+    return a if np.isfinite(a).all() else np.nan_to_num(a)
 
 
 @functools.cache
@@ -167,10 +174,13 @@ def robust_vmax(anomaly: ArrayLike, q: float = 99.0) -> float:
     Why positive values only: masked maps are zero outside the brain, and those zeros would
     drag the percentile down until every voxel of the brain saturates. Never <= 0.
     """
-    a = np.asarray(anomaly, dtype=np.float64)
-    pos = a[np.isfinite(a) & (a > 0)]
+    a = np.asarray(anomaly)
+    pos = a[a > 0]  # NaN is not > 0
+    if not np.isfinite(pos).all():
+        pos = pos[np.isfinite(pos)]
     if pos.size == 0:
         return 1.0
+    pos = pos.astype(np.float64)  # the percentile of the values' float64 copies, as ever
     v = float(np.percentile(pos, q))
     return v if v > 0 else float(pos.max())
 
