@@ -352,3 +352,19 @@ def test_per_image_colour_bars_with_the_same_ticks_are_drawn_once() -> None:
     assert a is b
     assert not np.array_equal(colorbar_rgb(200, per_image, 0.61), a)
     assert colorbar_rgb(201, per_image, 0.4012).shape[0] == 201
+
+
+def test_fonts_are_loaded_once_per_size_and_thread() -> None:
+    """A FreeType face may be used by one thread at a time (pictures are drawn in a writer thread, the
+    app serves several requests): each thread gets its own font, loaded once per size."""
+    import threading
+
+    from cdiff_cli.infer.mapscale import pil_font
+
+    mine = pil_font(13)
+    assert pil_font(13) is mine and pil_font(14) is not mine
+    other: list[object] = []
+    worker = threading.Thread(target=lambda: other.extend([pil_font(13), pil_font(13)]))
+    worker.start()
+    worker.join()
+    assert other[0] is other[1] and other[0] is not mine

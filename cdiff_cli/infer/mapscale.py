@@ -13,6 +13,7 @@ so overlays cost about a millisecond per image.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -185,16 +186,21 @@ def robust_vmax(anomaly: ArrayLike, q: float = 99.0) -> float:
     return v if v > 0 else float(pos.max())
 
 
-@functools.lru_cache(maxsize=16)
+_FONTS = threading.local()  # a FreeType face may be used by one thread at a time: a font per thread
+
+
 def pil_font(size: int) -> Any:
     """A scalable font when Pillow has FreeType (>= 10.1), else the built-in bitmap one (loaded once
-    per size)."""
-    from PIL import ImageFont
+    per size and thread)."""
+    fonts = _FONTS.__dict__.setdefault("by_size", {})
+    if size not in fonts:
+        from PIL import ImageFont
 
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, AttributeError, OSError):
-        return ImageFont.load_default()
+        try:
+            fonts[size] = ImageFont.load_default(size=size)
+        except (TypeError, AttributeError, OSError):
+            fonts[size] = ImageFont.load_default()
+    return fonts[size]
 
 
 @functools.lru_cache(maxsize=2048)
