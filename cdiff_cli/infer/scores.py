@@ -16,8 +16,10 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
-ScoreName = Literal["mean", "q99", "lcc", "norm_q99", "norm_lcc"]
-SCORES: tuple[ScoreName, ...] = ("mean", "q99", "lcc", "norm_q99", "norm_lcc")
+ScoreName = Literal["mean", "q99", "lcc", "lcc98", "lcc95", "norm_q99", "norm_lcc"]
+SCORES: tuple[ScoreName, ...] = ("mean", "q99", "lcc", "lcc98", "lcc95", "norm_q99", "norm_lcc")
+# the component threshold of each lcc score: a percentile of the healthy map values
+LCC_PERCENTILE: dict[str, float] = {"lcc": 99.0, "lcc98": 98.0, "lcc95": 95.0}
 DEFAULT_SCORE: ScoreName = "lcc"  # chosen by benchmarks/bench_scores.py (RESULTS.md, "Scores and the verdict")
 Z_THRESHOLD = 3.0  # a normalised residual this far above healthy counts towards a component's mass
 N_INTENSITY, N_EDGE, MIN_BIN = 16, 8, 200
@@ -41,6 +43,17 @@ class NormStats:
     centre: np.ndarray  # (I, E) median of healthy map values in the bin
     scale: np.ndarray  # (I, E) 90th percentile minus median (> 0)
     raw_tau: float  # 99th percentile of healthy map values: the raw component threshold
+    raw_taus: tuple[tuple[float, float], ...] = ()  # (percentile, value) of other component thresholds
+
+    def tau(self, percentile: float) -> float:
+        """The healthy map values' ``percentile``: the component threshold of that lcc score."""
+        if percentile == 99.0:
+            return self.raw_tau
+        for q, v in self.raw_taus:
+            if q == percentile:
+                return v
+        raise ValueError(f"these healthy statistics hold no {percentile:g}th percentile (refit them: "
+                         "`cdiff evaluate`)")
 
     def _bins(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         i = np.clip(np.searchsorted(self.intensity_edges, image, side="right") - 1, 0, len(self.centre) - 1)
@@ -55,12 +68,14 @@ class NormStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"intensity_edges": _round(self.intensity_edges), "edge_edges": _round(self.edge_edges),
-                "centre": _round(self.centre), "scale": _round(self.scale), "raw_tau": float(self.raw_tau)}
+                "centre": _round(self.centre), "scale": _round(self.scale), "raw_tau": float(self.raw_tau),
+                "raw_taus": [[q, float(v)] for q, v in self.raw_taus]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NormStats:
         return cls(np.asarray(d["intensity_edges"], np.float32), np.asarray(d["edge_edges"], np.float32),
-                   np.asarray(d["centre"], np.float32), np.asarray(d["scale"], np.float32), float(d["raw_tau"]))
+                   np.asarray(d["centre"], np.float32), np.asarray(d["scale"], np.float32), float(d["raw_tau"]),
+                   tuple((float(q), float(v)) for q, v in d.get("raw_taus", ())))
 
 
 def _round(a: Any) -> Any:
@@ -91,7 +106,9 @@ def fit_norm(anomalies: list[np.ndarray], images: list[np.ndarray], regions: lis
         if vals.size >= MIN_BIN:  # sparse bins keep the pooled statistics
             c = float(np.median(vals))
             centre.flat[k], scale.flat[k] = c, max(float(np.quantile(vals, 0.9)) - c, floor)
-    return NormStats(i_edges, e_edges, centre, scale, float(np.quantile(a, 0.99)))
+    others = sorted({q for q in LCC_PERCENTILE.values() if q != 99.0})
+    return NormStats(i_edges, e_edges, centre, scale, float(np.quantile(a, 0.99)),
+                     tuple((q, float(np.quantile(a, q / 100))) for q in others))
 
 
 def _lcc_mass(values: np.ndarray, region: np.ndarray, tau: float) -> float:
@@ -117,8 +134,8 @@ def score_map(how: ScoreName, anomaly: np.ndarray, image: np.ndarray, region: np
         return float(a[region].mean())
     if how == "q99":
         return float(np.quantile(a[region], 0.99))
-    if how == "lcc":
-        return _lcc_mass(a, region, stats.raw_tau)
+    if how in LCC_PERCENTILE:
+        return _lcc_mass(a, region, stats.tau(LCC_PERCENTILE[how]))
     z = stats.normalise(a, image) if z is None else z
     if how == "norm_q99":
         return float(np.quantile(z[region], 0.99))
