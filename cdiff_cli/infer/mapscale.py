@@ -121,8 +121,7 @@ def _inferno_channels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def colorbar_rgb(height: int, scale: MapScale, vmax: float | None = None, font_px: int | None = None) -> np.ndarray:
     """A vertical colour bar (height, W, 3) uint8 on white, to paste right of a map: ticks in units of
     the threshold (``1 = box threshold``), or the map's own values for a per-image scale (``vmax``)."""
-    return _colorbar(int(height), _tick_labels(scale.fixed, None if scale.fixed else float(vmax or 1.0)),
-                     scale.fixed, font_px)
+    return _colorbar(int(height), _tick_labels(scale.fixed, vmax), scale.fixed, font_px)
 
 
 def _tick_labels(fixed: bool, vmax: float | None) -> tuple[str, ...]:
