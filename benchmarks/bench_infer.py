@@ -199,8 +199,9 @@ def brain_bound(n_images: int, batch: int, repeats: int = 1) -> float:
     from cdiff_cli.models.brainmask import GRID
 
     net = brain_net()
-    return fastest(net, [(torch.rand(min(batch, n_images - s), 1, GRID, GRID),) for s in range(0, n_images, batch)],
-                   repeats)
+    nhwc = torch.channels_last  # as infer/brain.py feeds it
+    return fastest(net, [(torch.rand(min(batch, n_images - s), 1, GRID, GRID).contiguous(memory_format=nhwc),)
+                         for s in range(0, n_images, batch)], repeats)
 
 
 @contextlib.contextmanager

@@ -204,6 +204,23 @@ def test_fill_holes_is_scipys_on_random_masks() -> None:
         assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask)), (i, h, w)
 
 
+def test_brain_mask_network_runs_channels_last_as_it_was_trained(slices: list) -> None:
+    """The network is loaded in NHWC (faster on a CPU) and gives the NCHW network's probabilities."""
+    import torch
+
+    from cdiff_cli.data.images2d import to_model_grid
+    from cdiff_cli.infer.brain import WEIGHTS, brain_net, brain_probability
+    from cdiff_cli.models.brainmask import load_brain_net, normalise
+
+    weights = next(p for p in brain_net().parameters() if p.dim() == 4)
+    assert weights.is_contiguous(memory_format=torch.channels_last)
+    nchw = load_brain_net(WEIGHTS)[0].eval()
+    prob, meta = brain_probability(slices[0][0])
+    x = torch.from_numpy(to_model_grid(normalise(np.asarray(slices[0][0], np.float32)), meta))[None, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(prob, torch.sigmoid(nchw(x))[0, 0].numpy(), atol=1e-5)
+
+
 def test_batched_network_gives_each_image_its_own_probability(slices: list) -> None:
     """Images of different sizes in one call: each one's probability is what it gets alone."""
     from cdiff_cli.infer.brain import brain_probabilities, brain_probability
