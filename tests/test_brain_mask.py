@@ -204,7 +204,7 @@ def test_fill_holes_is_scipys_on_random_masks() -> None:
         assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask)), (i, h, w)
 
 
-def test_brain_mask_network_runs_channels_last_as_it_was_trained(slices: list) -> None:
+def test_brain_mask_network_runs_channels_last_with_the_same_probabilities(slices: list) -> None:
     """The network is loaded in NHWC (faster on a CPU) and gives the NCHW network's probabilities."""
     import torch
 
