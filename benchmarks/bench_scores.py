@@ -114,6 +114,29 @@ def verdict_boxes(scoring: Scoring, thr: float, vols: list[Any], median: int, ri
     return counts
 
 
+def crossfit_boxes(loaded: dict[str, list[Any]], healthy_name: str, thr: float, median: int, rim: int,
+                   top_k: int) -> dict[str, Any]:
+    """:func:`verdict_boxes` with the verdict fitted on alternate healthy test subjects (half A) and judged on
+    the other half and every lesion set, then A and B swapped; the counts of both halves summed."""
+    healthy = loaded[healthy_name]
+    total: dict[str, Any] = {}
+    for half in (0, 1):
+        calib, rest = healthy[half::2], healthy[1 - half::2]
+        doc = fit_scoring([v for _, v, _ in calib], threshold=thr, median_size=median, erosion=rim,
+                          data=f"{len(calib)} healthy test volumes (half {half})")
+        scoring = Scoring.from_dict(doc)
+        for name, vols in loaded.items():
+            vols = rest if name == healthy_name else vols
+            if not vols:
+                continue
+            counts = verdict_boxes(scoring, thr, vols, median, rim, top_k)
+            for kind, c in counts.items():
+                into = total.setdefault(name, {}).setdefault(kind, dict.fromkeys(c, 0))
+                for k, n in c.items():
+                    into[k] += n
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, required=True)
@@ -124,6 +147,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/scores"))
     ap.add_argument("--store", type=Path, default=None, help="write the validation statistics as DIR/verdict.json")
+    ap.add_argument("--healthy-crossfit", action="store_true",
+                    help="also: the verdict calibrated on half of the healthy TEST volumes (alternate subjects) and "
+                         "judged on the other half and the lesion sets, then the halves swapped (calibration on "
+                         "healthy scans of the population judged, as README advises for a new site)")
     args = ap.parse_args()
     model = load_model(args.model, device="cpu")
     median = model.recipe.localize.median_size
@@ -149,8 +176,16 @@ def main() -> None:
                 per[name] = candidate_aurocs(val, loaded[healthy_name], loaded[name], median, rim)
         rows["verdict"][seed] = {n: verdict_boxes(scoring, thr, vols, median, rim, model.recipe.localize.top_k)
                                  for n, vols in loaded.items() if vols}
+        if args.healthy_crossfit:
+            rows.setdefault("verdict_crossfit", {})[seed] = crossfit_boxes(loaded, healthy_name, thr, median, rim,
+                                                                           model.recipe.localize.top_k)
     write_json(args.out / "scores.json", rows)
     text = report(rows, [n for n, _ in sets])
+    if "verdict_crossfit" in rows:
+        crossfit = {**rows, "verdict": rows["verdict_crossfit"]}
+        table = report(crossfit, [n for n, _ in sets]).split("## Verdict", 1)[1]
+        text += ("\n## Verdict calibrated on half of the healthy test subjects, judged on the other half (swapped, "
+                 "summed)\n" + table.split("\n", 1)[1])
     write_text(args.out / "scores.md", text)
     print(text)
 

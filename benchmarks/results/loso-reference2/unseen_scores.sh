@@ -22,4 +22,4 @@ for seed in 0 1 2; do  # the first noise seed of every set before the others
   "$py" benchmarks/scores_recon.py --cache "$cache" --model "$model" "${jobs[@]}"
 done
 "$py" benchmarks/bench_scores.py --cache "$cache" --model "$model" --val val --val-store "$prep/ixi" \
-    --test "ixi:$prep/ixi,brats:$prep/brats,mslub:$prep/mslub" --seeds 0,1,2 --out "$out"
+    --test "ixi:$prep/ixi,brats:$prep/brats,mslub:$prep/mslub" --seeds 0,1,2 --healthy-crossfit --out "$out"
