@@ -284,7 +284,7 @@ class InferConfig(Section):
     # reconstructions from this many independent noise draws are averaged (the network cost times this)
     noise_passes: int = Field(1, ge=1)
     amp: Literal["auto", "bf16", "off"] = "auto"
-    # NHWC memory format of the networks (speed only): on this project's CPU the U-Net runs 1.3-1.6x faster
+    # NHWC memory format of the networks (speed only): on this project's CPU the U-Net runs 1.2-1.6x faster
     # in it, the encoder about as fast, the maps equal within float rounding (benchmarks/README.md)
     channels_last: bool = True
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0: torch's default (one per core)
