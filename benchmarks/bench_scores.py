@@ -182,10 +182,9 @@ def main() -> None:
     write_json(args.out / "scores.json", rows)
     text = report(rows, [n for n, _ in sets])
     if "verdict_crossfit" in rows:
-        crossfit = {**rows, "verdict": rows["verdict_crossfit"]}
-        table = report(crossfit, [n for n, _ in sets]).split("## Verdict", 1)[1]
-        text += ("\n## Verdict calibrated on half of the healthy test subjects, judged on the other half (swapped, "
-                 "summed)\n" + table.split("\n", 1)[1])
+        text += "\n" + verdict_table(rows, [n for n, _ in sets], "verdict_crossfit",
+                                     "## Verdict calibrated on half of the healthy test subjects, judged on the other "
+                                     "half (swapped, summed)")
     write_text(args.out / "scores.md", text)
     print(text)
 
@@ -205,13 +204,19 @@ def report(rows: dict[str, Any], names: list[str]) -> str:
                 cells.append(f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if vals else "-")
         lines.append(f"| {how} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"seed {s}: {rows['per_seed'][s]['n']}" for s in seeds)
-    lines += ["", f"volumes per seed: {counts}", "",
-              f"## Verdict and boxes at the {100 * rows['level']:g} % level (score {rows['score']}), mean over seeds",
-              "| set | read as | healthy slices with a box | lesion slices with a box on the lesion | "
-              "volumes flagged |", "|---|---|---|---|---|"]
+    lines += ["", f"volumes per seed: {counts}", ""]
+    heading = f"## Verdict and boxes at the {100 * rows['level']:g} % level (score {rows['score']}), mean over seeds"
+    return "\n".join(lines) + "\n" + verdict_table(rows, names, "verdict", heading)
+
+
+def verdict_table(rows: dict[str, Any], names: list[str], key: str, heading: str) -> str:
+    """The box rates of ``rows[key]`` (per seed, set and reading) under ``heading``, summed over seeds."""
+    seeds = list(rows["per_seed"])
+    lines = [heading, "| set | read as | healthy slices with a box | lesion slices with a box on the lesion | "
+             "volumes flagged |", "|---|---|---|---|---|"]
     for n in names:
         for kind in ("volume", "image"):
-            cs = [rows["verdict"][s][n][kind] for s in seeds if n in rows["verdict"][s]]
+            cs = [rows[key][s][n][kind] for s in seeds if n in rows[key][s]]
             if not cs:
                 continue
 
