@@ -117,17 +117,19 @@ def share_torch(dest: Path, site_packages: Path) -> None:
     """Link torch, torchvision and the CUDA libraries they need into ``dest``; a ``.pth`` file in the
     fresh environment's ``site_packages`` puts ``dest`` on its path."""
     dists = {canonicalize_name(n): distribution(n) for n in SHARED}
-    todo = list(dists.values())
-    while todo:
-        for line in todo.pop().requires or []:
+    todo = [(d, {""}) for d in dists.values()]
+    while todo:  # with the extras asked for: torch needs cuda-toolkit[cublas,...], whose libraries are extras
+        dist, extras = todo.pop()
+        for line in dist.requires or []:
             req = Requirement(line)
             key = canonicalize_name(req.name)
-            if CUDA.match(key) and key not in dists and (req.marker is None or req.marker.evaluate({"extra": ""})):
+            wanted = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras)
+            if CUDA.match(key) and key not in dists and wanted:
                 try:
                     dists[key] = distribution(req.name)
                 except PackageNotFoundError:
                     continue
-                todo.append(dists[key])
+                todo.append((dists[key], {"", *req.extras}))
     dest.mkdir(parents=True, exist_ok=True)
     for dist in dists.values():
         site = Path(str(dist.locate_file("")))
