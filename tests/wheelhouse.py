@@ -32,6 +32,14 @@ NOT_NEEDED = re.compile(r"^(nvidia-|triton$|cuda-|cdiff-cli$)")
 _SKIP_META = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
 
 
+def _requires(dist: Distribution, extras: set[str]) -> list[Requirement]:
+    """What ``dist`` requires here with ``extras`` asked for (its base requirements always; markers
+    evaluated on this machine)."""
+    envs = [{"extra": e} for e in {"", *extras}]
+    reqs = [Requirement(line) for line in dist.requires or []]
+    return [r for r in reqs if r.marker is None or any(r.marker.evaluate(env) for env in envs)]
+
+
 def closure(roots: list[str], extras: dict[str, set[str]] | None = None) -> list[Distribution]:
     """The installed distributions ``roots`` need, transitively (markers evaluated here)."""
     extras = extras or {}
@@ -47,11 +55,7 @@ def closure(roots: list[str], extras: dict[str, set[str]] | None = None) -> list
         except PackageNotFoundError:
             continue  # an optional dependency not installed here: pip says so if it is needed
         seen[key] = dist
-        for line in dist.requires or []:
-            req = Requirement(line)
-            envs = [{"extra": e} for e in (wanted or {""})]
-            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
-                todo.append((req.name, set(req.extras)))
+        todo += [(req.name, set(req.extras)) for req in _requires(dist, wanted)]
     return list(seen.values())
 
 
@@ -60,10 +64,7 @@ def needed(requirements: list[str]) -> list[str]:
     which are shared rather than installed but whose own dependencies pip installs."""
     names = [Requirement(r).name for r in requirements]
     for shared in SHARED:
-        for line in distribution(shared).requires or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                names.append(req.name)
+        names += [req.name for req in _requires(distribution(shared), set())]
     return names
 
 
@@ -117,19 +118,17 @@ def share_torch(dest: Path, site_packages: Path) -> None:
     """Link torch, torchvision and the CUDA libraries they need into ``dest``; a ``.pth`` file in the
     fresh environment's ``site_packages`` puts ``dest`` on its path."""
     dists = {canonicalize_name(n): distribution(n) for n in SHARED}
-    todo = [(d, {""}) for d in dists.values()]
+    todo: list[tuple[Distribution, set[str]]] = [(d, set()) for d in dists.values()]
     while todo:  # with the extras asked for: torch needs cuda-toolkit[cublas,...], whose libraries are extras
         dist, extras = todo.pop()
-        for line in dist.requires or []:
-            req = Requirement(line)
+        for req in _requires(dist, extras):
             key = canonicalize_name(req.name)
-            wanted = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras)
-            if CUDA.match(key) and key not in dists and wanted:
+            if CUDA.match(key) and key not in dists:
                 try:
                     dists[key] = distribution(req.name)
                 except PackageNotFoundError:
                     continue
-                todo.append((dists[key], {"", *req.extras}))
+                todo.append((dists[key], set(req.extras)))
     dest.mkdir(parents=True, exist_ok=True)
     for dist in dists.values():
         site = Path(str(dist.locate_file("")))

@@ -74,7 +74,8 @@ def brain_probabilities(images: Sequence[np.ndarray], weights: Path = WEIGHTS, d
     probs: list[np.ndarray] = []
     net = brain_net(weights, str(device)) if grids else None
     for start in range(0, len(grids), batch):
-        x = torch.from_numpy(np.stack(grids[start : start + batch]))[:, None].to(device, memory_format=torch.channels_last)
+        x = torch.from_numpy(np.stack(grids[start : start + batch]))[:, None]
+        x = x.to(device, memory_format=torch.channels_last)  # one copy: to the device, in NHWC
         with stage("brain-mask network"), torch.no_grad():
             probs += list(torch.sigmoid(net(x))[:, 0].float().cpu().numpy())  # type: ignore[misc]
     return list(zip(probs, metas))
